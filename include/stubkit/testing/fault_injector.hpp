@@ -1,0 +1,140 @@
+// Fault injection for the embedded UserService: make calls fail, slow down,
+// or end streams early, so retry, deadline and stream code can be tested
+// against a real server.
+#ifndef STUBKIT_TESTING_FAULT_INJECTOR_HPP
+#define STUBKIT_TESTING_FAULT_INJECTOR_HPP
+
+#include <grpcpp/support/status.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "google/protobuf/descriptor.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+
+namespace stubkit::testing {
+
+/// Faults planned per method of one service, consumed by the server as calls
+/// arrive. Methods are named by their short name ("GetUser"); a name the
+/// service does not have throws std::invalid_argument, so a typo in a test
+/// fails loudly instead of injecting nothing.
+///
+/// Thread-safe: tests plan faults while server threads consume them.
+///
+///   server.faults().fail_next("GetUser", 2, grpc::StatusCode::UNAVAILABLE);
+class FaultInjector {
+ public:
+  /// What the server does with one call.
+  struct Plan {
+    std::optional<grpc::Status> failure;    ///< end the call with this status
+    std::chrono::milliseconds latency{0};   ///< wait this long first (cancellable)
+    std::optional<int> close_stream_after;  ///< end a stream after this many messages
+  };
+
+  explicit FaultInjector(google::protobuf::ServiceDescriptor const* service) : service_(service) {}
+
+  /// The next `count` calls of `method` fail with `code`. With `retry_delay`
+  /// the status carries google.rpc.RetryInfo, as a server asking for
+  /// pushback would send.
+  void fail_next(std::string_view method, int count, grpc::StatusCode code,
+                 std::string message = "injected fault",
+                 std::optional<std::chrono::milliseconds> retry_delay = std::nullopt) {
+    if (count < 0) throw std::invalid_argument("fail_next: count must not be negative");
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& f = faults_[checked(method)];
+    f.failures_left = count;
+    f.failure = retry_delay ? with_retry_info(code, std::move(message), *retry_delay)
+                            : grpc::Status(code, std::move(message));
+  }
+
+  /// Every call of `method` waits `latency` before it is handled.
+  void add_latency(std::string_view method, std::chrono::milliseconds latency) {
+    std::lock_guard<std::mutex> lock(mu_);
+    faults_[checked(method)].latency = latency;
+  }
+
+  /// Streams of `method` end with UNAVAILABLE after `messages` messages.
+  void close_stream_after(std::string_view method, int messages) {
+    if (messages < 0) throw std::invalid_argument("close_stream_after: messages must not be negative");
+    std::lock_guard<std::mutex> lock(mu_);
+    faults_[checked(method)].close_after = messages;
+  }
+
+  /// Removes every planned fault (call counts are kept).
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& entry : faults_) {
+      Fault cleared;
+      cleared.calls = entry.second.calls;
+      entry.second = std::move(cleared);
+    }
+  }
+
+  /// How many calls of `method` reached the server, failed ones included.
+  std::int64_t calls(std::string_view method) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = faults_.find(checked(method));
+    return it == faults_.end() ? 0 : it->second.calls;
+  }
+
+  /// Server side: counts the call and returns what to do with it.
+  Plan take(std::string_view method) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& f = faults_[std::string(method)];
+    ++f.calls;
+    Plan plan;
+    plan.latency = f.latency;
+    plan.close_stream_after = f.close_after;
+    if (f.failures_left > 0) {
+      --f.failures_left;
+      plan.failure = f.failure;
+    }
+    return plan;
+  }
+
+ private:
+  struct Fault {
+    std::int64_t calls = 0;
+    int failures_left = 0;
+    grpc::Status failure;
+    std::chrono::milliseconds latency{0};
+    std::optional<int> close_after;
+  };
+
+  std::string checked(std::string_view method) const {
+    std::string name(method);
+    if (service_->FindMethodByName(name) == nullptr) {
+      throw std::invalid_argument("no method '" + name + "' in " + service_->full_name());
+    }
+    return name;
+  }
+
+  static grpc::Status with_retry_info(grpc::StatusCode code, std::string message,
+                                      std::chrono::milliseconds delay) {
+    google::rpc::RetryInfo info;
+    auto const ms = delay.count();
+    info.mutable_retry_delay()->set_seconds(ms / 1000);
+    info.mutable_retry_delay()->set_nanos(static_cast<std::int32_t>((ms % 1000) * 1000000));
+    google::rpc::Status details;
+    details.set_code(static_cast<std::int32_t>(code));
+    details.set_message(message);
+    details.add_details()->PackFrom(info);
+    return grpc::Status(code, message, details.SerializeAsString());
+  }
+
+  google::protobuf::ServiceDescriptor const* service_;
+  mutable std::mutex mu_;
+  std::map<std::string, Fault, std::less<>> faults_;
+};
+
+}  // namespace stubkit::testing
+
+#endif  // STUBKIT_TESTING_FAULT_INJECTOR_HPP

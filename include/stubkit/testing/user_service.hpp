@@ -1,0 +1,544 @@
+// The embedded UserService: a real, thread-safe, in-memory implementation of
+// myservice.v1.UserService for tests and demos. EmbeddedServer
+// (embedded_server.hpp) serves it in-process or over TCP; user_server is the
+// same service as a standalone program.
+//
+// Semantics (see docs/embedded-server.md):
+// - CreateUser: an empty user.id gets a server-assigned id; an existing id
+//   gives ALREADY_EXISTS "User <id> already exists"; a request_id seen before
+//   returns the first result instead of creating again. created_at is set by
+//   the server.
+// - GetUser: NOT_FOUND "User <id> not found" for a missing id.
+// - ListUsers: page_size 0 means 50, at most 100, negative is
+//   INVALID_ARGUMENT. Pages follow id order and tokens are tamper-evident
+//   cursors, so every user that exists during the whole listing is returned
+//   exactly once, whatever is created or deleted meanwhile.
+// - UpdateUser applies update_mask (empty = replace all but id and
+//   created_at); DeleteUser removes. Both report NOT_FOUND for a missing id.
+// - WatchUsers streams created/updated/deleted events and heartbeats; it can
+//   resume after a sequence number from a bounded history.
+// - BulkCreateUsers creates each streamed request and reports per-item failures.
+// - Chat relays each message to every other open Chat stream.
+// Errors from bad input carry google.rpc.BadRequest naming the field; NOT_FOUND
+// and ALREADY_EXISTS carry google.rpc.ResourceInfo; auth failures carry
+// google.rpc.ErrorInfo.
+#ifndef STUBKIT_TESTING_USER_SERVICE_HPP
+#define STUBKIT_TESTING_USER_SERVICE_HPP
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "google/protobuf/util/field_mask_util.h"
+#include "google/protobuf/util/time_util.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "myservice/v1/user.grpc.pb.h"
+#include "stubkit/testing/detail/page_token.hpp"
+#include "stubkit/testing/fault_injector.hpp"
+
+namespace stubkit::testing {
+
+/// Configuration of the embedded UserService.
+struct UserServiceOptions {
+  /// WatchUsers sends UserEvent{type: "heartbeat"} this often (and once at start).
+  std::chrono::milliseconds heartbeat_interval{5000};
+  /// When non-empty, every UserService call needs `authorization: Bearer <token>`.
+  std::string token;
+  /// How many change events WatchUsers can replay for a resuming client.
+  std::size_t event_history = 1024;
+  /// Key of the page-token tag; all zero picks a random key per service.
+  detail::SipKey page_token_key{};
+  /// Source of created_at and event times; empty = std::chrono::system_clock.
+  std::function<std::chrono::system_clock::time_point()> clock;
+};
+
+/// The UserService implementation. Thread-safe; one instance serves any
+/// number of concurrent calls. Must outlive the grpc::Server it is
+/// registered with.
+class UserServiceImpl final : public myservice::v1::UserService::Service {
+ public:
+  using User = myservice::v1::User;
+  using UserEvent = myservice::v1::UserEvent;
+
+  static constexpr int kDefaultPageSize = 50;
+  static constexpr int kMaxPageSize = 100;
+  static constexpr std::size_t kMaxIdLength = 128;
+
+  explicit UserServiceImpl(UserServiceOptions options = {})
+      : options_(std::move(options)),
+        tokens_(page_token_key(options_.page_token_key)),
+        faults_(User::descriptor()->file()->FindServiceByName("UserService")) {}
+
+  /// Planned faults for this service's methods.
+  FaultInjector& faults() { return faults_; }
+
+  /// Ends every WatchUsers stream with OK and refuses new ones: the first
+  /// step of a graceful shutdown.
+  void begin_shutdown() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      shutting_down_ = true;
+    }
+    changed_.notify_all();
+  }
+
+  /// Creates `count` users with server-assigned ids (for demos and load).
+  void preload(int count) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (int i = 0; i < count; ++i) {
+      myservice::v1::CreateUserRequest request;
+      auto* user = request.mutable_user();
+      user->set_display_name("Preloaded user " + std::to_string(i + 1));
+      user->set_role(myservice::v1::USER_ROLE_MEMBER);
+      User created;
+      create_locked(request, &created);
+    }
+  }
+
+  /// How many users are stored now.
+  std::size_t user_count() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return users_.size();
+  }
+
+  /// How many WatchUsers and Chat streams are open now.
+  int open_streams() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return open_streams_;
+  }
+
+  grpc::Status CreateUser(grpc::ServerContext* ctx, myservice::v1::CreateUserRequest const* request,
+                          myservice::v1::CreateUserResponse* response) override {
+    if (auto s = admit(ctx, "CreateUser"); !s.ok()) return s;
+    std::lock_guard<std::mutex> lock(mu_);
+    return create_locked(*request, response->mutable_user());
+  }
+
+  grpc::Status GetUser(grpc::ServerContext* ctx, myservice::v1::GetUserRequest const* request,
+                       User* response) override {
+    if (auto s = admit(ctx, "GetUser"); !s.ok()) return s;
+    if (request->id().empty()) return bad_request("id", "id is required");
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = users_.find(request->id());
+    if (it == users_.end()) return not_found(request->id());
+    *response = it->second;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListUsers(grpc::ServerContext* ctx, myservice::v1::ListUsersRequest const* request,
+                         myservice::v1::ListUsersResponse* response) override {
+    if (auto s = admit(ctx, "ListUsers"); !s.ok()) return s;
+    if (request->page_size() < 0) {
+      return bad_request("page_size",
+                         "page_size must not be negative, got " + std::to_string(request->page_size()));
+    }
+    std::optional<std::string> after;
+    if (!request->page_token().empty()) {
+      after = tokens_.decode(request->page_token());
+      if (!after) {
+        return bad_request("page_token",
+                           "page_token is not a token this server issued (garbled or modified)");
+      }
+    }
+    int const size =
+        request->page_size() == 0 ? kDefaultPageSize : std::min(request->page_size(), kMaxPageSize);
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = after ? users_.upper_bound(*after) : users_.begin();
+    for (int n = 0; n < size && it != users_.end(); ++n, ++it) {
+      *response->add_users() = it->second;
+    }
+    if (it != users_.end()) {
+      response->set_next_page_token(tokens_.encode(std::prev(it)->first));
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status UpdateUser(grpc::ServerContext* ctx, myservice::v1::UpdateUserRequest const* request,
+                          User* response) override {
+    using google::protobuf::util::FieldMaskUtil;
+    if (auto s = admit(ctx, "UpdateUser"); !s.ok()) return s;
+    if (request->user().id().empty()) return bad_request("user.id", "user.id is required");
+    for (auto const& path : request->update_mask().paths()) {
+      if (path == "id" || path.rfind("id.", 0) == 0 || path == "created_at" ||
+          path.rfind("created_at.", 0) == 0) {
+        return bad_request("update_mask.paths",
+                           "field '" + path + "' cannot be updated (it is set by the server)");
+      }
+      if (!FieldMaskUtil::GetFieldDescriptors(User::descriptor(), path, nullptr)) {
+        return bad_request("update_mask.paths", "unknown field '" + path + "' in update_mask");
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = users_.find(request->user().id());
+    if (it == users_.end()) return not_found(request->user().id());
+    User& stored = it->second;
+    if (request->update_mask().paths().empty()) {
+      auto const created_at = stored.created_at();
+      stored = request->user();
+      *stored.mutable_created_at() = created_at;
+    } else {
+      FieldMaskUtil::MergeOptions merge;
+      merge.set_replace_message_fields(true);
+      merge.set_replace_repeated_fields(true);
+      FieldMaskUtil::MergeMessageTo(request->user(), request->update_mask(), merge, &stored);
+    }
+    *response = stored;
+    publish_locked("updated", stored);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status DeleteUser(grpc::ServerContext* ctx, myservice::v1::DeleteUserRequest const* request,
+                          google::protobuf::Empty* /*response*/) override {
+    if (auto s = admit(ctx, "DeleteUser"); !s.ok()) return s;
+    if (request->id().empty()) return bad_request("id", "id is required");
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = users_.find(request->id());
+    if (it == users_.end()) return not_found(request->id());
+    User removed = std::move(it->second);
+    users_.erase(it);
+    publish_locked("deleted", removed);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status WatchUsers(grpc::ServerContext* ctx, myservice::v1::WatchUsersRequest const* request,
+                          grpc::ServerWriter<UserEvent>* writer) override {
+    FaultInjector::Plan plan;
+    if (auto s = admit(ctx, "WatchUsers", &plan); !s.ok()) return s;
+    StreamCount counted(this);
+    std::unique_lock<std::mutex> lock(mu_);
+    std::int64_t cursor = request->after_sequence();
+    if (cursor < 0) return bad_request("after_sequence", "after_sequence must not be negative");
+    if (cursor > last_sequence_) {
+      return bad_request("after_sequence", "after_sequence " + std::to_string(cursor) +
+                                               " is ahead of the latest event " +
+                                               std::to_string(last_sequence_));
+    }
+    if (cursor == 0) cursor = last_sequence_;
+    if (auto s = check_history_locked(cursor); !s.ok()) return s;
+    auto next_heartbeat = std::chrono::steady_clock::now();
+    int sent = 0;
+    while (!shutting_down_) {
+      std::vector<UserEvent> batch;
+      if (auto s = check_history_locked(cursor); !s.ok()) return s;
+      for (auto const& e : history_) {
+        if (e.sequence() > cursor) batch.push_back(e);
+      }
+      if (!batch.empty()) cursor = batch.back().sequence();
+      auto const now = std::chrono::steady_clock::now();
+      if (now >= next_heartbeat) {
+        UserEvent heartbeat;
+        heartbeat.set_type("heartbeat");
+        heartbeat.set_sequence(cursor);
+        *heartbeat.mutable_time() = timestamp_now();
+        batch.push_back(std::move(heartbeat));
+        next_heartbeat = now + options_.heartbeat_interval;
+      }
+      if (!batch.empty()) {
+        lock.unlock();
+        for (auto const& event : batch) {
+          if (plan.close_stream_after && sent >= *plan.close_stream_after) {
+            return grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream closed by fault injection");
+          }
+          if (!writer->Write(event)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+          ++sent;
+        }
+        lock.lock();
+        continue;
+      }
+      if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+      // The sync API has no cancellation callback: wake up now and then to look.
+      changed_.wait_until(lock, std::min(next_heartbeat, now + kCancellationPoll));
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status BulkCreateUsers(grpc::ServerContext* ctx,
+                               grpc::ServerReader<myservice::v1::CreateUserRequest>* reader,
+                               myservice::v1::BulkResp* response) override {
+    if (auto s = admit(ctx, "BulkCreateUsers"); !s.ok()) return s;
+    myservice::v1::CreateUserRequest request;
+    for (int index = 0; reader->Read(&request); ++index) {
+      User created;
+      grpc::Status s;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        s = create_locked(request, &created);
+      }
+      if (s.ok()) {
+        response->set_created(response->created() + 1);
+      } else {
+        auto* failure = response->add_failures();
+        failure->set_index(index);
+        failure->set_user_id(request.user().id());
+        failure->set_code(static_cast<std::int32_t>(s.error_code()));
+        failure->set_message(s.error_message());
+      }
+    }
+    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Chat(
+      grpc::ServerContext* ctx,
+      grpc::ServerReaderWriter<myservice::v1::ChatMessage, myservice::v1::ChatMessage>* stream) override {
+    if (auto s = admit(ctx, "Chat"); !s.ok()) return s;
+    auto self = std::make_shared<ChatSession>(stream);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      chat_sessions_.push_back(self);
+    }
+    StreamCount counted(this);
+    myservice::v1::ChatMessage message;
+    while (stream->Read(&message)) {
+      if (!message.has_sent_at()) *message.mutable_sent_at() = timestamp_now();
+      std::vector<std::shared_ptr<ChatSession>> peers;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        peers = chat_sessions_;
+      }
+      for (auto const& peer : peers) {
+        if (peer != self) peer->deliver(message);
+      }
+    }
+    // Unregister, then wait out any delivery into this stream in progress:
+    // after close() no other thread touches `stream`.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      chat_sessions_.erase(std::remove(chat_sessions_.begin(), chat_sessions_.end(), self),
+                           chat_sessions_.end());
+    }
+    self->close();
+    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+    return grpc::Status::OK;
+  }
+
+ private:
+  static constexpr auto kCancellationPoll = std::chrono::milliseconds(20);
+
+  // One open Chat stream that other streams deliver messages into.
+  class ChatSession {
+   public:
+    using Stream = grpc::ServerReaderWriter<myservice::v1::ChatMessage, myservice::v1::ChatMessage>;
+    explicit ChatSession(Stream* stream) : stream_(stream) {}
+    // gRPC allows one Write at a time per stream, concurrent with its Read.
+    void deliver(myservice::v1::ChatMessage const& message) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stream_ != nullptr) stream_->Write(message);
+    }
+    void close() {
+      std::lock_guard<std::mutex> lock(mu_);
+      stream_ = nullptr;
+    }
+
+   private:
+    std::mutex mu_;
+    Stream* stream_;
+  };
+
+  // Counts an open stream for as long as it lives.
+  class StreamCount {
+   public:
+    explicit StreamCount(UserServiceImpl* service) : service_(service) { add(1); }
+    ~StreamCount() { add(-1); }
+    StreamCount(StreamCount const&) = delete;
+    StreamCount& operator=(StreamCount const&) = delete;
+
+   private:
+    void add(int n) {
+      std::lock_guard<std::mutex> lock(service_->mu_);
+      service_->open_streams_ += n;
+    }
+    UserServiceImpl* service_;
+  };
+
+  static detail::SipKey page_token_key(detail::SipKey key) {
+    if (key[0] != 0 || key[1] != 0) return key;
+    std::random_device random;
+    auto draw = [&] { return (std::uint64_t{random()} << 32) | random(); };
+    return {draw(), draw()};
+  }
+
+  // Authentication, then planned faults, then injected latency.
+  grpc::Status admit(grpc::ServerContext* ctx, std::string_view method,
+                     FaultInjector::Plan* plan_out = nullptr) {
+    if (auto s = authenticate(*ctx); !s.ok()) return s;
+    FaultInjector::Plan plan = faults_.take(method);
+    if (plan.latency.count() > 0 && !sleep_unless_cancelled(*ctx, plan.latency)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+    }
+    if (plan.failure) return *plan.failure;
+    if (plan_out != nullptr) *plan_out = std::move(plan);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status authenticate(grpc::ServerContext const& ctx) const {
+    if (options_.token.empty()) return grpc::Status::OK;
+    auto const& metadata = ctx.client_metadata();
+    auto it = metadata.find("authorization");
+    std::string_view reason;
+    if (it == metadata.end()) {
+      reason = "missing bearer token";
+    } else {
+      std::string_view const value(it->second.data(), it->second.size());
+      if (!constant_time_equal(value, "Bearer " + options_.token)) reason = "invalid bearer token";
+    }
+    if (reason.empty()) return grpc::Status::OK;
+    google::rpc::ErrorInfo info;
+    info.set_reason(it == metadata.end() ? "MISSING_TOKEN" : "INVALID_TOKEN");
+    info.set_domain("myservice.v1");
+    return with_details(grpc::StatusCode::UNAUTHENTICATED, std::string(reason), info);
+  }
+
+  // Compares in time independent of where the strings differ (the length
+  // of the expected token is not a secret worth hiding).
+  static bool constant_time_equal(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    unsigned char diff = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+    return diff == 0;
+  }
+
+  static bool sleep_unless_cancelled(grpc::ServerContext& ctx, std::chrono::milliseconds d) {
+    auto const until = std::chrono::steady_clock::now() + d;
+    while (!ctx.IsCancelled()) {
+      auto const now = std::chrono::steady_clock::now();
+      if (now >= until) return true;
+      std::this_thread::sleep_for(
+          std::min<std::chrono::steady_clock::duration>(until - now, std::chrono::milliseconds(2)));
+    }
+    return false;
+  }
+
+  template <typename Detail>
+  static grpc::Status with_details(grpc::StatusCode code, std::string message, Detail const& detail) {
+    google::rpc::Status status;
+    status.set_code(static_cast<std::int32_t>(code));
+    status.set_message(message);
+    status.add_details()->PackFrom(detail);
+    return grpc::Status(code, std::move(message), status.SerializeAsString());
+  }
+
+  static grpc::Status bad_request(std::string field, std::string description) {
+    google::rpc::BadRequest bad;
+    auto* violation = bad.add_field_violations();
+    violation->set_field(std::move(field));
+    violation->set_description(description);
+    return with_details(grpc::StatusCode::INVALID_ARGUMENT, std::move(description), bad);
+  }
+
+  static grpc::Status resource_error(grpc::StatusCode code, std::string const& id, std::string message) {
+    google::rpc::ResourceInfo info;
+    info.set_resource_type("type.googleapis.com/myservice.v1.User");
+    info.set_resource_name(id);
+    return with_details(code, std::move(message), info);
+  }
+
+  static grpc::Status not_found(std::string const& id) {
+    return resource_error(grpc::StatusCode::NOT_FOUND, id, "User " + id + " not found");
+  }
+
+  static bool valid_id(std::string_view id) {
+    if (id.size() > kMaxIdLength) return false;
+    return std::all_of(id.begin(), id.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+             c == '_' || c == '.' || c == '@' || c == '~';
+    });
+  }
+
+  google::protobuf::Timestamp timestamp_now() const {
+    auto const now = options_.clock ? options_.clock() : std::chrono::system_clock::now();
+    auto const nanos = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch());
+    return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(nanos.count());
+  }
+
+  std::string next_id_locked() {
+    std::string id;
+    do {
+      std::string digits = std::to_string(++id_counter_);
+      id = "u" + std::string(digits.size() < 8 ? 8 - digits.size() : 0, '0') + digits;
+    } while (users_.count(id) != 0);
+    return id;
+  }
+
+  grpc::Status create_locked(myservice::v1::CreateUserRequest const& request, User* out) {
+    if (!request.request_id().empty()) {
+      auto seen = by_request_id_.find(request.request_id());
+      if (seen != by_request_id_.end()) {
+        *out = seen->second;
+        return grpc::Status::OK;
+      }
+    }
+    if (!request.has_user()) return bad_request("user", "user is required");
+    User user = request.user();
+    if (user.id().empty()) {
+      user.set_id(next_id_locked());
+    } else if (!valid_id(user.id())) {
+      return bad_request("user.id", "user.id must be at most 128 characters of [A-Za-z0-9-_.@~]");
+    }
+    if (users_.count(user.id()) != 0) {
+      return resource_error(grpc::StatusCode::ALREADY_EXISTS, user.id(),
+                            "User " + user.id() + " already exists");
+    }
+    *user.mutable_created_at() = timestamp_now();
+    users_[user.id()] = user;
+    if (!request.request_id().empty()) by_request_id_[request.request_id()] = user;
+    publish_locked("created", user);
+    *out = std::move(user);
+    return grpc::Status::OK;
+  }
+
+  void publish_locked(std::string type, User const& user) {
+    UserEvent event;
+    event.set_type(std::move(type));
+    *event.mutable_user() = user;
+    event.set_sequence(++last_sequence_);
+    *event.mutable_time() = timestamp_now();
+    history_.push_back(std::move(event));
+    while (history_.size() > std::max<std::size_t>(options_.event_history, 1)) history_.pop_front();
+    changed_.notify_all();
+  }
+
+  // A watcher whose cursor fell out of the retained history would miss
+  // events: say so instead of skipping them silently.
+  grpc::Status check_history_locked(std::int64_t cursor) const {
+    if (history_.empty() || cursor >= history_.front().sequence() - 1) return grpc::Status::OK;
+    return grpc::Status(grpc::StatusCode::OUT_OF_RANGE, "events after sequence " + std::to_string(cursor) +
+                                                            " are no longer retained (oldest is " +
+                                                            std::to_string(history_.front().sequence()) +
+                                                            "); list again and watch from there");
+  }
+
+  UserServiceOptions options_;
+  detail::PageTokenCodec tokens_;
+  FaultInjector faults_;
+
+  mutable std::mutex mu_;
+  std::condition_variable changed_;    // signalled on every event and on shutdown
+  std::map<std::string, User> users_;  // id order = listing order
+  std::map<std::string, User> by_request_id_;
+  std::deque<UserEvent> history_;
+  std::int64_t last_sequence_ = 0;
+  std::uint64_t id_counter_ = 0;
+  bool shutting_down_ = false;
+  int open_streams_ = 0;
+  std::vector<std::shared_ptr<ChatSession>> chat_sessions_;
+};
+
+}  // namespace stubkit::testing
+
+#endif  // STUBKIT_TESTING_USER_SERVICE_HPP

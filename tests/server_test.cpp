@@ -1,0 +1,306 @@
+// The embedded server around the service: health, reflection, auth, message
+// limits, fault injection, TCP and graceful shutdown.
+#include <doctest/doctest.h>
+#include <grpcpp/generic/generic_stub.h>
+
+#include <atomic>
+#include <future>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/dynamic_message.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "support.hpp"
+
+using namespace stubkit_tests;
+using grpc::StatusCode;
+using grpc::health::v1::Health;
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+namespace {
+
+HealthCheckResponse::ServingStatus health_of(std::shared_ptr<grpc::Channel> channel,
+                                             std::string const& service) {
+  auto health = Health::NewStub(std::move(channel));
+  HealthCheckRequest request;
+  request.set_service(service);
+  HealthCheckResponse response;
+  auto status = health->Check(context().get(), request, &response);
+  REQUIRE(status.ok());
+  return response.status();
+}
+
+// Asks server reflection for its services through the message types that
+// libgrpc++_reflection registers, so no copy of reflection.proto is needed.
+std::set<std::string> reflected_services(std::shared_ptr<grpc::Channel> const& channel) {
+  auto const* pool = google::protobuf::DescriptorPool::generated_pool();
+  auto const* req_type = pool->FindMessageTypeByName("grpc.reflection.v1alpha.ServerReflectionRequest");
+  auto const* resp_type = pool->FindMessageTypeByName("grpc.reflection.v1alpha.ServerReflectionResponse");
+  REQUIRE(req_type != nullptr);
+  REQUIRE(resp_type != nullptr);
+  google::protobuf::DynamicMessageFactory factory;
+  std::unique_ptr<google::protobuf::Message> request(factory.GetPrototype(req_type)->New());
+  request->GetReflection()->SetString(request.get(), req_type->FindFieldByName("list_services"), "*");
+  grpc::ByteBuffer out;
+  bool own = false;
+  REQUIRE(
+      grpc::GenericSerialize<grpc::ProtoBufferWriter, google::protobuf::Message>(*request, &out, &own).ok());
+
+  grpc::GenericStub generic(channel);
+  grpc::CompletionQueue cq;
+  auto ctx = context();
+  auto call =
+      generic.PrepareCall(ctx.get(), "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  call->StartCall(reinterpret_cast<void*>(1));
+  REQUIRE(cq.Next(&tag, &ok));
+  REQUIRE(ok);
+  call->Write(out, reinterpret_cast<void*>(2));
+  REQUIRE(cq.Next(&tag, &ok));
+  REQUIRE(ok);
+  grpc::ByteBuffer in;
+  call->Read(&in, reinterpret_cast<void*>(3));
+  REQUIRE(cq.Next(&tag, &ok));
+  REQUIRE(ok);
+  std::unique_ptr<google::protobuf::Message> response(factory.GetPrototype(resp_type)->New());
+  REQUIRE(
+      grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(&in, response.get()).ok());
+  ctx->TryCancel();
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(4));
+  REQUIRE(cq.Next(&tag, &ok));
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+
+  std::set<std::string> names;
+  auto const* list_field = resp_type->FindFieldByName("list_services_response");
+  auto const& list = response->GetReflection()->GetMessage(*response, list_field);
+  auto const* service_field = list.GetDescriptor()->FindFieldByName("service");
+  for (int i = 0; i < list.GetReflection()->FieldSize(list, service_field); ++i) {
+    auto const& svc = list.GetReflection()->GetRepeatedMessage(list, service_field, i);
+    names.insert(svc.GetReflection()->GetString(svc, svc.GetDescriptor()->FindFieldByName("name")));
+  }
+  return names;
+}
+
+myservice::v1::CreateUserRequest user_with_metadata_bytes(std::string const& id, std::size_t bytes) {
+  myservice::v1::CreateUserRequest request;
+  request.mutable_user()->set_id(id);
+  (*request.mutable_user()->mutable_metadata())["blob"] = std::string(bytes, 'x');
+  return request;
+}
+
+}  // namespace
+
+TEST_SUITE("server") {
+  TEST_CASE("health reports the UserService SERVING, and NOT_SERVING when flipped") {
+    ServerFixture f;
+    CHECK(health_of(f.server.channel(), "myservice.v1.UserService") == HealthCheckResponse::SERVING);
+    CHECK(health_of(f.server.channel(), "") == HealthCheckResponse::SERVING);
+    f.server.health().SetServingStatus("myservice.v1.UserService", false);
+    CHECK(health_of(f.server.channel(), "myservice.v1.UserService") == HealthCheckResponse::NOT_SERVING);
+  }
+
+  TEST_CASE("a health watcher sees NOT_SERVING when the server shuts down") {
+    ServerFixture f;
+    auto health = Health::NewStub(f.server.channel());
+    HealthCheckRequest request;
+    request.set_service("myservice.v1.UserService");
+    auto ctx = context();
+    auto reader = health->Watch(ctx.get(), request);
+    HealthCheckResponse response;
+    REQUIRE(reader->Read(&response));
+    CHECK(response.status() == HealthCheckResponse::SERVING);
+    std::thread stop([&] { f.server.shutdown(1s); });
+    REQUIRE(reader->Read(&response));
+    CHECK(response.status() == HealthCheckResponse::NOT_SERVING);
+    ctx->TryCancel();
+    reader->Finish();
+    stop.join();
+  }
+
+  TEST_CASE("reflection lists the UserService and the health service") {
+    ServerFixture f;
+    auto names = reflected_services(f.server.channel());
+    CHECK(names.count("myservice.v1.UserService") == 1);
+    CHECK(names.count("grpc.health.v1.Health") == 1);
+  }
+
+  TEST_CASE("with a token, UserService calls need it; health and reflection stay public") {
+    stubkit::testing::EmbeddedServerOptions options;
+    options.service.token = "s3cret-token";
+    stubkit::testing::EmbeddedServer server(options);
+    auto stub = UserService::NewStub(server.channel());
+    myservice::v1::GetUserRequest request;
+    request.set_id("nobody");
+    myservice::v1::User user;
+
+    auto missing = stub->GetUser(context().get(), request, &user);
+    CHECK(missing.error_code() == StatusCode::UNAUTHENTICATED);
+    REQUIRE(detail_of<google::rpc::ErrorInfo>(missing));
+    CHECK(detail_of<google::rpc::ErrorInfo>(missing)->reason() == "MISSING_TOKEN");
+
+    auto wrong = stub->GetUser(context(5s, "s3cret-tokex").get(), request, &user);
+    CHECK(wrong.error_code() == StatusCode::UNAUTHENTICATED);
+    CHECK(detail_of<google::rpc::ErrorInfo>(wrong)->reason() == "INVALID_TOKEN");
+    CHECK(wrong.error_message().find("s3cret") == std::string::npos);
+    CHECK(wrong.error_details().find("s3cret") == std::string::npos);
+
+    // The right token reaches the handler: NOT_FOUND, not UNAUTHENTICATED.
+    CHECK(stub->GetUser(context(5s, "s3cret-token").get(), request, &user).error_code() ==
+          StatusCode::NOT_FOUND);
+
+    auto ctx = context();
+    auto reader = stub->WatchUsers(ctx.get(), {});
+    myservice::v1::UserEvent event;
+    CHECK_FALSE(reader->Read(&event));
+    CHECK(reader->Finish().error_code() == StatusCode::UNAUTHENTICATED);
+
+    CHECK(health_of(server.channel(), "myservice.v1.UserService") == HealthCheckResponse::SERVING);
+    CHECK(reflected_services(server.channel()).count("myservice.v1.UserService") == 1);
+  }
+
+  TEST_CASE("a request over 10 MB is RESOURCE_EXHAUSTED and the server keeps serving") {
+    ServerFixture f;
+    myservice::v1::CreateUserResponse response;
+    auto big = f.stub->CreateUser(context().get(), user_with_metadata_bytes("big", 11 << 20), &response);
+    CHECK(big.error_code() == StatusCode::RESOURCE_EXHAUSTED);
+    CHECK(f.server.service().user_count() == 0);
+    CHECK(f.create("small").ok());
+  }
+
+  TEST_CASE("a 9 MB user is accepted, but reading it back needs a client limit above 4 MB") {
+    ServerFixture f;
+    myservice::v1::CreateUserResponse response;
+    auto status = f.stub->CreateUser(context().get(), user_with_metadata_bytes("big", 9 << 20), &response);
+    // The reply echoes the user, so it exceeds the client's default 4 MB receive limit.
+    CHECK(status.error_code() == StatusCode::RESOURCE_EXHAUSTED);
+    CHECK(f.server.service().user_count() == 1);
+
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(16 << 20);
+    auto roomy = UserService::NewStub(f.server.channel(args));
+    myservice::v1::GetUserRequest get;
+    get.set_id("big");
+    myservice::v1::User user;
+    REQUIRE(roomy->GetUser(context().get(), get, &user).ok());
+    CHECK(user.metadata().at("blob").size() == (9u << 20));
+  }
+
+  TEST_CASE("fail_next fails exactly the next N calls, with RetryInfo when asked") {
+    ServerFixture f;
+    f.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE, "try later", 250ms);
+    REQUIRE(f.create("ada").ok());
+    myservice::v1::GetUserRequest request;
+    request.set_id("ada");
+    myservice::v1::User user;
+    for (int i = 0; i < 2; ++i) {
+      auto status = f.stub->GetUser(context().get(), request, &user);
+      CHECK(status.error_code() == StatusCode::UNAVAILABLE);
+      CHECK(status.error_message() == "try later");
+      auto retry = detail_of<google::rpc::RetryInfo>(status);
+      REQUIRE(retry);
+      CHECK(retry->retry_delay().seconds() == 0);
+      CHECK(retry->retry_delay().nanos() == 250'000'000);
+    }
+    CHECK(f.stub->GetUser(context().get(), request, &user).ok());
+    CHECK(f.server.faults().calls("GetUser") == 3);
+    CHECK(f.server.faults().calls("CreateUser") == 1);
+  }
+
+  TEST_CASE("fault injection refuses method names the service does not have") {
+    ServerFixture f;
+    CHECK_THROWS_AS(f.server.faults().fail_next("GetUsr", 1, StatusCode::UNAVAILABLE), std::invalid_argument);
+    CHECK_THROWS_AS(f.server.faults().add_latency("", 1ms), std::invalid_argument);
+    CHECK_THROWS_AS(f.server.faults().fail_next("GetUser", -1, StatusCode::UNAVAILABLE),
+                    std::invalid_argument);
+  }
+
+  TEST_CASE(
+      "injected latency past the deadline gives DEADLINE_EXCEEDED and the handler sees the cancellation") {
+    ServerFixture f;
+    f.server.faults().add_latency("GetUser", 10s);
+    myservice::v1::GetUserRequest request;
+    request.set_id("ada");
+    myservice::v1::User user;
+    auto const start = std::chrono::steady_clock::now();
+    auto status = f.stub->GetUser(context(100ms).get(), request, &user);
+    CHECK(status.error_code() == StatusCode::DEADLINE_EXCEEDED);
+    // The handler stops waiting once cancelled, so shutdown is prompt.
+    f.server.shutdown(0ms);
+    CHECK(std::chrono::steady_clock::now() - start < 5s);
+  }
+
+  TEST_CASE("close_stream_after ends a WatchUsers stream with UNAVAILABLE after K messages") {
+    ServerFixture f;
+    f.server.faults().close_stream_after("WatchUsers", 2);
+    auto ctx = context();
+    auto reader = f.stub->WatchUsers(ctx.get(), {});
+    myservice::v1::UserEvent event;
+    REQUIRE(reader->Read(&event));  // heartbeat
+    REQUIRE(f.create("a").ok());
+    REQUIRE(f.create("b").ok());
+    int received = 1;
+    while (reader->Read(&event)) ++received;
+    CHECK(received == 2);
+    auto status = reader->Finish();
+    CHECK(status.error_code() == StatusCode::UNAVAILABLE);
+  }
+
+  TEST_CASE("clear() removes planned faults but keeps call counts") {
+    ServerFixture f;
+    f.server.faults().fail_next("CreateUser", 5, StatusCode::INTERNAL);
+    CHECK(f.create("a").error_code() == StatusCode::INTERNAL);
+    f.server.faults().clear();
+    CHECK(f.create("a").ok());
+    CHECK(f.server.faults().calls("CreateUser") == 2);
+  }
+
+  TEST_CASE("over TCP the server listens on a picked port") {
+    stubkit::testing::EmbeddedServer server(tcp_options());
+    REQUIRE(server.port() > 0);
+    CHECK(server.address() == "127.0.0.1:" + std::to_string(server.port()));
+    auto stub =
+        UserService::NewStub(grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+    myservice::v1::CreateUserRequest request;
+    request.mutable_user()->set_id("tcp");
+    myservice::v1::CreateUserResponse response;
+    CHECK(stub->CreateUser(context().get(), request, &response).ok());
+    CHECK(server.service().user_count() == 1);
+  }
+
+  TEST_CASE("a port already taken is a clear error") {
+    stubkit::testing::EmbeddedServer first(tcp_options());
+    auto options = tcp_options();
+    options.listen_address = first.address();
+    CHECK_THROWS_AS(stubkit::testing::EmbeddedServer{options}, std::runtime_error);
+  }
+
+  TEST_CASE("graceful shutdown over TCP lets an in-flight call finish") {
+    // (gRPC's in-process transport closes at once on shutdown; TCP drains.)
+    stubkit::testing::EmbeddedServer server(tcp_options());
+    auto stub =
+        UserService::NewStub(grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+    server.service().preload(1);
+    server.faults().add_latency("GetUser", 200ms);
+    auto call = std::async(std::launch::async, [&] {
+      myservice::v1::GetUserRequest request;
+      request.set_id("u00000001");
+      myservice::v1::User user;
+      return stub->GetUser(context().get(), request, &user);
+    });
+    while (server.faults().calls("GetUser") == 0) std::this_thread::sleep_for(1ms);
+    server.shutdown(5s);
+    auto status = call.get();
+    CHECK_MESSAGE(status.ok(), status.error_message());
+    // New calls are refused once the server is down.
+    myservice::v1::CreateUserResponse response;
+    CHECK_FALSE(stub->CreateUser(context(1s).get(), {}, &response).ok());
+  }
+}
