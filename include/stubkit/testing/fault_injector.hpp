@@ -17,8 +17,9 @@
 #include <utility>
 
 #include "google/protobuf/descriptor.h"
+#include "google/protobuf/util/time_util.h"
 #include "google/rpc/error_details.pb.h"
-#include "google/rpc/status.pb.h"
+#include "stubkit/status.hpp"
 
 namespace stubkit::testing {
 
@@ -41,18 +42,30 @@ class FaultInjector {
 
   explicit FaultInjector(google::protobuf::ServiceDescriptor const* service) : service_(service) {}
 
+  /// The next `count` calls of `method` fail with `error`, details included
+  /// (any google.rpc detail, or messages of your own).
+  void fail_next(std::string_view method, int count, stubkit::Error const& error) {
+    if (count < 0) throw std::invalid_argument("fail_next: count must not be negative");
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& f = faults_[checked(method)];
+    f.failures_left = count;
+    f.failure = error.to_grpc_status();
+  }
+
   /// The next `count` calls of `method` fail with `code`. With `retry_delay`
   /// the status carries google.rpc.RetryInfo, as a server asking for
   /// pushback would send.
   void fail_next(std::string_view method, int count, grpc::StatusCode code,
                  std::string message = "injected fault",
                  std::optional<std::chrono::milliseconds> retry_delay = std::nullopt) {
-    if (count < 0) throw std::invalid_argument("fail_next: count must not be negative");
-    std::lock_guard<std::mutex> lock(mu_);
-    auto& f = faults_[checked(method)];
-    f.failures_left = count;
-    f.failure = retry_delay ? with_retry_info(code, std::move(message), *retry_delay)
-                            : grpc::Status(code, std::move(message));
+    stubkit::Error error(code, std::move(message));
+    if (retry_delay) {
+      google::rpc::RetryInfo info;
+      *info.mutable_retry_delay() =
+          google::protobuf::util::TimeUtil::MillisecondsToDuration(retry_delay->count());
+      error.with(info);
+    }
+    fail_next(method, count, error);
   }
 
   /// Every call of `method` waits `latency` before it is handled.
@@ -115,19 +128,6 @@ class FaultInjector {
       throw std::invalid_argument("no method '" + name + "' in " + service_->full_name());
     }
     return name;
-  }
-
-  static grpc::Status with_retry_info(grpc::StatusCode code, std::string message,
-                                      std::chrono::milliseconds delay) {
-    google::rpc::RetryInfo info;
-    auto const ms = delay.count();
-    info.mutable_retry_delay()->set_seconds(ms / 1000);
-    info.mutable_retry_delay()->set_nanos(static_cast<std::int32_t>((ms % 1000) * 1000000));
-    google::rpc::Status details;
-    details.set_code(static_cast<std::int32_t>(code));
-    details.set_message(message);
-    details.add_details()->PackFrom(info);
-    return grpc::Status(code, message, details.SerializeAsString());
   }
 
   google::protobuf::ServiceDescriptor const* service_;

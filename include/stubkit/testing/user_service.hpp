@@ -45,9 +45,8 @@
 
 #include "google/protobuf/util/field_mask_util.h"
 #include "google/protobuf/util/time_util.h"
-#include "google/rpc/error_details.pb.h"
-#include "google/rpc/status.pb.h"
 #include "myservice/v1/user.grpc.pb.h"
+#include "stubkit/status.hpp"
 #include "stubkit/testing/detail/page_token.hpp"
 #include "stubkit/testing/fault_injector.hpp"
 
@@ -401,7 +400,7 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
     google::rpc::ErrorInfo info;
     info.set_reason(it == metadata.end() ? "MISSING_TOKEN" : "INVALID_TOKEN");
     info.set_domain("myservice.v1");
-    return with_details(grpc::StatusCode::UNAUTHENTICATED, std::string(reason), info);
+    return stubkit::Error(grpc::StatusCode::UNAUTHENTICATED, std::string(reason)).with(info).to_grpc_status();
   }
 
   // Compares in time independent of where the strings differ (the length
@@ -424,32 +423,17 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
     return false;
   }
 
-  template <typename Detail>
-  static grpc::Status with_details(grpc::StatusCode code, std::string message, Detail const& detail) {
-    google::rpc::Status status;
-    status.set_code(static_cast<std::int32_t>(code));
-    status.set_message(message);
-    status.add_details()->PackFrom(detail);
-    return grpc::Status(code, std::move(message), status.SerializeAsString());
-  }
-
   static grpc::Status bad_request(std::string field, std::string description) {
-    google::rpc::BadRequest bad;
-    auto* violation = bad.add_field_violations();
-    violation->set_field(std::move(field));
-    violation->set_description(description);
-    return with_details(grpc::StatusCode::INVALID_ARGUMENT, std::move(description), bad);
+    return stubkit::invalid_argument(std::move(field), std::move(description)).to_grpc_status();
   }
 
-  static grpc::Status resource_error(grpc::StatusCode code, std::string const& id, std::string message) {
-    google::rpc::ResourceInfo info;
-    info.set_resource_type("type.googleapis.com/myservice.v1.User");
-    info.set_resource_name(id);
-    return with_details(code, std::move(message), info);
+  static grpc::Status user_error(grpc::StatusCode code, std::string const& id, std::string message) {
+    return stubkit::resource_error(code, std::move(message), "type.googleapis.com/myservice.v1.User", id)
+        .to_grpc_status();
   }
 
   static grpc::Status not_found(std::string const& id) {
-    return resource_error(grpc::StatusCode::NOT_FOUND, id, "User " + id + " not found");
+    return user_error(grpc::StatusCode::NOT_FOUND, id, "User " + id + " not found");
   }
 
   static bool valid_id(std::string_view id) {
@@ -491,8 +475,7 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
       return bad_request("user.id", "user.id must be at most 128 characters of [A-Za-z0-9-_.@~]");
     }
     if (users_.count(user.id()) != 0) {
-      return resource_error(grpc::StatusCode::ALREADY_EXISTS, user.id(),
-                            "User " + user.id() + " already exists");
+      return user_error(grpc::StatusCode::ALREADY_EXISTS, user.id(), "User " + user.id() + " already exists");
     }
     *user.mutable_created_at() = timestamp_now();
     users_[user.id()] = user;

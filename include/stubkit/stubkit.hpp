@@ -1,0 +1,8 @@
+// stubkit: the umbrella header. Includes every public SDK header (not the
+// testing/ ones, which pull in server code).
+#ifndef STUBKIT_STUBKIT_HPP
+#define STUBKIT_STUBKIT_HPP
+
+#include "stubkit/status.hpp"  // IWYU pragma: export
+
+#endif  // STUBKIT_STUBKIT_HPP

@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Docs stay true to the code: every code block under a
+`<!-- snippet: examples/X.cpp -->` marker must appear in that file, line for
+line (leading and trailing whitespace aside), in order and contiguous.
+
+Usage: docs_test.py SOURCE_ROOT
+"""
+import pathlib
+import re
+import sys
+
+root = pathlib.Path(sys.argv[1])
+marker = re.compile(r"<!-- snippet: (\S+) -->\s*\n```cpp\n(.*?)```", re.S)
+checked, failures = 0, []
+for doc in sorted((root / "docs").glob("*.md")):
+    for match in marker.finditer(doc.read_text()):
+        source, block = match.group(1), match.group(2)
+        path = root / source
+        if not path.exists():
+            failures.append(f"{doc.name}: {source} does not exist")
+            continue
+        want = [l.strip() for l in block.splitlines() if l.strip()]
+        have = [l.strip() for l in path.read_text().splitlines() if l.strip()]
+        found = any(have[i:i + len(want)] == want for i in range(len(have) - len(want) + 1))
+        checked += 1
+        if not found:
+            failures.append(f"{doc.name}: a snippet is not in {source}: {want[0]!r} ...")
+for f in failures:
+    print("FAIL", f)
+print(f"{checked} snippets checked, {len(failures)} stale")
+sys.exit(1 if failures or checked == 0 else 0)
