@@ -293,3 +293,16 @@ TEST_SUITE("status") {
     CHECK_FALSE(error.details<google::rpc::BadRequest>().has_value());
   }
 }
+
+TEST_SUITE("status") {
+  TEST_CASE("to_result reads the response after the call, whatever order arguments are evaluated in") {
+    std::string response;
+    auto fill = [](std::string* out) {
+      *out = "filled";
+      return grpc::Status::OK;
+    };
+    auto result = stubkit::to_result(fill(&response), std::move(response));
+    REQUIRE(result.ok());
+    CHECK(*result == "filled");
+  }
+}

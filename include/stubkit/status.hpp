@@ -316,6 +316,8 @@ template <int... Codes>
 template <typename T>
 class [[nodiscard]] Result {
  public:
+  using value_type = T;
+
   Result(T value) : state_(std::in_place_index<0>, std::move(value)) {}      // NOLINT: implicit by design
   Result(Error error) : state_(std::in_place_index<1>, std::move(error)) {}  // NOLINT: implicit by design
 
@@ -381,10 +383,12 @@ Result<std::optional<T>> optional_if_not_found(Result<T> result) {
 }
 
 /// The Result of a finished call: `response` when `status` is OK, else the
-/// decoded error.
+/// decoded error. Takes the response by reference, so
+/// `to_result(stub->GetUser(&ctx, req, &user), std::move(user))` is safe
+/// whatever order the arguments are evaluated in.
 template <typename T>
-Result<T> to_result(grpc::Status const& status, T response) {
-  if (status.ok()) return Result<T>(std::move(response));
+Result<std::decay_t<T>> to_result(grpc::Status const& status, T&& response) {
+  if (status.ok()) return Result<std::decay_t<T>>(std::forward<T>(response));
   return Error::from(status);
 }
 

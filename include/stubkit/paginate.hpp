@@ -1,0 +1,488 @@
+// Auto-pagination for List methods shaped as Google AIP-158 describes:
+// `page_size` and `page_token` in the request, one repeated field and
+// `next_page_token` in the response.
+//
+//   for (auto& user : stubkit::paginate(*stub, &UserService::Stub::ListUsers, request)) {
+//     if (!user) return handle(user.error());   // the error that ended the listing
+//     use(*user);
+//   }
+//
+//   for (auto& page : stubkit::paginate_pages(*stub, &UserService::Stub::ListUsers, request)) {
+//     if (!page) return handle(page.error());
+//     save(page->next_page_token());            // resume later from here
+//   }
+//
+// Ranges are lazy: one page is fetched at a time and at most one page is
+// held (two with prefetch). Servers that misbehave end the listing with a
+// clear error instead of looping: a page token seen before (stuck or
+// cyclic tokens), or a long run of empty pages. Empty pages that carry a
+// next token are skipped; pages larger than asked for are accepted.
+//
+// The repeated field is named once per response type, by specializing
+// PageTraits or by passing an accessor:
+//
+//   stubkit::paginate(*stub, &BookService::Stub::ListBooks, request,
+//                     [](ListBooksResponse& r) { return r.mutable_books(); });
+#ifndef STUBKIT_PAGINATE_HPP
+#define STUBKIT_PAGINATE_HPP
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/support/status.h>
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <future>
+#include <iterator>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "google/protobuf/message.h"
+#include "google/protobuf/repeated_ptr_field.h"
+#include "stubkit/status.hpp"
+
+namespace stubkit {
+
+/// Names the repeated field of a List response. Specialize it once per
+/// response type to call paginate() without an accessor:
+///
+///   template <> struct stubkit::PageTraits<ListBooksResponse> {
+///     static auto* items(ListBooksResponse& r) { return r.mutable_books(); }
+///   };
+template <typename Response>
+struct PageTraits;
+
+/// How a listing runs. Every field has a safe default.
+struct PaginateOptions {
+  /// Items per page to ask for; 0 keeps the request's own page_size (0 there
+  /// means the server's default).
+  int page_size = 0;
+  /// Stop after this many items; 0 = no limit. Pages then ask for no more
+  /// items than remain, and extra items of a larger page are dropped.
+  std::size_t max_items = 0;
+  /// Deadline of each page call; zero = none (beyond `deadline`).
+  std::chrono::milliseconds page_timeout{0};
+  /// Deadline of the whole listing: each page call ends by it, and no page
+  /// is requested once it has passed (the listing ends with DEADLINE_EXCEEDED).
+  std::optional<std::chrono::system_clock::time_point> deadline;
+  /// Fetch the next page while the caller consumes the current one.
+  bool prefetch = false;
+  /// This many empty pages in a row, each with a next token, end the listing
+  /// with an error (a server that never gets anywhere).
+  int max_empty_pages = 100;
+  /// The clock `deadline` is checked against; empty = system_clock::now.
+  std::function<std::chrono::system_clock::time_point()> clock;
+};
+
+namespace detail {
+
+template <typename Response, typename = void>
+struct HasPageTraits : std::false_type {};
+template <typename Response>
+struct HasPageTraits<Response, std::void_t<decltype(PageTraits<Response>::items(std::declval<Response&>()))>>
+    : std::true_type {};
+
+template <typename Response>
+struct TraitsAccessor {
+  static_assert(HasPageTraits<Response>::value,
+                "stubkit::paginate: name the repeated field of this response, either with an accessor "
+                "argument `[](Response& r) { return r.mutable_items(); }` or by specializing "
+                "stubkit::PageTraits<Response>");
+  auto operator()(Response& response) const { return PageTraits<Response>::items(response); }
+};
+
+// The item type an accessor yields: T for RepeatedPtrField<T>*.
+template <typename Accessor, typename Response>
+using ItemOf = typename std::remove_pointer_t<std::invoke_result_t<Accessor const&, Response&>>::value_type;
+
+// Loads a page: the context has the page's deadline set already.
+template <typename Request, typename Response>
+using PageFetch = std::function<Result<Response>(grpc::ClientContext&, Request const&)>;
+
+// The state machine shared by the item and page views: requests pages in
+// order, guards against misbehaving servers, applies deadlines and limits,
+// and optionally prefetches. Not thread-safe: one consumer.
+template <typename Request, typename Response>
+class Pager {
+ public:
+  Pager(PageFetch<Request, Response> fetch, Request request, PaginateOptions options,
+        std::function<std::size_t(Response const&)> count)
+      : fetch_(std::move(fetch)),
+        request_(std::move(request)),
+        options_(std::move(options)),
+        count_(std::move(count)) {
+    if (options_.page_size > 0) request_.set_page_size(options_.page_size);
+    if (!request_.page_token().empty()) seen_.insert(std::hash<std::string>{}(request_.page_token()));
+  }
+
+  ~Pager() { abandon_prefetch(); }
+  Pager(Pager const&) = delete;
+  Pager& operator=(Pager const&) = delete;
+
+  /// The next page, the error that ended the listing, or nullopt at the end.
+  std::optional<Result<Response>> next() {
+    while (!done_) {
+      if (pending_error_) {
+        done_ = true;
+        return Result<Response>(*std::move(pending_error_));
+      }
+      Result<Response> page = take_page();
+      if (!page.ok()) {
+        done_ = true;
+        return page;
+      }
+      ++pages_;
+      std::string const& token = page->next_page_token();
+      std::size_t const items = count_(*page);
+      delivered_ += items;
+      empty_run_ = items == 0 ? empty_run_ + 1 : 0;
+      if (token.empty() || limit_reached()) {
+        done_ = true;
+      } else if (!seen_.insert(std::hash<std::string>{}(token)).second) {
+        pending_error_ = misbehaving("returned a page token it had returned before");
+      } else if (empty_run_ >= options_.max_empty_pages) {
+        pending_error_ = misbehaving("returned " + std::to_string(empty_run_) + " empty pages in a row");
+      } else {
+        request_.set_page_token(token);
+        if (options_.prefetch) start_prefetch();
+      }
+      return page;
+    }
+    return std::nullopt;
+  }
+
+  /// Items delivered so far (counted per page, before any max_items trim).
+  std::size_t delivered() const { return delivered_; }
+  PaginateOptions const& options() const { return options_; }
+
+ private:
+  using Clock = std::chrono::system_clock;
+
+  Clock::time_point now() const { return options_.clock ? options_.clock() : Clock::now(); }
+
+  bool limit_reached() const { return options_.max_items != 0 && delivered_ >= options_.max_items; }
+
+  Error misbehaving(std::string const& what) const {
+    return Error(grpc::StatusCode::INTERNAL, "the server of " + Response::descriptor()->full_name() + " " +
+                                                 what + " after " + std::to_string(pages_) +
+                                                 " pages; the listing stopped instead of looping forever");
+  }
+
+  // The request for the next page, with page_size capped to what remains.
+  Request next_request() {
+    Request request = request_;
+    if (options_.max_items != 0) {
+      std::size_t const remaining = options_.max_items - delivered_;
+      std::size_t const cap = std::min<std::size_t>(remaining, std::numeric_limits<std::int32_t>::max());
+      if (request.page_size() <= 0 || static_cast<std::size_t>(request.page_size()) > cap) {
+        request.set_page_size(static_cast<std::int32_t>(cap));
+      }
+    }
+    return request;
+  }
+
+  std::unique_ptr<grpc::ClientContext> make_context() const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    std::optional<Clock::time_point> deadline = options_.deadline;
+    if (options_.page_timeout.count() > 0) {
+      auto const page_deadline = now() + options_.page_timeout;
+      if (!deadline || page_deadline < *deadline) deadline = page_deadline;
+    }
+    if (deadline) ctx->set_deadline(*deadline);
+    return ctx;
+  }
+
+  Result<Response> take_page() {
+    if (inflight_.valid()) {
+      Result<Response> page = inflight_.get();
+      inflight_ctx_.reset();
+      return page;
+    }
+    if (options_.deadline && now() >= *options_.deadline) {
+      return Error(grpc::StatusCode::DEADLINE_EXCEEDED,
+                   "the listing's deadline passed after " + std::to_string(pages_) + " pages");
+    }
+    auto ctx = make_context();
+    return fetch_(*ctx, next_request());
+  }
+
+  void start_prefetch() {
+    if (options_.deadline && now() >= *options_.deadline) return;  // take_page reports it
+    inflight_ctx_ = make_context();
+    inflight_ = std::async(std::launch::async, [fetch = fetch_, ctx = inflight_ctx_.get(),
+                                                request = next_request()] { return fetch(*ctx, request); });
+  }
+
+  // A prefetch nobody will read: cancel it and wait, so no call outlives us.
+  void abandon_prefetch() {
+    if (!inflight_.valid()) return;
+    inflight_ctx_->TryCancel();
+    inflight_.wait();
+  }
+
+  PageFetch<Request, Response> fetch_;
+  Request request_;
+  PaginateOptions options_;
+  std::function<std::size_t(Response const&)> count_;
+  std::unordered_set<std::size_t> seen_;  // hashes of the page tokens seen
+  std::optional<Error> pending_error_;
+  std::future<Result<Response>> inflight_;
+  std::unique_ptr<grpc::ClientContext> inflight_ctx_;
+  std::size_t delivered_ = 0;
+  std::size_t pages_ = 0;
+  int empty_run_ = 0;
+  bool done_ = false;
+};
+
+// The end of a pagination range.
+struct PageSentinel {};
+
+// An input iterator over a range that produces values one at a time through
+// `advance()` and exposes the current one as `current()`.
+template <typename Range>
+class PagingIterator {
+ public:
+  using iterator_category = std::input_iterator_tag;
+  using value_type = typename Range::value_type;
+  using difference_type = std::ptrdiff_t;
+  using pointer = value_type*;
+  using reference = value_type&;
+
+  PagingIterator() = default;
+  explicit PagingIterator(Range* range) : range_(range) {}
+
+  reference operator*() const { return range_->current(); }
+  pointer operator->() const { return &range_->current(); }
+  PagingIterator& operator++() {
+    range_->advance();
+    return *this;
+  }
+  void operator++(int) { ++*this; }
+  bool at_end() const { return range_->at_end(); }
+
+  friend bool operator==(PagingIterator const& it, PageSentinel) { return it.at_end(); }
+  friend bool operator==(PageSentinel s, PagingIterator const& it) { return it == s; }
+  friend bool operator!=(PagingIterator const& it, PageSentinel s) { return !(it == s); }
+  friend bool operator!=(PageSentinel s, PagingIterator const& it) { return !(it == s); }
+
+ private:
+  Range* range_ = nullptr;
+};
+
+template <typename Request, typename Stub, typename Class, typename Response>
+PageFetch<Request, Response> stub_fetch(Stub& stub,
+                                        grpc::Status (Class::*method)(grpc::ClientContext*, Request const&,
+                                                                      Response*)) {
+  static_assert(std::is_base_of_v<Class, Stub>, "the method must belong to the stub");
+  return [&stub, method](grpc::ClientContext& ctx, Request const& request) -> Result<Response> {
+    Response response;
+    grpc::Status status = (stub.*method)(&ctx, request, &response);
+    return to_result(status, std::move(response));
+  };
+}
+
+template <typename T>
+inline constexpr bool is_message_v = std::is_base_of_v<google::protobuf::Message, T>;
+
+}  // namespace detail
+
+/// A lazy input range over the items of a listing; each element is a
+/// Result<Item>: an item, or the error that ended the listing (the last
+/// element then). `value()` on an element throws that error instead.
+/// Iterate it once; it is movable, not copyable.
+template <typename Request, typename Response, typename Accessor>
+class ItemRange {
+ public:
+  using Item = detail::ItemOf<Accessor, Response>;
+  using value_type = Result<Item>;
+  using iterator = detail::PagingIterator<ItemRange>;
+  using sentinel = detail::PageSentinel;
+
+  ItemRange(detail::PageFetch<Request, Response> fetch, Request request, Accessor items,
+            PaginateOptions options)
+      : items_(std::move(items)),
+        pager_(std::make_unique<detail::Pager<Request, Response>>(
+            std::move(fetch), std::move(request), std::move(options), [items = items_](Response const& r) {
+              return static_cast<std::size_t>(items(const_cast<Response&>(r))->size());
+            })) {}
+
+  /// Starts the listing (fetches the first page). Call once.
+  iterator begin() {
+    if (!started_) {
+      started_ = true;
+      advance();
+    }
+    return iterator(this);
+  }
+  sentinel end() const { return {}; }
+
+  /// Collects every item; stops at the first error and returns it.
+  Result<std::vector<Item>> collect() {
+    std::vector<Item> all;
+    for (auto& item : *this) {
+      if (!item) return std::move(item).error();
+      all.push_back(*std::move(item));
+    }
+    return all;
+  }
+
+ private:
+  friend iterator;
+
+  value_type& current() { return *current_; }
+  bool at_end() const { return !current_.has_value(); }
+
+  void advance() {
+    current_.reset();
+    std::size_t const max = pager_->options().max_items;
+    while (true) {
+      if (max != 0 && yielded_ >= max) return;
+      if (page_ && index_ < items_(*page_)->size()) {
+        current_.emplace(std::move(*items_(*page_)->Mutable(index_++)));
+        ++yielded_;
+        return;
+      }
+      page_.reset();
+      auto next = pager_->next();
+      if (!next) return;
+      if (!next->ok()) {
+        current_.emplace(std::move(*next).error());
+        return;
+      }
+      page_.emplace(*std::move(*next));
+      index_ = 0;
+    }
+  }
+
+  Accessor items_;
+  std::unique_ptr<detail::Pager<Request, Response>> pager_;
+  std::optional<Response> page_;
+  int index_ = 0;
+  std::size_t yielded_ = 0;
+  std::optional<value_type> current_;
+  bool started_ = false;
+};
+
+/// A lazy input range over the pages of a listing; each element is a
+/// Result<Response>: the page as the server sent it (its
+/// `next_page_token()` resumes the listing later), or the error that ended
+/// the listing. Empty pages are delivered too.
+template <typename Request, typename Response>
+class PageRange {
+ public:
+  using value_type = Result<Response>;
+  using iterator = detail::PagingIterator<PageRange>;
+  using sentinel = detail::PageSentinel;
+
+  template <typename Accessor>
+  PageRange(detail::PageFetch<Request, Response> fetch, Request request, Accessor items,
+            PaginateOptions options)
+      : pager_(std::make_unique<detail::Pager<Request, Response>>(
+            std::move(fetch), std::move(request), std::move(options),
+            [items = std::move(items)](Response const& r) {
+              return static_cast<std::size_t>(items(const_cast<Response&>(r))->size());
+            })) {}
+
+  iterator begin() {
+    if (!started_) {
+      started_ = true;
+      advance();
+    }
+    return iterator(this);
+  }
+  sentinel end() const { return {}; }
+
+ private:
+  friend iterator;
+
+  value_type& current() { return *current_; }
+  bool at_end() const { return !current_.has_value(); }
+  void advance() {
+    current_.reset();
+    if (auto next = pager_->next()) current_.emplace(*std::move(next));
+  }
+
+  std::unique_ptr<detail::Pager<Request, Response>> pager_;
+  std::optional<value_type> current_;
+  bool started_ = false;
+};
+
+/// The items of a List method called on a generated stub (Stub or
+/// StubInterface), starting from `request` (its page_token resumes a
+/// listing). The response type must have PageTraits.
+template <typename Stub, typename Class, typename Request, typename Response>
+auto paginate(Stub& stub, grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
+              Request request, PaginateOptions options = {}) {
+  return ItemRange<Request, Response, detail::TraitsAccessor<Response>>(
+      detail::stub_fetch(stub, method), std::move(request), {}, std::move(options));
+}
+
+/// As above, naming the repeated field with `items`:
+/// `[](ListBooksResponse& r) { return r.mutable_books(); }`.
+template <typename Stub, typename Class, typename Request, typename Response, typename Accessor,
+          typename = std::enable_if_t<std::is_invocable_v<Accessor const&, Response&>>>
+auto paginate(Stub& stub, grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
+              Request request, Accessor items, PaginateOptions options = {}) {
+  return ItemRange<Request, Response, Accessor>(detail::stub_fetch(stub, method), std::move(request),
+                                                std::move(items), std::move(options));
+}
+
+/// The items of a listing whose pages come from `fetch`, a callable
+/// `Result<Response>(grpc::ClientContext&, Request const&)`: wrap the call
+/// with metadata, retries or logging there. The context arrives with the
+/// page's deadline set.
+template <typename Fetch, typename Request, typename = std::enable_if_t<detail::is_message_v<Request>>,
+          typename Response =
+              typename std::invoke_result_t<Fetch&, grpc::ClientContext&, Request const&>::value_type>
+auto paginate(Fetch fetch, Request request, PaginateOptions options = {}) {
+  return ItemRange<Request, Response, detail::TraitsAccessor<Response>>(std::move(fetch), std::move(request),
+                                                                        {}, std::move(options));
+}
+
+/// As above, naming the repeated field with `items`.
+template <typename Fetch, typename Request, typename Accessor,
+          typename = std::enable_if_t<detail::is_message_v<Request>>,
+          typename Response =
+              typename std::invoke_result_t<Fetch&, grpc::ClientContext&, Request const&>::value_type>
+auto paginate(Fetch fetch, Request request, Accessor items, PaginateOptions options = {}) {
+  return ItemRange<Request, Response, Accessor>(std::move(fetch), std::move(request), std::move(items),
+                                                std::move(options));
+}
+
+/// The pages of a List method called on a generated stub.
+template <typename Stub, typename Class, typename Request, typename Response>
+auto paginate_pages(Stub& stub,
+                    grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
+                    Request request, PaginateOptions options = {}) {
+  return PageRange<Request, Response>(detail::stub_fetch(stub, method), std::move(request),
+                                      detail::TraitsAccessor<Response>{}, std::move(options));
+}
+
+/// The pages of a List method, naming the repeated field with `items`.
+template <typename Stub, typename Class, typename Request, typename Response, typename Accessor,
+          typename = std::enable_if_t<std::is_invocable_v<Accessor const&, Response&>>>
+auto paginate_pages(Stub& stub,
+                    grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
+                    Request request, Accessor items, PaginateOptions options = {}) {
+  return PageRange<Request, Response>(detail::stub_fetch(stub, method), std::move(request), std::move(items),
+                                      std::move(options));
+}
+
+/// The pages of a listing whose pages come from `fetch` (see paginate).
+template <typename Fetch, typename Request, typename = std::enable_if_t<detail::is_message_v<Request>>,
+          typename Response =
+              typename std::invoke_result_t<Fetch&, grpc::ClientContext&, Request const&>::value_type>
+auto paginate_pages(Fetch fetch, Request request, PaginateOptions options = {}) {
+  return PageRange<Request, Response>(std::move(fetch), std::move(request),
+                                      detail::TraitsAccessor<Response>{}, std::move(options));
+}
+
+}  // namespace stubkit
+
+#endif  // STUBKIT_PAGINATE_HPP
