@@ -4,6 +4,7 @@
 // shutdown on SIGINT/SIGTERM (health goes NOT_SERVING, in-flight calls finish).
 //
 //   user_server [--host H] [--port P] [--preload N] [--token T] [--heartbeat D]
+//               [--max-page-size N]
 //
 // --port 0 (the default) picks a free port. When ready it prints exactly one
 // line "listening on HOST:PORT". D is a duration such as 5s or 250ms.
@@ -23,11 +24,13 @@ namespace {
 
 constexpr char const* kUsage =
     "usage: user_server [--host H] [--port P] [--preload N] [--token T] [--heartbeat D]\n"
+    "                   [--max-page-size N]\n"
     "  --host H       address to bind (default 127.0.0.1)\n"
     "  --port P       TCP port, 0 picks a free one (default 0)\n"
     "  --preload N    create N users at start (default 0)\n"
     "  --token T      require 'authorization: Bearer T' on UserService calls\n"
-    "  --heartbeat D  WatchUsers heartbeat interval, e.g. 5s or 250ms (default 5s)\n";
+    "  --heartbeat D  WatchUsers heartbeat interval, e.g. 5s or 250ms (default 5s)\n"
+    "  --max-page-size N  largest ListUsers page (default 100)\n";
 
 [[noreturn]] void usage_error(std::string const& message) {
   std::cerr << "user_server: " << message << "\n" << kUsage;
@@ -40,6 +43,7 @@ struct Flags {
   int preload = 0;
   std::string token;
   std::chrono::milliseconds heartbeat{5000};
+  int max_page_size = 100;
 };
 
 int parse_int(std::string_view flag, std::string_view text, int min, int max) {
@@ -70,6 +74,8 @@ Flags parse_flags(int argc, char** argv) {
     } else if (flag == "--token") {
       if (value.empty()) usage_error("--token must not be empty");
       flags.token = std::string(value);
+    } else if (flag == "--max-page-size") {
+      flags.max_page_size = parse_int(flag, value, 1, 1'000'000);
     } else if (flag == "--heartbeat") {
       absl::Duration d;
       if (!absl::ParseDuration(absl::string_view(value.data(), value.size()), &d) ||
@@ -103,6 +109,7 @@ int main(int argc, char** argv) {
   options.listen_address = flags.host + ":" + std::to_string(flags.port);
   options.service.token = flags.token;
   options.service.heartbeat_interval = flags.heartbeat;
+  options.service.max_page_size = flags.max_page_size;
   std::optional<stubkit::testing::EmbeddedServer> server;
   try {
     server.emplace(options);

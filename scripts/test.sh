@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
+# The benchmark program is built (not run) so it cannot rot unnoticed.
+meson configure build -Dbenchmarks=enabled
+meson compile -C build
 status=0
 meson test -C build --print-errorlogs "$@" || status=$?
 /usr/bin/python3 - build/meson-logs/testlog.json <<'PY'

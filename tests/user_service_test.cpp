@@ -146,6 +146,25 @@ TEST_SUITE("user_service") {
     }
   }
 
+  TEST_CASE("max_page_size raises or lowers the page cap") {
+    stubkit::testing::EmbeddedServerOptions options;
+    options.service.max_page_size = 1000;
+    ServerFixture big(options);
+    big.server.service().preload(1200);
+    options.service.max_page_size = 20;
+    ServerFixture small(options);
+    small.server.service().preload(100);
+    myservice::v1::ListUsersRequest request;
+    request.set_page_size(5000);
+    myservice::v1::ListUsersResponse response;
+    REQUIRE(big.stub->ListUsers(context().get(), request, &response).ok());
+    CHECK(response.users_size() == 1000);
+    request.set_page_size(0);
+    response.Clear();
+    REQUIRE(small.stub->ListUsers(context().get(), request, &response).ok());
+    CHECK(response.users_size() == 20);
+  }
+
   TEST_CASE("ListUsers walks every user once, in id order, and the last page has no token") {
     ServerFixture f;
     f.server.service().preload(23);

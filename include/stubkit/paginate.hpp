@@ -336,16 +336,26 @@ class ItemRange {
   friend iterator;
 
   value_type& current() { return *current_; }
-  bool at_end() const { return !current_.has_value(); }
+  bool at_end() const { return at_end_; }
 
   void advance() {
-    current_.reset();
+    at_end_ = true;
     std::size_t const max = pager_->options().max_items;
     while (true) {
       if (max != 0 && yielded_ >= max) return;
       if (page_ && index_ < items_(*page_)->size()) {
-        current_.emplace(std::move(*items_(*page_)->Mutable(index_++)));
+        Item& slot = *items_(*page_)->Mutable(index_++);
+        // Swap the item into the element instead of constructing a new
+        // message per item: the previous element goes back into the page,
+        // which is freed as a whole.
+        if (current_ && current_->ok()) {
+          using std::swap;
+          swap(**current_, slot);
+        } else {
+          current_.emplace(std::move(slot));
+        }
         ++yielded_;
+        at_end_ = false;
         return;
       }
       page_.reset();
@@ -353,6 +363,7 @@ class ItemRange {
       if (!next) return;
       if (!next->ok()) {
         current_.emplace(std::move(*next).error());
+        at_end_ = false;
         return;
       }
       page_.emplace(*std::move(*next));
@@ -366,6 +377,7 @@ class ItemRange {
   int index_ = 0;
   std::size_t yielded_ = 0;
   std::optional<value_type> current_;
+  bool at_end_ = true;
   bool started_ = false;
 };
 

@@ -9,7 +9,7 @@
 //   returns the first result instead of creating again. created_at is set by
 //   the server.
 // - GetUser: NOT_FOUND "User <id> not found" for a missing id.
-// - ListUsers: page_size 0 means 50, at most 100, negative is
+// - ListUsers: page_size 0 means 50, at most 100 (configurable), negative is
 //   INVALID_ARGUMENT. Pages follow id order and tokens are tamper-evident
 //   cursors, so every user that exists during the whole listing is returned
 //   exactly once, whatever is created or deleted meanwhile.
@@ -62,6 +62,9 @@ struct UserServiceOptions {
   std::size_t event_history = 1024;
   /// Key of the page-token tag; all zero picks a random key per service.
   detail::SipKey page_token_key{};
+  /// ListUsers never returns more users than this per page (the reference
+  /// server's 100). Raise it to serve large pages, e.g. in benchmarks.
+  int max_page_size = 100;
   /// Source of created_at and event times; empty = std::chrono::system_clock.
   std::function<std::chrono::system_clock::time_point()> clock;
 };
@@ -75,7 +78,6 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
   using UserEvent = myservice::v1::UserEvent;
 
   static constexpr int kDefaultPageSize = 50;
-  static constexpr int kMaxPageSize = 100;
   static constexpr std::size_t kMaxIdLength = 128;
 
   explicit UserServiceImpl(UserServiceOptions options = {})
@@ -154,8 +156,8 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
                            "page_token is not a token this server issued (garbled or modified)");
       }
     }
-    int const size =
-        request->page_size() == 0 ? kDefaultPageSize : std::min(request->page_size(), kMaxPageSize);
+    int const asked = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
+    int const size = std::min(asked, std::max(options_.max_page_size, 1));
     std::lock_guard<std::mutex> lock(mu_);
     auto it = after ? users_.upper_bound(*after) : users_.begin();
     for (int n = 0; n < size && it != users_.end(); ++n, ++it) {

@@ -1,0 +1,344 @@
+// stubkit-bench: stubkit against the raw generated stub, measured side by
+// side in one run, reported as ratios (machines are shared and noisy: only
+// ratios from one run mean anything). Prints a table and writes JSON.
+// Benchmarks never fail on timing: the exit status only reports errors.
+//
+//   stubkit-bench --user-server PATH [--json FILE] [--quick] [--only ROW]
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "google/protobuf/util/json_util.h"
+#include "stubkit/paginate.hpp"
+#include "stubkit/testing/embedded_server.hpp"
+#include "stubkit/user_client.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using myservice::v1::ListUsersRequest;
+using myservice::v1::ListUsersResponse;
+using Stub = myservice::v1::UserService::Stub;
+
+struct Row {
+  std::string id;
+  std::string what;
+  double stubkit;   // median
+  double baseline;  // median
+  std::string unit;
+  double ratio;      // stubkit / baseline
+  double ratio_low;  // spread of per-round ratios
+  double ratio_high;
+  std::string goal;
+  bool met;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+double seconds_of(std::function<void()> const& f) {
+  auto const start = Clock::now();
+  f();
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Runs both sides `rounds` times, alternating which goes first, and compares medians.
+Row compare(std::string id, std::string what, int rounds, std::function<void()> const& ours,
+            std::function<void()> const& theirs, double goal_ratio) {
+  std::vector<double> a, b, ratios;
+  ours();  // warm-up
+  theirs();
+  for (int i = 0; i < rounds; ++i) {
+    double x, y;
+    if (i % 2 == 0) {
+      x = seconds_of(ours);
+      y = seconds_of(theirs);
+    } else {
+      y = seconds_of(theirs);
+      x = seconds_of(ours);
+    }
+    a.push_back(x);
+    b.push_back(y);
+    ratios.push_back(x / y);
+  }
+  double const ratio = median(a) / median(b);
+  std::ostringstream goal;
+  goal << "<= " << goal_ratio;
+  return Row{std::move(id),
+             std::move(what),
+             median(a) * 1e3,
+             median(b) * 1e3,
+             "ms",
+             ratio,
+             *std::min_element(ratios.begin(), ratios.end()),
+             *std::max_element(ratios.begin(), ratios.end()),
+             goal.str(),
+             ratio <= goal_ratio};
+}
+
+std::size_t hand_loop(Stub& stub, int page_size) {
+  std::size_t bytes = 0;
+  ListUsersRequest request;
+  request.set_page_size(page_size);
+  do {
+    grpc::ClientContext ctx;
+    ListUsersResponse response;
+    if (!stub.ListUsers(&ctx, request, &response).ok()) std::abort();
+    for (auto const& user : response.users()) bytes += user.id().size();
+    request.set_page_token(response.next_page_token());
+  } while (!request.page_token().empty());
+  return bytes;
+}
+
+std::size_t paginated(Stub& stub, int page_size, bool prefetch = false) {
+  std::size_t bytes = 0;
+  stubkit::PaginateOptions options;
+  options.page_size = page_size;
+  options.prefetch = prefetch;
+  for (auto& user : stubkit::paginate(stub, &Stub::ListUsers, ListUsersRequest{}, options)) {
+    if (!user) std::abort();
+    bytes += user->id().size();
+  }
+  return bytes;
+}
+
+// ---- B3: peak RSS of a client process listing N users over TCP ----------
+
+long peak_rss_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+  }
+  return -1;
+}
+
+int rss_child(std::string const& target, int page_size) {
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  auto stub = myservice::v1::UserService::NewStub(channel);
+  std::size_t count = 0;
+  stubkit::PaginateOptions options;
+  options.page_size = page_size;
+  for (auto& user : stubkit::paginate(*stub, &Stub::ListUsers, ListUsersRequest{}, options)) {
+    if (!user) {
+      std::cerr << user.error().to_string() << "\n";
+      return 1;
+    }
+    ++count;
+  }
+  std::cout << count << " " << peak_rss_kib() << std::endl;
+  return 0;
+}
+
+struct Process {
+  pid_t pid = -1;
+  FILE* out = nullptr;
+};
+
+Process spawn(std::vector<std::string> args) {
+  int fds[2];
+  if (pipe(fds) != 0) std::abort();
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    close(fds[1]);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  return Process{pid, fdopen(fds[0], "r")};
+}
+
+std::string read_line(FILE* f) {
+  char buf[512];
+  if (fgets(buf, sizeof buf, f) == nullptr) return "";
+  std::string line(buf);
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+  return line;
+}
+
+// Peak RSS (KiB) of a fresh client process listing `users` users.
+long client_rss(std::string const& self, std::string const& user_server, int users, int page_size) {
+  Process server = spawn({user_server, "--port", "0", "--preload", std::to_string(users), "--max-page-size",
+                          std::to_string(page_size)});
+  std::string line = read_line(server.out);
+  std::string const target = line.substr(line.rfind(' ') + 1);
+  Process client = spawn({self, "--rss-child", target, std::to_string(page_size)});
+  std::istringstream result(read_line(client.out));
+  long count = 0, rss = -1;
+  result >> count >> rss;
+  waitpid(client.pid, nullptr, 0);
+  kill(server.pid, SIGTERM);
+  waitpid(server.pid, nullptr, 0);
+  fclose(client.out);
+  fclose(server.out);
+  if (count != users) {
+    std::cerr << "rss child listed " << count << " of " << users << " users\n";
+    return -1;
+  }
+  return rss;
+}
+
+// ---- B8: binary vs JSON ---------------------------------------------------
+
+ListUsersResponse user_heavy_page(int users) {
+  ListUsersResponse response;
+  for (int i = 0; i < users; ++i) {
+    auto* u = response.add_users();
+    u->set_id("u" + std::to_string(100000 + i));
+    u->set_email("user" + std::to_string(i) + "@example.com");
+    u->set_display_name("User number " + std::to_string(i));
+    u->set_role(myservice::v1::USER_ROLE_MEMBER);
+    u->mutable_created_at()->set_seconds(1700000000 + i);
+    (*u->mutable_metadata())["team"] = "platform";
+    (*u->mutable_metadata())["region"] = "eu-west";
+    u->set_phone("+44 20 7946 " + std::to_string(1000 + i % 9000));
+  }
+  response.set_next_page_token("c1:u100999abcdefgh");
+  return response;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string user_server, json_path = "bench.json", only;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string const flag = argv[i];
+    if (flag == "--rss-child" && i + 2 < argc) return rss_child(argv[i + 1], std::atoi(argv[i + 2]));
+    if (flag == "--list-once" && i + 3 < argc) {
+      // One listing by one side, for instruction counts under callgrind:
+      // stubkit-bench --list-once paginate|hand PAGE_SIZE USERS
+      stubkit::testing::EmbeddedServerOptions options;
+      options.service.max_page_size = 1000;
+      stubkit::testing::EmbeddedServer server(options);
+      server.service().preload(std::atoi(argv[i + 3]));
+      auto stub = myservice::v1::UserService::NewStub(server.channel());
+      int const page_size = std::atoi(argv[i + 2]);
+      bool const ours = std::string(argv[i + 1]) == "paginate";
+      std::cout << (ours ? paginated(*stub, page_size) : hand_loop(*stub, page_size)) << "\n";
+      return 0;
+    }
+    if (flag == "--user-server" && i + 1 < argc) {
+      user_server = argv[++i];
+    } else if (flag == "--json" && i + 1 < argc) {
+      json_path = argv[++i];
+    } else if (flag == "--only" && i + 1 < argc) {
+      only = argv[++i];
+    } else if (flag == "--quick") {
+      quick = true;
+    } else {
+      std::cerr << "usage: stubkit-bench --user-server PATH [--json FILE] [--quick] [--only ROW]\n";
+      return 2;
+    }
+  }
+  int const rounds = quick ? 3 : 15;
+  auto wanted = [&](char const* id) { return only.empty() || only == id; };
+  int const list_users = quick ? 20000 : 100000;
+  std::vector<Row> rows;
+
+  if (wanted("B2")) {  // B2: paginate() vs a hand-written loop, in-process.
+    stubkit::testing::EmbeddedServerOptions options;
+    options.service.max_page_size = 1000;
+    stubkit::testing::EmbeddedServer server(options);
+    server.service().preload(list_users);
+    auto stub = myservice::v1::UserService::NewStub(server.channel());
+    for (int page_size : {100, 1000}) {
+      std::cerr << "B2: listing " << list_users << " users in pages of " << page_size << "...\n";
+      std::size_t sink = 0;
+      rows.push_back(compare(
+          "B2",
+          "list " + std::to_string(list_users / 1000) + "k users, pages of " + std::to_string(page_size) +
+              ": paginate() vs hand loop (in-process)",
+          rounds, [&] { sink += paginated(*stub, page_size); }, [&] { sink += hand_loop(*stub, page_size); },
+          1.02));
+      if (sink == 0) return 1;
+    }
+  }
+
+  if (!user_server.empty() && wanted("B3")) {  // B3: peak RSS, 100k vs 10k users.
+    std::cerr << "B3: peak RSS of a client listing 100k and 10k users over TCP...\n";
+    std::vector<double> big, small, ratios;
+    for (int i = 0; i < (quick ? 1 : 3); ++i) {
+      long const b = client_rss(argv[0], user_server, 100000, 100);
+      long const s = client_rss(argv[0], user_server, 10000, 100);
+      if (b < 0 || s < 0) return 1;
+      big.push_back(static_cast<double>(b));
+      small.push_back(static_cast<double>(s));
+      ratios.push_back(static_cast<double>(b) / static_cast<double>(s));
+    }
+    double const ratio = median(big) / median(small);
+    rows.push_back(Row{"B3", "peak client RSS listing 100k vs 10k users (paginate, pages of 100, TCP)",
+                       median(big) / 1024, median(small) / 1024, "MiB", ratio,
+                       *std::min_element(ratios.begin(), ratios.end()),
+                       *std::max_element(ratios.begin(), ratios.end()), "<= 1.1", ratio <= 1.1});
+  }
+
+  if (wanted("B8")) {  // B8: the reference document's "binary, 5-10x faster" claim.
+    std::cerr << "B8: binary vs JSON serialize+parse of a 1000-user ListUsersResponse...\n";
+    ListUsersResponse const page = user_heavy_page(1000);
+    int const iterations = quick ? 20 : 100;
+    Row row = compare(
+        "B8", "JSON vs binary: serialize+parse a 1000-user ListUsersResponse (factor)", rounds,
+        [&] {
+          for (int i = 0; i < iterations; ++i) {
+            std::string json;
+            (void)google::protobuf::util::MessageToJsonString(page, &json);
+            ListUsersResponse back;
+            (void)google::protobuf::util::JsonStringToMessage(json, &back);
+          }
+        },
+        [&] {
+          for (int i = 0; i < iterations; ++i) {
+            std::string binary = page.SerializeAsString();
+            ListUsersResponse back;
+            back.ParseFromString(binary);
+          }
+        },
+        5.0);
+    row.goal = "report (claim: 5-10)";
+    row.met = true;
+    rows.push_back(row);
+  }
+
+  std::cout << "\n| row | what | stubkit | baseline | ratio (spread) | goal | met "
+               "|\n|---|---|---|---|---|---|---|\n";
+  std::cout << std::fixed;
+  for (auto const& r : rows) {
+    std::cout << "| " << r.id << " | " << r.what << " | " << std::setprecision(1) << r.stubkit << " "
+              << r.unit << " | " << r.baseline << " " << r.unit << " | " << std::setprecision(3) << r.ratio
+              << " (" << r.ratio_low << "-" << r.ratio_high << ") | " << r.goal << " | "
+              << (r.met ? "yes" : "NO") << " |\n";
+  }
+  std::ofstream json(json_path);
+  json << "[\n";
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    auto const& r = rows[i];
+    json << "  {\"id\": \"" << r.id << "\", \"what\": \"" << r.what << "\", \"stubkit\": " << r.stubkit
+         << ", \"baseline\": " << r.baseline << ", \"unit\": \"" << r.unit << "\", \"ratio\": " << r.ratio
+         << ", \"ratio_low\": " << r.ratio_low << ", \"ratio_high\": " << r.ratio_high << ", \"goal\": \""
+         << r.goal << "\", \"met\": " << (r.met ? "true" : "false") << "}" << (i + 1 < rows.size() ? "," : "")
+         << "\n";
+  }
+  json << "]\n";
+  std::cerr << "wrote " << json_path << "\n";
+  return 0;
+}
