@@ -4,6 +4,7 @@
 #define STUBKIT_STUBKIT_HPP
 
 #include "stubkit/paginate.hpp"  // IWYU pragma: export
+#include "stubkit/retry.hpp"     // IWYU pragma: export
 #include "stubkit/status.hpp"    // IWYU pragma: export
 
 #endif  // STUBKIT_STUBKIT_HPP

@@ -15,6 +15,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/time_util.h"
@@ -35,9 +36,11 @@ class FaultInjector {
  public:
   /// What the server does with one call.
   struct Plan {
-    std::optional<grpc::Status> failure;    ///< end the call with this status
-    std::chrono::milliseconds latency{0};   ///< wait this long first (cancellable)
-    std::optional<int> close_stream_after;  ///< end a stream after this many messages
+    std::optional<grpc::Status> failure;        ///< end the call with this status
+    std::optional<grpc::Status> failure_after;  ///< handle the call, then fail it (reply lost)
+    std::optional<std::string> pushback;        ///< grpc-retry-pushback-ms trailer sent with `failure`
+    std::chrono::milliseconds latency{0};       ///< wait this long first (cancellable)
+    std::optional<int> close_stream_after;      ///< end a stream after this many messages
   };
 
   explicit FaultInjector(google::protobuf::ServiceDescriptor const* service) : service_(service) {}
@@ -68,6 +71,36 @@ class FaultInjector {
     fail_next(method, count, error);
   }
 
+  /// The next `count` calls of `method` are handled (their effects happen)
+  /// and then fail with `code`: a reply lost on the way back, the case that
+  /// makes retrying non-idempotent calls dangerous.
+  void fail_after_next(std::string_view method, int count, grpc::StatusCode code,
+                       std::string message = "injected fault after handling") {
+    if (count < 0) throw std::invalid_argument("fail_after_next: count must not be negative");
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& f = faults_[checked(method)];
+    f.failures_after_left = count;
+    f.failure_after = grpc::Status(code, std::move(message));
+  }
+
+  /// The next `count` calls of `method` fail with `code` and the trailer
+  /// `grpc-retry-pushback-ms: <pushback>` (sent verbatim, so malformed
+  /// values can be tested).
+  void fail_next_with_pushback(std::string_view method, int count, grpc::StatusCode code,
+                               std::string pushback) {
+    fail_next(method, count, code, "injected fault with pushback");
+    std::lock_guard<std::mutex> lock(mu_);
+    faults_[checked(method)].pushback = std::move(pushback);
+  }
+
+  /// The values of the `stubkit-previous-rpc-attempts` header that calls of
+  /// `method` carried, in arrival order ("" when absent).
+  std::vector<std::string> attempt_headers(std::string_view method) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = faults_.find(checked(method));
+    return it == faults_.end() ? std::vector<std::string>{} : it->second.attempt_headers;
+  }
+
   /// Every call of `method` waits `latency` before it is handled.
   void add_latency(std::string_view method, std::chrono::milliseconds latency) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -81,12 +114,13 @@ class FaultInjector {
     faults_[checked(method)].close_after = messages;
   }
 
-  /// Removes every planned fault (call counts are kept).
+  /// Removes every planned fault (call counts and attempt headers are kept).
   void clear() {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& entry : faults_) {
       Fault cleared;
       cleared.calls = entry.second.calls;
+      cleared.attempt_headers = std::move(entry.second.attempt_headers);
       entry.second = std::move(cleared);
     }
   }
@@ -99,16 +133,21 @@ class FaultInjector {
   }
 
   /// Server side: counts the call and returns what to do with it.
-  Plan take(std::string_view method) {
+  Plan take(std::string_view method, std::string attempt_header = "") {
     std::lock_guard<std::mutex> lock(mu_);
     auto& f = faults_[std::string(method)];
     ++f.calls;
+    f.attempt_headers.push_back(std::move(attempt_header));
     Plan plan;
     plan.latency = f.latency;
     plan.close_stream_after = f.close_after;
     if (f.failures_left > 0) {
       --f.failures_left;
       plan.failure = f.failure;
+      if (!f.pushback.empty()) plan.pushback = f.pushback;
+    } else if (f.failures_after_left > 0) {
+      --f.failures_after_left;
+      plan.failure_after = f.failure_after;
     }
     return plan;
   }
@@ -118,6 +157,10 @@ class FaultInjector {
     std::int64_t calls = 0;
     int failures_left = 0;
     grpc::Status failure;
+    std::string pushback;
+    int failures_after_left = 0;
+    grpc::Status failure_after;
+    std::vector<std::string> attempt_headers;
     std::chrono::milliseconds latency{0};
     std::optional<int> close_after;
   };

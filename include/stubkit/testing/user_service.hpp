@@ -125,25 +125,28 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
 
   grpc::Status CreateUser(grpc::ServerContext* ctx, myservice::v1::CreateUserRequest const* request,
                           myservice::v1::CreateUserResponse* response) override {
-    if (auto s = admit(ctx, "CreateUser"); !s.ok()) return s;
+    FaultInjector::Plan plan;
+    if (auto s = admit(ctx, "CreateUser", &plan); !s.ok()) return s;
     std::lock_guard<std::mutex> lock(mu_);
-    return create_locked(*request, response->mutable_user());
+    return settle(plan, create_locked(*request, response->mutable_user()));
   }
 
   grpc::Status GetUser(grpc::ServerContext* ctx, myservice::v1::GetUserRequest const* request,
                        User* response) override {
-    if (auto s = admit(ctx, "GetUser"); !s.ok()) return s;
+    FaultInjector::Plan plan;
+    if (auto s = admit(ctx, "GetUser", &plan); !s.ok()) return s;
     if (request->id().empty()) return bad_request("id", "id is required");
     std::lock_guard<std::mutex> lock(mu_);
     auto it = users_.find(request->id());
     if (it == users_.end()) return not_found(request->id());
     *response = it->second;
-    return grpc::Status::OK;
+    return settle(plan, grpc::Status::OK);
   }
 
   grpc::Status ListUsers(grpc::ServerContext* ctx, myservice::v1::ListUsersRequest const* request,
                          myservice::v1::ListUsersResponse* response) override {
-    if (auto s = admit(ctx, "ListUsers"); !s.ok()) return s;
+    FaultInjector::Plan plan;
+    if (auto s = admit(ctx, "ListUsers", &plan); !s.ok()) return s;
     if (request->page_size() < 0) {
       return bad_request("page_size",
                          "page_size must not be negative, got " + std::to_string(request->page_size()));
@@ -166,13 +169,14 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
     if (it != users_.end()) {
       response->set_next_page_token(tokens_.encode(std::prev(it)->first));
     }
-    return grpc::Status::OK;
+    return settle(plan, grpc::Status::OK);
   }
 
   grpc::Status UpdateUser(grpc::ServerContext* ctx, myservice::v1::UpdateUserRequest const* request,
                           User* response) override {
     using google::protobuf::util::FieldMaskUtil;
-    if (auto s = admit(ctx, "UpdateUser"); !s.ok()) return s;
+    FaultInjector::Plan plan;
+    if (auto s = admit(ctx, "UpdateUser", &plan); !s.ok()) return s;
     if (request->user().id().empty()) return bad_request("user.id", "user.id is required");
     for (auto const& path : request->update_mask().paths()) {
       if (path == "id" || path.rfind("id.", 0) == 0 || path == "created_at" ||
@@ -200,12 +204,13 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
     }
     *response = stored;
     publish_locked("updated", stored);
-    return grpc::Status::OK;
+    return settle(plan, grpc::Status::OK);
   }
 
   grpc::Status DeleteUser(grpc::ServerContext* ctx, myservice::v1::DeleteUserRequest const* request,
                           google::protobuf::Empty* /*response*/) override {
-    if (auto s = admit(ctx, "DeleteUser"); !s.ok()) return s;
+    FaultInjector::Plan plan;
+    if (auto s = admit(ctx, "DeleteUser", &plan); !s.ok()) return s;
     if (request->id().empty()) return bad_request("id", "id is required");
     std::lock_guard<std::mutex> lock(mu_);
     auto it = users_.find(request->id());
@@ -213,7 +218,7 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
     User removed = std::move(it->second);
     users_.erase(it);
     publish_locked("deleted", removed);
-    return grpc::Status::OK;
+    return settle(plan, grpc::Status::OK);
   }
 
   grpc::Status WatchUsers(grpc::ServerContext* ctx, myservice::v1::WatchUsersRequest const* request,
@@ -378,13 +383,27 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
   grpc::Status admit(grpc::ServerContext* ctx, std::string_view method,
                      FaultInjector::Plan* plan_out = nullptr) {
     if (auto s = authenticate(*ctx); !s.ok()) return s;
-    FaultInjector::Plan plan = faults_.take(method);
+    auto const& metadata = ctx->client_metadata();
+    auto attempt = metadata.find("stubkit-previous-rpc-attempts");
+    FaultInjector::Plan plan = faults_.take(
+        method, attempt == metadata.end() ? std::string()
+                                          : std::string(attempt->second.data(), attempt->second.size()));
     if (plan.latency.count() > 0 && !sleep_unless_cancelled(*ctx, plan.latency)) {
       return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
     }
-    if (plan.failure) return *plan.failure;
+    if (plan.failure) {
+      if (plan.pushback) ctx->AddTrailingMetadata("grpc-retry-pushback-ms", *plan.pushback);
+      return *plan.failure;
+    }
     if (plan_out != nullptr) *plan_out = std::move(plan);
     return grpc::Status::OK;
+  }
+
+  // The status a unary handler returns: its own, unless a fault says the
+  // reply is lost after the work was done.
+  static grpc::Status settle(FaultInjector::Plan const& plan, grpc::Status status) {
+    if (status.ok() && plan.failure_after) return *plan.failure_after;
+    return status;
   }
 
   grpc::Status authenticate(grpc::ServerContext const& ctx) const {

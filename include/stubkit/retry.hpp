@@ -1,0 +1,418 @@
+// Retries with exponential backoff and full jitter, done safely: only
+// idempotent calls are retried, server pushback is honoured, attempts and
+// sleeps never outlast the caller's deadline, and a retry throttle keeps a
+// dead backend from being hammered.
+//
+//   stubkit::CallOptions options;
+//   options.timeout = std::chrono::seconds(2);          // bounds all attempts and sleeps
+//   options.retry = stubkit::RetryPolicy::standard();   // UNAVAILABLE, 4 attempts
+//   stubkit::Result<User> user = stubkit::call(*stub, &UserService::Stub::GetUser, request, options);
+//
+// The same policy drives the channel interceptor in retry_interceptor.hpp,
+// which retries calls made through unmodified generated stubs.
+#ifndef STUBKIT_RETRY_HPP
+#define STUBKIT_RETRY_HPP
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/support/status.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/descriptor.pb.h"
+#include "google/protobuf/message.h"
+#include "google/rpc/error_details.pb.h"
+#include "stubkit/status.hpp"
+
+namespace stubkit {
+
+/// When and how a failed call is tried again. The defaults follow Google
+/// AIP-194: retry UNAVAILABLE only, with full-jitter exponential backoff.
+struct RetryPolicy {
+  /// Attempts in all, the first included; 1 = never retry.
+  int max_attempts = 4;
+  /// The first backoff cap; each retry multiplies it by `multiplier`, up to `max_backoff`.
+  std::chrono::milliseconds initial_backoff{100};
+  std::chrono::milliseconds max_backoff{5000};
+  double multiplier = 2.0;
+  /// Codes worth retrying. DEADLINE_EXCEEDED does not belong here: it is
+  /// retried only when `per_attempt_timeout` (not the caller's deadline) expired.
+  std::vector<grpc::StatusCode> retryable_codes{grpc::StatusCode::UNAVAILABLE};
+  /// Deadline of each attempt; zero = attempts share the call's deadline.
+  std::chrono::milliseconds per_attempt_timeout{0};
+
+  /// The recommended policy: 4 attempts, 100 ms doubling to at most 5 s, UNAVAILABLE.
+  static RetryPolicy standard() { return RetryPolicy{}; }
+
+  /// A policy that never retries.
+  static RetryPolicy none() {
+    RetryPolicy policy;
+    policy.max_attempts = 1;
+    return policy;
+  }
+
+  /// Why the policy is unusable, or "" if it is fine.
+  std::string problem() const {
+    if (max_attempts < 1) return "max_attempts must be at least 1";
+    if (initial_backoff.count() < 0 || max_backoff.count() < 0) return "backoffs must not be negative";
+    if (max_backoff < initial_backoff) return "max_backoff must not be below initial_backoff";
+    if (!(multiplier >= 1.0) || !std::isfinite(multiplier)) return "multiplier must be a finite number >= 1";
+    if (per_attempt_timeout.count() < 0) return "per_attempt_timeout must not be negative";
+    return "";
+  }
+
+  bool retryable(grpc::StatusCode code) const {
+    return std::find(retryable_codes.begin(), retryable_codes.end(), code) != retryable_codes.end();
+  }
+};
+
+/// Full-jitter exponential backoff (the AWS architecture blog's "full
+/// jitter"): the n-th delay is uniform in [0, min(max_backoff,
+/// initial_backoff * multiplier^n)], so clients that failed together do not
+/// retry together.
+class Backoff {
+ public:
+  /// `random01` returns numbers uniform in [0, 1); empty = a per-thread PRNG.
+  explicit Backoff(RetryPolicy const& policy, std::function<double()> random01 = {})
+      : initial_(policy.initial_backoff),
+        max_(policy.max_backoff),
+        multiplier_(policy.multiplier),
+        random01_(std::move(random01)) {}
+
+  /// The upper bound of the next delay, without drawing it.
+  std::chrono::milliseconds cap() const {
+    double const grown = static_cast<double>(initial_.count()) * std::pow(multiplier_, retries_);
+    return std::chrono::milliseconds(
+        static_cast<std::int64_t>(std::min(grown, static_cast<double>(max_.count()))));
+  }
+
+  /// The next delay.
+  std::chrono::milliseconds next() {
+    auto const bound = cap();
+    ++retries_;
+    double const r = random01_ ? random01_() : default_random();
+    return std::chrono::milliseconds(static_cast<std::int64_t>(r * static_cast<double>(bound.count())));
+  }
+
+ private:
+  static double default_random() {
+    thread_local std::mt19937_64 engine{std::random_device{}()};
+    return std::uniform_real_distribution<double>(0.0, 1.0)(engine);
+  }
+
+  std::chrono::milliseconds initial_;
+  std::chrono::milliseconds max_;
+  double multiplier_;
+  std::function<double()> random01_;
+  int retries_ = 0;
+};
+
+/// Retry throttling as in gRPC's retry design (A6): a token bucket shared
+/// by all calls to one backend. It starts full at `max_tokens`; every
+/// retryable failure takes one token, every success gives back
+/// `token_ratio`; while the bucket is at or below half, no call is retried.
+/// So when most calls fail, retries stop adding load. Thread-safe.
+class RetryThrottle {
+ public:
+  explicit RetryThrottle(double max_tokens = 10, double token_ratio = 0.1)
+      : max_tokens_(max_tokens), token_ratio_(token_ratio), tokens_(max_tokens) {}
+
+  void on_success() {
+    std::lock_guard<std::mutex> lock(mu_);
+    tokens_ = std::min(max_tokens_, tokens_ + token_ratio_);
+  }
+  void on_retryable_failure() {
+    std::lock_guard<std::mutex> lock(mu_);
+    tokens_ = std::max(0.0, tokens_ - 1);
+  }
+  bool allows_retry() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tokens_ > max_tokens_ / 2;
+  }
+  double tokens() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tokens_;
+  }
+
+ private:
+  double const max_tokens_;
+  double const token_ratio_;
+  mutable std::mutex mu_;
+  double tokens_;
+};
+
+/// What happened before a retry, for logs and metrics.
+struct RetryEvent {
+  int attempt;                      ///< the attempt that failed (1 = the first)
+  grpc::Status status;              ///< how it failed
+  std::chrono::milliseconds delay;  ///< the wait before the next attempt
+};
+
+/// How a retried call ended, for callers that want to know.
+struct RetryReport {
+  int attempts = 0;
+  std::chrono::milliseconds total_delay{0};
+  grpc::Status last_status;
+  std::string stop_reason;  ///< why no further attempt was made ("" after success)
+};
+
+/// Time seams: every clock read and sleep of a retry loop goes through these,
+/// so tests run fast and exact.
+struct RetryClock {
+  std::function<std::chrono::system_clock::time_point()> now;  ///< empty = system_clock::now
+  std::function<void(std::chrono::milliseconds)> sleep;        ///< empty = this_thread::sleep_for
+  std::function<double()> random01;                            ///< empty = a per-thread PRNG
+
+  std::chrono::system_clock::time_point read() const {
+    return now ? now() : std::chrono::system_clock::now();
+  }
+  void wait(std::chrono::milliseconds d) const {
+    if (sleep) {
+      sleep(d);
+    } else {
+      std::this_thread::sleep_for(d);
+    }
+  }
+};
+
+/// The metadata key that tells the server how many attempts preceded this one.
+inline constexpr char const* kPreviousAttemptsKey = "stubkit-previous-rpc-attempts";
+/// The trailer by which a server sets the next retry's delay (gRPC A6).
+inline constexpr char const* kPushbackKey = "grpc-retry-pushback-ms";
+
+/// Whether a method is safe to retry by its proto declaration:
+/// `option idempotency_level = NO_SIDE_EFFECTS` or `IDEMPOTENT`.
+inline bool declared_idempotent(google::protobuf::MethodDescriptor const* method) {
+  if (method == nullptr) return false;
+  auto const level = method->options().idempotency_level();
+  return level == google::protobuf::MethodOptions::NO_SIDE_EFFECTS ||
+         level == google::protobuf::MethodOptions::IDEMPOTENT;
+}
+
+/// Whether a request carries an idempotency key: a non-empty string field
+/// named `request_id` (Google AIP-155), which lets the server deduplicate.
+inline bool has_idempotency_key(google::protobuf::Message const& request) {
+  auto const* field = request.GetDescriptor()->FindFieldByName("request_id");
+  if (field == nullptr || field->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_STRING ||
+      field->is_repeated()) {
+    return false;
+  }
+  return !request.GetReflection()->GetString(request, field).empty();
+}
+
+/// The method of a full gRPC method name ("/pkg.Service/Method") in the
+/// generated descriptor pool, or nullptr.
+inline google::protobuf::MethodDescriptor const* find_method(std::string_view full_name) {
+  if (full_name.size() < 3 || full_name[0] != '/') return nullptr;
+  auto const slash = full_name.find('/', 1);
+  if (slash == std::string_view::npos) return nullptr;
+  auto const* service = google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+      std::string(full_name.substr(1, slash - 1)));
+  return service == nullptr ? nullptr : service->FindMethodByName(std::string(full_name.substr(slash + 1)));
+}
+
+namespace detail {
+
+// The unique method of Request's file taking Request and returning
+// Response, or nullptr when there is none or several (then idempotency must
+// be stated by the caller).
+template <typename Request, typename Response>
+google::protobuf::MethodDescriptor const* method_for_types() {
+  static google::protobuf::MethodDescriptor const* const found = [] {
+    google::protobuf::MethodDescriptor const* match = nullptr;
+    auto const* file = Request::descriptor()->file();
+    for (int s = 0; s < file->service_count(); ++s) {
+      auto const* service = file->service(s);
+      for (int m = 0; m < service->method_count(); ++m) {
+        auto const* method = service->method(m);
+        if (method->input_type() == Request::descriptor() &&
+            method->output_type() == Response::descriptor()) {
+          if (match != nullptr) return static_cast<google::protobuf::MethodDescriptor const*>(nullptr);
+          match = method;
+        }
+      }
+    }
+    return match;
+  }();
+  return found;
+}
+
+// The server's pushback: nullopt = none sent; a negative value = "stop
+// retrying" (sent negative or malformed).
+inline std::optional<std::int64_t> parse_pushback(
+    std::multimap<grpc::string_ref, grpc::string_ref> const& trailers) {
+  auto it = trailers.find(kPushbackKey);
+  if (it == trailers.end()) return std::nullopt;
+  std::string_view const text(it->second.data(), it->second.size());
+  if (text.empty() || text.size() > 12) return -1;
+  std::int64_t value = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return -1;
+    value = value * 10 + (c - '0');
+  }
+  return value;
+}
+
+// The delay a RetryInfo detail asks for, if the status carries one.
+inline std::optional<std::chrono::milliseconds> retry_info_delay(grpc::Status const& status) {
+  if (status.error_details().empty()) return std::nullopt;
+  auto info = Error::from(status).details<google::rpc::RetryInfo>();
+  if (!info) return std::nullopt;
+  auto const ms = info->retry_delay().seconds() * 1000 + info->retry_delay().nanos() / 1000000;
+  return std::chrono::milliseconds(std::max<std::int64_t>(0, ms));
+}
+
+}  // namespace detail
+
+/// Everything a retry loop needs besides the attempt itself.
+struct RetryPlan {
+  RetryPolicy policy = RetryPolicy::none();
+  bool idempotent = false;
+  std::optional<std::chrono::system_clock::time_point> deadline;  ///< bounds attempts and sleeps
+  std::shared_ptr<RetryThrottle> throttle;                        ///< optional, shared per backend
+  std::function<void(RetryEvent const&)> on_retry;                ///< optional observer
+  RetryClock clock;
+};
+
+/// One attempt's result as the loop needs it.
+struct AttemptOutcome {
+  grpc::Status status;
+  std::optional<std::int64_t> pushback_ms;  ///< from grpc-retry-pushback-ms, see detail::parse_pushback
+};
+
+/// Runs attempts until one succeeds or the plan says stop. `attempt(n,
+/// deadline)` runs attempt n (1-based) with that deadline (nullopt = none)
+/// and returns its outcome. Returns the last attempt's status.
+template <typename Attempt>
+grpc::Status run_with_retries(RetryPlan const& plan, Attempt&& attempt, RetryReport* report = nullptr) {
+  RetryReport local;
+  RetryReport& r = report != nullptr ? *report : local;
+  r = RetryReport{};
+  Backoff backoff(plan.policy, plan.clock.random01);
+  auto const per_attempt = plan.policy.per_attempt_timeout;
+  for (int n = 1;; ++n) {
+    auto const start = plan.clock.read();
+    std::optional<std::chrono::system_clock::time_point> attempt_deadline = plan.deadline;
+    bool attempt_has_own_deadline = false;
+    if (per_attempt.count() > 0 && (!attempt_deadline || start + per_attempt < *attempt_deadline)) {
+      attempt_deadline = start + per_attempt;
+      attempt_has_own_deadline = true;
+    }
+    AttemptOutcome outcome = attempt(n, attempt_deadline);
+    r.attempts = n;
+    r.last_status = outcome.status;
+    auto const code = outcome.status.error_code();
+    if (code == grpc::StatusCode::OK) {
+      if (plan.throttle) plan.throttle->on_success();
+      return outcome.status;
+    }
+    bool const retryable = plan.policy.retryable(code) ||
+                           (code == grpc::StatusCode::DEADLINE_EXCEEDED && attempt_has_own_deadline);
+    auto stop = [&](std::string reason) {
+      r.stop_reason = std::move(reason);
+      return outcome.status;
+    };
+    if (!retryable) return stop("status " + code_name(code) + " is not retryable");
+    if (plan.throttle) plan.throttle->on_retryable_failure();
+    if (!plan.idempotent) return stop("the call is not idempotent and has no idempotency key");
+    if (n >= plan.policy.max_attempts) return stop("max_attempts reached");
+    if (plan.throttle && !plan.throttle->allows_retry()) return stop("the retry throttle is closed");
+    std::chrono::milliseconds delay;
+    if (outcome.pushback_ms) {
+      if (*outcome.pushback_ms < 0) return stop("the server asked not to retry");
+      delay = std::chrono::milliseconds(*outcome.pushback_ms);
+    } else if (auto asked = detail::retry_info_delay(outcome.status)) {
+      delay = *asked;
+    } else {
+      delay = backoff.next();
+    }
+    if (plan.deadline && plan.clock.read() + delay >= *plan.deadline) {
+      return stop("the deadline would pass before the next attempt");
+    }
+    if (plan.on_retry) plan.on_retry(RetryEvent{n, outcome.status, delay});
+    plan.clock.wait(delay);
+    r.total_delay += delay;
+  }
+}
+
+/// Options of one stubkit::call.
+struct CallOptions {
+  /// Time for the whole call, all attempts and waits included; zero = none.
+  std::chrono::milliseconds timeout{0};
+  /// An absolute deadline instead of (or with) `timeout`; the earlier wins.
+  std::optional<std::chrono::system_clock::time_point> deadline;
+  /// Retry policy; unset = a single attempt.
+  std::optional<RetryPolicy> retry;
+  /// Overrides idempotency detection (proto option or request_id).
+  std::optional<bool> idempotent;
+  /// Metadata sent with every attempt.
+  std::vector<std::pair<std::string, std::string>> metadata;
+  /// A throttle shared by the calls to one backend; optional.
+  std::shared_ptr<RetryThrottle> throttle;
+  /// Called before each retry; optional.
+  std::function<void(RetryEvent const&)> on_retry;
+  /// Filled with attempts, delays and the stop reason; optional.
+  RetryReport* report = nullptr;
+  /// Clock, sleeper and randomness (tests inject them).
+  RetryClock clock;
+};
+
+/// Calls a unary method of a generated stub (Stub or StubInterface) with a
+/// deadline, metadata and the retry policy of `options`; returns the typed
+/// result. Idempotency comes from the method's proto option
+/// (NO_SIDE_EFFECTS/IDEMPOTENT), a non-empty `request_id` in the request, or
+/// `options.idempotent`; a call that is not idempotent is attempted once.
+template <typename Stub, typename Class, typename Request, typename Response>
+Result<Response> call(Stub& stub,
+                      grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
+                      Request const& request, CallOptions const& options = {}) {
+  static_assert(std::is_base_of_v<Class, Stub>, "the method must belong to the stub");
+  RetryPlan plan;
+  if (options.retry) {
+    if (auto problem = options.retry->problem(); !problem.empty()) {
+      return Error(grpc::StatusCode::INVALID_ARGUMENT, "invalid RetryPolicy: " + problem);
+    }
+    plan.policy = *options.retry;
+  }
+  plan.idempotent = options.idempotent.value_or(
+      declared_idempotent(detail::method_for_types<Request, Response>()) || has_idempotency_key(request));
+  plan.deadline = options.deadline;
+  if (options.timeout.count() > 0) {
+    auto const by_timeout = options.clock.read() + options.timeout;
+    if (!plan.deadline || by_timeout < *plan.deadline) plan.deadline = by_timeout;
+  }
+  plan.throttle = options.throttle;
+  plan.on_retry = options.on_retry;
+  plan.clock = options.clock;
+
+  Response response;
+  auto attempt = [&](int n, std::optional<std::chrono::system_clock::time_point> deadline) {
+    grpc::ClientContext ctx;
+    if (deadline) ctx.set_deadline(*deadline);
+    for (auto const& [key, value] : options.metadata) ctx.AddMetadata(key, value);
+    if (n > 1) ctx.AddMetadata(kPreviousAttemptsKey, std::to_string(n - 1));
+    response.Clear();
+    AttemptOutcome outcome{(stub.*method)(&ctx, request, &response), std::nullopt};
+    if (!outcome.status.ok()) outcome.pushback_ms = detail::parse_pushback(ctx.GetServerTrailingMetadata());
+    return outcome;
+  };
+  grpc::Status status = run_with_retries(plan, attempt, options.report);
+  return to_result(status, std::move(response));
+}
+
+}  // namespace stubkit
+
+#endif  // STUBKIT_RETRY_HPP

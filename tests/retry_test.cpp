@@ -1,0 +1,303 @@
+// Retries: policy, backoff, throttle, idempotency and pushback, exercised
+// through stubkit::call against the embedded server's fault injection, with
+// an injected clock and sleeper so nothing really waits.
+#include "stubkit/retry.hpp"
+
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace stubkit_tests;
+using grpc::StatusCode;
+using myservice::v1::User;
+using Stub = UserService::Stub;
+
+namespace {
+
+// A fake clock that advances only when the retry loop sleeps.
+struct FakeTime {
+  std::chrono::system_clock::time_point now = std::chrono::system_clock::now();
+  std::vector<std::chrono::milliseconds> sleeps;
+
+  stubkit::RetryClock clock(double random01 = 0.5) {
+    stubkit::RetryClock c;
+    c.now = [this] { return now; };
+    c.sleep = [this](std::chrono::milliseconds d) {
+      sleeps.push_back(d);
+      now += d;
+    };
+    c.random01 = [random01] { return random01; };
+    return c;
+  }
+};
+
+myservice::v1::GetUserRequest get(std::string const& id) {
+  myservice::v1::GetUserRequest request;
+  request.set_id(id);
+  return request;
+}
+
+stubkit::CallOptions retrying(FakeTime& time, stubkit::RetryReport* report = nullptr) {
+  stubkit::CallOptions options;
+  options.retry = stubkit::RetryPolicy::standard();
+  options.clock = time.clock();
+  options.report = report;
+  return options;
+}
+
+}  // namespace
+
+TEST_SUITE("retry") {
+  TEST_CASE("a call succeeds after N UNAVAILABLE, and the server sees the attempt number") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    f.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
+    FakeTime time;
+    stubkit::RetryReport report;
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get("ada"), retrying(time, &report));
+    REQUIRE(user.ok());
+    CHECK(user->email() == "ada@example.com");
+    CHECK(f.server.faults().calls("GetUser") == 3);
+    CHECK(report.attempts == 3);
+    CHECK(time.sleeps.size() == 2);
+    CHECK(f.server.faults().attempt_headers("GetUser") == std::vector<std::string>{"", "1", "2"});
+  }
+
+  TEST_CASE("retries stop at max_attempts with the last status") {
+    ServerFixture f;
+    f.server.faults().fail_next("GetUser", 10, StatusCode::UNAVAILABLE, "still down");
+    FakeTime time;
+    stubkit::RetryReport report;
+    auto options = retrying(time, &report);
+    options.retry->max_attempts = 3;
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options);
+    REQUIRE_FALSE(user.ok());
+    CHECK(user.error().is<stubkit::Unavailable>());
+    CHECK(user.error().message() == "still down");
+    CHECK(f.server.faults().calls("GetUser") == 3);
+    CHECK(report.stop_reason == "max_attempts reached");
+  }
+
+  TEST_CASE("codes outside the policy are not retried") {
+    ServerFixture f;
+    FakeTime time;
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get("nobody"), retrying(time));
+    CHECK(user.error().is<stubkit::NotFound>());
+    CHECK(f.server.faults().calls("GetUser") == 1);
+    CHECK(time.sleeps.empty());
+  }
+
+  TEST_CASE("a non-idempotent CreateUser without request_id is attempted exactly once") {
+    ServerFixture f;
+    f.server.faults().fail_after_next("CreateUser", 1, StatusCode::UNAVAILABLE);
+    FakeTime time;
+    stubkit::RetryReport report;
+    myservice::v1::CreateUserRequest request;
+    request.mutable_user()->set_id("ada");
+    auto created = stubkit::call(*f.stub, &Stub::CreateUser, request, retrying(time, &report));
+    CHECK(created.error().is<stubkit::Unavailable>());
+    CHECK(f.server.faults().calls("CreateUser") == 1);
+    CHECK(report.stop_reason.find("not idempotent") != std::string::npos);
+  }
+
+  TEST_CASE("CreateUser with a request_id is retried after a lost reply and creates no duplicate") {
+    ServerFixture f;
+    f.server.faults().fail_after_next("CreateUser", 2, StatusCode::UNAVAILABLE);
+    FakeTime time;
+    myservice::v1::CreateUserRequest request;
+    request.mutable_user()->set_display_name("no id: the server assigns one");
+    request.set_request_id("req-42");
+    auto created = stubkit::call(*f.stub, &Stub::CreateUser, request, retrying(time));
+    REQUIRE(created.ok());
+    CHECK_FALSE(created->user().id().empty());
+    CHECK(f.server.faults().calls("CreateUser") == 3);
+    CHECK(f.server.service().user_count() == 1);
+  }
+
+  TEST_CASE("the caller can mark a call idempotent, or not") {
+    ServerFixture f;
+    FakeTime time;
+    f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
+    auto options = retrying(time);
+    options.idempotent = false;
+    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get("x"), options).error().is<stubkit::Unavailable>());
+    CHECK(f.server.faults().calls("GetUser") == 1);
+  }
+
+  TEST_CASE("a RetryInfo delay from the server replaces the backoff") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE, "busy", 700ms);
+    FakeTime time;
+    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), retrying(time)).ok());
+    CHECK(time.sleeps == std::vector<std::chrono::milliseconds>{700ms});
+  }
+
+  TEST_CASE("grpc-retry-pushback-ms sets the delay; negative or malformed stops retrying") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    FakeTime time;
+    f.server.faults().fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, "250");
+    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), retrying(time)).ok());
+    CHECK(time.sleeps == std::vector<std::chrono::milliseconds>{250ms});
+
+    for (std::string bad : {"-1", "soon", ""}) {
+      f.server.faults().fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, bad);
+      auto const before = f.server.faults().calls("GetUser");
+      stubkit::RetryReport report;
+      auto user = stubkit::call(*f.stub, &Stub::GetUser, get("ada"), retrying(time, &report));
+      if (bad.empty()) {  // an empty trailer is no pushback at all: retried
+        CHECK(user.ok());
+        continue;
+      }
+      CHECK_MESSAGE(user.error().is<stubkit::Unavailable>(), bad);
+      CHECK(f.server.faults().calls("GetUser") == before + 1);
+      CHECK(report.stop_reason == "the server asked not to retry");
+    }
+  }
+
+  TEST_CASE("attempts and sleeps never pass the caller's deadline") {
+    ServerFixture f;
+    f.server.faults().fail_next("GetUser", 100, StatusCode::UNAVAILABLE);
+    FakeTime time;
+    stubkit::RetryReport report;
+    stubkit::CallOptions options;
+    options.timeout = 1000ms;
+    options.retry = stubkit::RetryPolicy::standard();
+    options.retry->max_attempts = 100;
+    options.retry->initial_backoff = 300ms;
+    options.clock = time.clock(0.999);  // delays near the cap: 299, 599, 1198, ...
+    options.report = &report;
+    auto const start = time.now;
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get("x"), options);
+    CHECK(user.error().is<stubkit::Unavailable>());
+    CHECK(time.now - start == 898ms);  // 299 + 599; 1198 more would pass the deadline
+    CHECK(report.attempts == 3);
+    CHECK(report.stop_reason == "the deadline would pass before the next attempt");
+  }
+
+  TEST_CASE("the per-attempt timeout makes a slow attempt retryable, the overall deadline does not") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    f.server.faults().add_latency("GetUser", 300ms);
+    stubkit::CallOptions options;
+    options.timeout = 10s;
+    options.retry = stubkit::RetryPolicy::standard();
+    options.retry->max_attempts = 3;
+    options.retry->initial_backoff = 1ms;
+    options.retry->per_attempt_timeout = 50ms;
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options);
+    CHECK(user.error().is<stubkit::DeadlineExceeded>());
+    CHECK(f.server.faults().calls("GetUser") == 3);
+
+    stubkit::CallOptions overall;
+    overall.timeout = 50ms;
+    overall.retry = stubkit::RetryPolicy::standard();
+    overall.retry->initial_backoff = 1ms;
+    auto again = stubkit::call(*f.stub, &Stub::GetUser, get("ada"), overall);
+    CHECK(again.error().is<stubkit::DeadlineExceeded>());
+    CHECK(f.server.faults().calls("GetUser") == 4);  // one more attempt only
+  }
+
+  TEST_CASE("full-jitter backoff stays within its doubling caps") {
+    stubkit::RetryPolicy policy;
+    policy.initial_backoff = 100ms;
+    policy.max_backoff = 1000ms;
+    std::vector<std::chrono::milliseconds> caps;
+    stubkit::Backoff probe(policy, [] { return 0.0; });
+    for (int i = 0; i < 6; ++i) {
+      caps.push_back(probe.cap());
+      probe.next();
+    }
+    CHECK(caps == std::vector<std::chrono::milliseconds>{100ms, 200ms, 400ms, 800ms, 1000ms, 1000ms});
+
+    stubkit::Backoff jittered(policy);  // the real PRNG
+    for (int i = 0; i < 200; ++i) {
+      auto const cap = jittered.cap();
+      auto const delay = jittered.next();
+      CHECK(delay >= 0ms);
+      CHECK(delay <= cap);
+    }
+    stubkit::Backoff half(policy, [] { return 0.5; });
+    CHECK(half.next() == 50ms);
+    CHECK(half.next() == 100ms);
+  }
+
+  TEST_CASE("an exhausted retry throttle stops retries until successes refill it") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    auto throttle = std::make_shared<stubkit::RetryThrottle>(4, 1.0);  // retries while tokens > 2
+    FakeTime time;
+    auto options = retrying(time);
+    options.throttle = throttle;
+    f.server.faults().fail_next("GetUser", 1000, StatusCode::UNAVAILABLE);
+    (void)stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options);  // 4 -> 3 -> 2: stops
+    CHECK(f.server.faults().calls("GetUser") == 2);
+    CHECK_FALSE(throttle->allows_retry());
+    (void)stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options);  // no retry at all: 2 -> 1
+    CHECK(f.server.faults().calls("GetUser") == 3);
+    f.server.faults().clear();
+    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options).ok());  // 1 -> 2
+    CHECK_FALSE(throttle->allows_retry());
+    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options).ok());  // 2 -> 3
+    CHECK(throttle->allows_retry());
+  }
+
+  TEST_CASE("an invalid policy is INVALID_ARGUMENT, and no call is made") {
+    ServerFixture f;
+    stubkit::CallOptions options;
+    options.retry = stubkit::RetryPolicy::standard();
+    options.retry->multiplier = 0.5;
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options);
+    CHECK(user.error().is<stubkit::InvalidArgument>());
+    CHECK(user.error().message().find("multiplier") != std::string::npos);
+    CHECK(f.server.faults().calls("GetUser") == 0);
+  }
+
+  TEST_CASE("the observer hears of each retry with its delay") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    f.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
+    FakeTime time;
+    auto options = retrying(time);
+    std::vector<int> attempts;
+    options.on_retry = [&](stubkit::RetryEvent const& e) {
+      attempts.push_back(e.attempt);
+      CHECK(e.status.error_code() == StatusCode::UNAVAILABLE);
+    };
+    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options).ok());
+    CHECK(attempts == std::vector<int>{1, 2});
+  }
+
+  TEST_CASE("idempotency comes from the proto option or a request_id") {
+    using stubkit::declared_idempotent;
+    auto const* get_user = stubkit::find_method("/myservice.v1.UserService/GetUser");
+    REQUIRE(get_user != nullptr);
+    CHECK(declared_idempotent(get_user));
+    CHECK(declared_idempotent(stubkit::find_method("/myservice.v1.UserService/DeleteUser")));
+    CHECK_FALSE(declared_idempotent(stubkit::find_method("/myservice.v1.UserService/CreateUser")));
+    CHECK(stubkit::find_method("/myservice.v1.UserService/Nope") == nullptr);
+    CHECK(stubkit::find_method("garbage") == nullptr);
+    myservice::v1::CreateUserRequest request;
+    CHECK_FALSE(stubkit::has_idempotency_key(request));
+    request.set_request_id("r");
+    CHECK(stubkit::has_idempotency_key(request));
+    CHECK(stubkit::detail::method_for_types<myservice::v1::UpdateUserRequest, User>()->name() ==
+          "UpdateUser");
+  }
+
+  TEST_CASE("a call without a retry policy makes one attempt with the timeout and metadata") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    stubkit::CallOptions options;
+    options.timeout = 2s;
+    options.metadata = {{"x-trace", "t1"}};
+    f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
+    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options).error().is<stubkit::Unavailable>());
+    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options).ok());
+    CHECK(f.server.faults().calls("GetUser") == 2);
+  }
+}
