@@ -197,13 +197,17 @@ TEST_SUITE("status") {
     CHECK(stubkit::make_error_code(StatusCode::INVALID_ARGUMENT) == std::errc::invalid_argument);
     CHECK(stubkit::make_error_code(StatusCode::NOT_FOUND) != std::errc::timed_out);
     CHECK(stubkit::make_error_code(StatusCode::NOT_FOUND) == stubkit::make_error_code(StatusCode::NOT_FOUND));
-    CHECK(stubkit::code_name(static_cast<StatusCode>(42)) == "CODE(42)");
+    CHECK(stubkit::code_name(42) == "CODE(42)");
+    CHECK(stubkit::canonical_code(42) == StatusCode::UNKNOWN);
+    CHECK(stubkit::canonical_code(-1) == StatusCode::UNKNOWN);
+    CHECK(stubkit::canonical_code(14) == StatusCode::UNAVAILABLE);
+    CHECK(Error::from(absl::Status(static_cast<absl::StatusCode>(99), "odd")).code() == StatusCode::UNKNOWN);
   }
 
   TEST_CASE("throw_error throws the subclass of the code, catchable as RpcError") {
     CHECK_THROWS_AS(stubkit::throw_error(Error(StatusCode::NOT_FOUND, "gone")), stubkit::NotFoundError);
     CHECK_THROWS_AS(stubkit::throw_error(Error(StatusCode::UNAVAILABLE, "down")), stubkit::UnavailableError);
-    CHECK_THROWS_AS(stubkit::throw_error(Error(static_cast<StatusCode>(99), "odd")), stubkit::UnknownError);
+    CHECK_THROWS_AS(stubkit::throw_error(Error(StatusCode::UNKNOWN, "odd")), stubkit::UnknownError);
     try {
       stubkit::throw_error(Error(StatusCode::PERMISSION_DENIED, "no"));
       FAIL("did not throw");

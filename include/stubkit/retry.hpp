@@ -14,6 +14,7 @@
 #define STUBKIT_RETRY_HPP
 
 #include <grpcpp/client_context.h>
+#include <grpcpp/support/channel_arguments.h>
 #include <grpcpp/support/status.h>
 
 #include <algorithm>
@@ -293,43 +294,53 @@ struct AttemptOutcome {
   std::optional<std::int64_t> pushback_ms;  ///< from grpc-retry-pushback-ms, see detail::parse_pushback
 };
 
-/// Runs attempts until one succeeds or the plan says stop. `attempt(n,
-/// deadline)` runs attempt n (1-based) with that deadline (nullopt = none)
-/// and returns its outcome. Returns the last attempt's status.
-template <typename Attempt>
-grpc::Status run_with_retries(RetryPlan const& plan, Attempt&& attempt, RetryReport* report = nullptr) {
-  RetryReport local;
-  RetryReport& r = report != nullptr ? *report : local;
-  r = RetryReport{};
-  Backoff backoff(plan.policy, plan.clock.random01);
-  auto const per_attempt = plan.policy.per_attempt_timeout;
-  for (int n = 1;; ++n) {
-    auto const start = plan.clock.read();
-    std::optional<std::chrono::system_clock::time_point> attempt_deadline = plan.deadline;
-    bool attempt_has_own_deadline = false;
-    if (per_attempt.count() > 0 && (!attempt_deadline || start + per_attempt < *attempt_deadline)) {
-      attempt_deadline = start + per_attempt;
-      attempt_has_own_deadline = true;
+/// What to do after an attempt failed.
+struct RetryDecision {
+  bool retry = false;
+  std::chrono::milliseconds delay{0};  ///< wait this long first, when retrying
+  std::string stop_reason;             ///< why not, when not retrying
+};
+
+/// The retry rules of one call, applied attempt by attempt: shared by the
+/// blocking loop (run_with_retries) and the asynchronous interceptor.
+/// Not thread-safe; one per call.
+class RetryState {
+ public:
+  explicit RetryState(RetryPlan plan)
+      : plan_(std::move(plan)), backoff_(plan_.policy, plan_.clock.random01) {}
+
+  RetryPlan const& plan() const { return plan_; }
+
+  /// The deadline of the next attempt: the call's, or sooner with a per-attempt timeout.
+  std::optional<std::chrono::system_clock::time_point> next_attempt_deadline() {
+    auto const per_attempt = plan_.policy.per_attempt_timeout;
+    auto deadline = plan_.deadline;
+    own_deadline_ = false;
+    if (per_attempt.count() > 0) {
+      auto const mine = plan_.clock.read() + per_attempt;
+      if (!deadline || mine < *deadline) {
+        deadline = mine;
+        own_deadline_ = true;
+      }
     }
-    AttemptOutcome outcome = attempt(n, attempt_deadline);
-    r.attempts = n;
-    r.last_status = outcome.status;
+    return deadline;
+  }
+
+  /// Records attempt `attempt`'s outcome and says whether to try again.
+  RetryDecision after_attempt(int attempt, AttemptOutcome const& outcome) {
     auto const code = outcome.status.error_code();
     if (code == grpc::StatusCode::OK) {
-      if (plan.throttle) plan.throttle->on_success();
-      return outcome.status;
+      if (plan_.throttle) plan_.throttle->on_success();
+      return {};
     }
-    bool const retryable = plan.policy.retryable(code) ||
-                           (code == grpc::StatusCode::DEADLINE_EXCEEDED && attempt_has_own_deadline);
-    auto stop = [&](std::string reason) {
-      r.stop_reason = std::move(reason);
-      return outcome.status;
-    };
+    auto stop = [](std::string reason) { return RetryDecision{false, {}, std::move(reason)}; };
+    bool const retryable =
+        plan_.policy.retryable(code) || (code == grpc::StatusCode::DEADLINE_EXCEEDED && own_deadline_);
     if (!retryable) return stop("status " + code_name(code) + " is not retryable");
-    if (plan.throttle) plan.throttle->on_retryable_failure();
-    if (!plan.idempotent) return stop("the call is not idempotent and has no idempotency key");
-    if (n >= plan.policy.max_attempts) return stop("max_attempts reached");
-    if (plan.throttle && !plan.throttle->allows_retry()) return stop("the retry throttle is closed");
+    if (plan_.throttle) plan_.throttle->on_retryable_failure();
+    if (!plan_.idempotent) return stop("the call is not idempotent and has no idempotency key");
+    if (attempt >= plan_.policy.max_attempts) return stop("max_attempts reached");
+    if (plan_.throttle && !plan_.throttle->allows_retry()) return stop("the retry throttle is closed");
     std::chrono::milliseconds delay;
     if (outcome.pushback_ms) {
       if (*outcome.pushback_ms < 0) return stop("the server asked not to retry");
@@ -337,16 +348,81 @@ grpc::Status run_with_retries(RetryPlan const& plan, Attempt&& attempt, RetryRep
     } else if (auto asked = detail::retry_info_delay(outcome.status)) {
       delay = *asked;
     } else {
-      delay = backoff.next();
+      delay = backoff_.next();
     }
-    if (plan.deadline && plan.clock.read() + delay >= *plan.deadline) {
+    if (plan_.deadline && plan_.clock.read() + delay >= *plan_.deadline) {
       return stop("the deadline would pass before the next attempt");
     }
-    if (plan.on_retry) plan.on_retry(RetryEvent{n, outcome.status, delay});
-    plan.clock.wait(delay);
-    r.total_delay += delay;
+    if (plan_.on_retry) plan_.on_retry(RetryEvent{attempt, outcome.status, delay});
+    return RetryDecision{true, delay, {}};
+  }
+
+ private:
+  RetryPlan plan_;
+  Backoff backoff_;
+  bool own_deadline_ = false;
+};
+
+/// Runs attempts until one succeeds or the plan says stop, sleeping through
+/// the plan's clock. `attempt(n, deadline)` runs attempt n (1-based) with
+/// that deadline (nullopt = none). Returns the last attempt's status.
+template <typename Attempt>
+grpc::Status run_with_retries(RetryPlan const& plan, Attempt&& attempt, RetryReport* report = nullptr) {
+  RetryReport local;
+  RetryReport& r = report != nullptr ? *report : local;
+  r = RetryReport{};
+  RetryState state(plan);
+  for (int n = 1;; ++n) {
+    AttemptOutcome const outcome = attempt(n, state.next_attempt_deadline());
+    r.attempts = n;
+    r.last_status = outcome.status;
+    RetryDecision const decision = state.after_attempt(n, outcome);
+    if (!decision.retry) {
+      r.stop_reason = decision.stop_reason;
+      return outcome.status;
+    }
+    plan.clock.wait(decision.delay);
+    r.total_delay += decision.delay;
   }
 }
+
+/// gRPC's native retries (A6) for `service` ("myservice.v1.UserService"), as
+/// a service config JSON for the `grpc.service_config` channel argument
+/// (`ChannelArguments::SetServiceConfigJSON`). Native retries cost nothing
+/// when calls succeed, but work only on real (not in-process) channels, stop
+/// once the server has sent response headers, and know nothing of
+/// idempotency, RetryInfo or the caller's deadline beyond their own: use
+/// them for idempotent services only, and never together with stubkit's
+/// retries on one channel (see disable_native_retries). gRPC wants the
+/// throttle's token ratio with at most three decimals: it is given in
+/// thousandths (100 = 0.1).
+inline std::string native_retry_service_config(std::string const& service, RetryPolicy const& policy,
+                                               int max_tokens = 10, int token_ratio_thousandths = 100) {
+  auto seconds = [](std::chrono::milliseconds d) {
+    std::string ms = std::to_string(d.count() % 1000);
+    return std::to_string(d.count() / 1000) + "." + std::string(3 - ms.size(), '0') + ms + "s";
+  };
+  std::string codes;
+  for (auto code : policy.retryable_codes) {
+    codes += (codes.empty() ? "\"" : ", \"") + code_name(code) + "\"";
+  }
+  // gRPC accepts 2 to 5 attempts.
+  int const attempts = std::clamp(policy.max_attempts, 2, 5);
+  return "{\"methodConfig\": [{\"name\": [{\"service\": \"" + service + "\"}], \"retryPolicy\": {" +
+         "\"maxAttempts\": " + std::to_string(attempts) + ", \"initialBackoff\": \"" +
+         seconds(std::max(policy.initial_backoff, std::chrono::milliseconds(1))) + "\", \"maxBackoff\": \"" +
+         seconds(std::max(policy.max_backoff, std::chrono::milliseconds(1))) +
+         "\", \"backoffMultiplier\": " + std::to_string(policy.multiplier) + ", \"retryableStatusCodes\": [" +
+         codes + "]}}], " + "\"retryThrottling\": {\"maxTokens\": " + std::to_string(max_tokens) +
+         ", \"tokenRatio\": " + std::to_string(token_ratio_thousandths / 1000) + "." +
+         std::string(3 - std::to_string(token_ratio_thousandths % 1000).size(), '0') +
+         std::to_string(token_ratio_thousandths % 1000) + "}}";
+}
+
+/// Turns gRPC's native retries off on a channel that uses stubkit's retry
+/// interceptor, so attempts are never multiplied (native retries are on by
+/// default in gRPC 1.51, though they only act when a service config asks).
+inline void disable_native_retries(grpc::ChannelArguments& args) { args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0); }
 
 /// Options of one stubkit::call.
 struct CallOptions {

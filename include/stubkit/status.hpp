@@ -38,17 +38,26 @@
 
 namespace stubkit {
 
-/// The canonical name of a gRPC status code ("NOT_FOUND"), or "CODE(n)" for
-/// a value outside the 17 defined codes.
-inline std::string code_name(grpc::StatusCode code) {
+/// The canonical name of a status code number ("NOT_FOUND" for 5), or
+/// "CODE(n)" for a number outside the 17 defined codes.
+inline std::string code_name(int code) {
   static constexpr char const* kNames[] = {
       "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
       "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
       "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
       "DATA_LOSS", "UNAUTHENTICATED"};
-  auto const n = static_cast<int>(code);
-  if (n >= 0 && n < static_cast<int>(std::size(kNames))) return kNames[n];
-  return "CODE(" + std::to_string(n) + ")";
+  if (code >= 0 && code < static_cast<int>(std::size(kNames))) return kNames[code];
+  return "CODE(" + std::to_string(code) + ")";
+}
+
+/// The canonical name of a gRPC status code ("NOT_FOUND").
+inline std::string code_name(grpc::StatusCode code) { return code_name(static_cast<int>(code)); }
+
+/// A status code number from outside (the network, absl::Status) as a
+/// grpc::StatusCode; numbers outside the 17 defined codes become UNKNOWN
+/// (a cast would be undefined behaviour for them).
+inline grpc::StatusCode canonical_code(int code) {
+  return code >= 0 && code <= 16 ? static_cast<grpc::StatusCode>(code) : grpc::StatusCode::UNKNOWN;
 }
 
 /// The std::error_category of gRPC status codes: lets a gRPC code travel as
@@ -58,9 +67,9 @@ inline std::error_category const& grpc_category() noexcept {
   class Category final : public std::error_category {
    public:
     char const* name() const noexcept override { return "grpc"; }
-    std::string message(int code) const override { return code_name(static_cast<grpc::StatusCode>(code)); }
+    std::string message(int code) const override { return code_name(code); }
     std::error_condition default_error_condition(int code) const noexcept override {
-      switch (static_cast<grpc::StatusCode>(code)) {
+      switch (canonical_code(code)) {
         case grpc::StatusCode::CANCELLED:
           return std::errc::operation_canceled;
         case grpc::StatusCode::INVALID_ARGUMENT:
@@ -138,7 +147,7 @@ class Error {
   /// Decodes a failed absl::Status; details travel as the payload kPayloadKey
   /// (as `to_absl_status()` writes them), other payloads become raw Anys.
   static Error from(absl::Status const& status) {
-    Error error(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+    Error error(canonical_code(static_cast<int>(status.code())), std::string(status.message()));
     status.ForEachPayload([&error](absl::string_view key, absl::Cord const& payload) {
       if (key == kPayloadKey) {
         error.decode_details(std::string(payload));
@@ -240,8 +249,7 @@ class Error {
       return;
     }
     if (rich.code() != static_cast<std::int32_t>(code_)) {
-      details_problem_ = "status details carry code " +
-                         code_name(static_cast<grpc::StatusCode>(rich.code())) + ", the status says " +
+      details_problem_ = "status details carry code " + code_name(rich.code()) + ", the status says " +
                          code_name(code_) + "; the status code is kept";
     }
     for (auto& any : *rich.mutable_details()) details_.push_back(std::move(any));

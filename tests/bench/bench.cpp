@@ -22,6 +22,8 @@
 
 #include "google/protobuf/util/json_util.h"
 #include "stubkit/paginate.hpp"
+#include "stubkit/retry.hpp"
+#include "stubkit/retry_interceptor.hpp"
 #include "stubkit/testing/embedded_server.hpp"
 #include "stubkit/user_client.hpp"
 
@@ -216,6 +218,44 @@ ListUsersResponse user_heavy_page(int users) {
   return response;
 }
 
+// N sequential GetUser calls through `stub`; `via_call` uses stubkit::call.
+void get_users(myservice::v1::UserService::StubInterface& stub, int n, bool via_call) {
+  myservice::v1::GetUserRequest request;
+  request.set_id("u00000001");
+  for (int i = 0; i < n; ++i) {
+    if (via_call) {
+      stubkit::CallOptions options;
+      options.timeout = std::chrono::seconds(5);
+      options.retry = stubkit::RetryPolicy::standard();
+      if (!stubkit::call(stub, &myservice::v1::UserService::StubInterface::GetUser, request, options))
+        std::abort();
+    } else {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      myservice::v1::User user;
+      if (!stub.GetUser(&ctx, request, &user).ok()) std::abort();
+    }
+  }
+}
+
+// N sequential CreateUser calls without request_id (not retryable: the
+// interceptor passes them through).
+void create_users(myservice::v1::UserService::StubInterface& stub, int n, std::string const& prefix) {
+  for (int i = 0; i < n; ++i) {
+    grpc::ClientContext ctx;
+    myservice::v1::CreateUserRequest request;
+    request.mutable_user()->set_id(prefix + std::to_string(i));
+    myservice::v1::CreateUserResponse response;
+    if (!stub.CreateUser(&ctx, request, &response).ok()) std::abort();
+  }
+}
+
+std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> retrying() {
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(stubkit::retry_interceptor());
+  return interceptors;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -254,6 +294,48 @@ int main(int argc, char** argv) {
   auto wanted = [&](char const* id) { return only.empty() || only == id; };
   int const list_users = quick ? 20000 : 100000;
   std::vector<Row> rows;
+
+  if (wanted("B1") || wanted("B4")) {  // unary calls, in-process and over TCP
+    stubkit::testing::EmbeddedServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    stubkit::testing::EmbeddedServer server(options);
+    server.service().preload(1);
+    int const calls = quick ? 300 : 2000;
+    for (bool tcp : {false, true}) {
+      std::string const where = tcp ? "TCP" : "in-process";
+      auto plain_channel =
+          tcp ? grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()) : server.channel();
+      auto retry_channel = tcp ? grpc::experimental::CreateCustomChannelWithInterceptors(
+                                     server.address(), grpc::InsecureChannelCredentials(),
+                                     grpc::ChannelArguments(), retrying())
+                               : server.channel(retrying());
+      auto plain = myservice::v1::UserService::NewStub(plain_channel);
+      auto retried = myservice::v1::UserService::NewStub(retry_channel);
+      if (wanted("B1")) {
+        std::cerr << "B1: GetUser via stubkit::call vs raw stub, " << where << "...\n";
+        rows.push_back(compare(
+            "B1",
+            std::to_string(calls) + " GetUser: stubkit::call (retry policy) vs raw stub (" + where + ")",
+            rounds, [&] { get_users(*plain, calls, true); }, [&] { get_users(*plain, calls, false); }, 1.03));
+      }
+      if (wanted("B4")) {
+        std::cerr << "B4: GetUser through the retry interceptor vs none, " << where << "...\n";
+        rows.push_back(compare(
+            "B4",
+            std::to_string(calls) + " GetUser (retryable, no faults): retry interceptor vs none (" + where +
+                ")",
+            rounds, [&] { get_users(*retried, calls, false); }, [&] { get_users(*plain, calls, false); },
+            1.02));
+        int round = 0;
+        rows.push_back(compare(
+            "B4",
+            std::to_string(calls) +
+                " CreateUser (not retryable, passes through): retry interceptor vs none (" + where + ")",
+            rounds, [&] { create_users(*retried, calls, "r" + where + std::to_string(round++) + "-"); },
+            [&] { create_users(*plain, calls, "p" + where + std::to_string(round++) + "-"); }, 1.02));
+      }
+    }
+  }
 
   if (wanted("B2")) {  // B2: paginate() vs a hand-written loop, in-process.
     stubkit::testing::EmbeddedServerOptions options;

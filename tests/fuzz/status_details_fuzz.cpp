@@ -18,7 +18,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(std::uint8_t const* data, std::size_t size) {
   if (size == 0) return 0;
-  auto const code = static_cast<grpc::StatusCode>(data[0] % 20);
+  auto const code = stubkit::canonical_code(data[0] % 20);
   std::string const blob(reinterpret_cast<char const*>(data + 1), size - 1);
 
   stubkit::Error error = stubkit::Error::from(grpc::Status(code, "fuzz", blob));

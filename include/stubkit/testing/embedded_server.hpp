@@ -13,6 +13,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/client_interceptor.h>
 
 #include <chrono>
 #include <memory>
@@ -20,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "stubkit/testing/user_service.hpp"
 
@@ -77,6 +79,14 @@ class EmbeddedServer {
   /// A new in-process channel to the server (no network, no TCP port needed).
   std::shared_ptr<grpc::Channel> channel(grpc::ChannelArguments args = {}) {
     return server_->InProcessChannel(args);
+  }
+
+  /// A new in-process channel whose calls go through `interceptors` (for
+  /// example stubkit::retry_interceptor()).
+  std::shared_ptr<grpc::Channel> channel(
+      std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors,
+      grpc::ChannelArguments args = {}) {
+    return server_->experimental().InProcessChannelWithInterceptors(args, std::move(interceptors));
   }
 
   /// The TCP port, or 0 when the server listens in-process only.
