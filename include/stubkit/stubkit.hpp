@@ -3,6 +3,7 @@
 #ifndef STUBKIT_STUBKIT_HPP
 #define STUBKIT_STUBKIT_HPP
 
+#include "stubkit/deadline.hpp"  // IWYU pragma: export
 #include "stubkit/paginate.hpp"  // IWYU pragma: export
 #include "stubkit/retry.hpp"     // IWYU pragma: export
 #include "stubkit/status.hpp"    // IWYU pragma: export

@@ -28,6 +28,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -116,6 +117,10 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
     std::lock_guard<std::mutex> lock(mu_);
     return users_.size();
   }
+
+  /// How many calls stopped early because their caller cancelled or their
+  /// deadline passed while the server was still working on them.
+  std::int64_t cancelled_calls() const { return cancelled_calls_.load(); }
 
   /// How many WatchUsers and Chat streams are open now.
   int open_streams() const {
@@ -389,6 +394,7 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
         method, attempt == metadata.end() ? std::string()
                                           : std::string(attempt->second.data(), attempt->second.size()));
     if (plan.latency.count() > 0 && !sleep_unless_cancelled(*ctx, plan.latency)) {
+      ++cancelled_calls_;
       return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
     }
     if (plan.failure) {
@@ -541,6 +547,7 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
   bool shutting_down_ = false;
   int open_streams_ = 0;
   std::vector<std::shared_ptr<ChatSession>> chat_sessions_;
+  std::atomic<std::int64_t> cancelled_calls_{0};
 };
 
 }  // namespace stubkit::testing
