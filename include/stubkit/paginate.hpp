@@ -45,6 +45,7 @@
 
 #include "google/protobuf/message.h"
 #include "google/protobuf/repeated_ptr_field.h"
+#include "stubkit/detail/input_range.hpp"
 #include "stubkit/status.hpp"
 
 namespace stubkit {
@@ -240,41 +241,6 @@ class Pager {
   bool done_ = false;
 };
 
-// The end of a pagination range.
-struct PageSentinel {};
-
-// An input iterator over a range that produces values one at a time through
-// `advance()` and exposes the current one as `current()`.
-template <typename Range>
-class PagingIterator {
- public:
-  using iterator_category = std::input_iterator_tag;
-  using value_type = typename Range::value_type;
-  using difference_type = std::ptrdiff_t;
-  using pointer = value_type*;
-  using reference = value_type&;
-
-  PagingIterator() = default;
-  explicit PagingIterator(Range* range) : range_(range) {}
-
-  reference operator*() const { return range_->current(); }
-  pointer operator->() const { return &range_->current(); }
-  PagingIterator& operator++() {
-    range_->advance();
-    return *this;
-  }
-  void operator++(int) { ++*this; }
-  bool at_end() const { return range_->at_end(); }
-
-  friend bool operator==(PagingIterator const& it, PageSentinel) { return it.at_end(); }
-  friend bool operator==(PageSentinel s, PagingIterator const& it) { return it == s; }
-  friend bool operator!=(PagingIterator const& it, PageSentinel s) { return !(it == s); }
-  friend bool operator!=(PageSentinel s, PagingIterator const& it) { return !(it == s); }
-
- private:
-  Range* range_ = nullptr;
-};
-
 template <typename Request, typename Stub, typename Class, typename Response>
 PageFetch<Request, Response> stub_fetch(Stub& stub,
                                         grpc::Status (Class::*method)(grpc::ClientContext*, Request const&,
@@ -297,12 +263,12 @@ inline constexpr bool is_message_v = std::is_base_of_v<google::protobuf::Message
 /// element then). `value()` on an element throws that error instead.
 /// Iterate it once; it is movable, not copyable.
 template <typename Request, typename Response, typename Accessor>
-class ItemRange {
+class ItemRange : public detail::LazyRange<ItemRange<Request, Response, Accessor>> {
  public:
   using Item = detail::ItemOf<Accessor, Response>;
   using value_type = Result<Item>;
-  using iterator = detail::PagingIterator<ItemRange>;
-  using sentinel = detail::PageSentinel;
+  using iterator = detail::InputIterator<ItemRange>;
+  using sentinel = detail::RangeEnd;
 
   ItemRange(detail::PageFetch<Request, Response> fetch, Request request, Accessor items,
             PaginateOptions options)
@@ -311,16 +277,6 @@ class ItemRange {
             std::move(fetch), std::move(request), std::move(options), [items = items_](Response const& r) {
               return static_cast<std::size_t>(items(const_cast<Response&>(r))->size());
             })) {}
-
-  /// Starts the listing (fetches the first page). Call once.
-  iterator begin() {
-    if (!started_) {
-      started_ = true;
-      advance();
-    }
-    return iterator(this);
-  }
-  sentinel end() const { return {}; }
 
   /// Collects every item; stops at the first error and returns it.
   Result<std::vector<Item>> collect() {
@@ -334,6 +290,7 @@ class ItemRange {
 
  private:
   friend iterator;
+  friend detail::LazyRange<ItemRange>;
 
   value_type& current() { return *current_; }
   bool at_end() const { return at_end_; }
@@ -378,7 +335,6 @@ class ItemRange {
   std::size_t yielded_ = 0;
   std::optional<value_type> current_;
   bool at_end_ = true;
-  bool started_ = false;
 };
 
 /// A lazy input range over the pages of a listing; each element is a
@@ -386,11 +342,11 @@ class ItemRange {
 /// `next_page_token()` resumes the listing later), or the error that ended
 /// the listing. Empty pages are delivered too.
 template <typename Request, typename Response>
-class PageRange {
+class PageRange : public detail::LazyRange<PageRange<Request, Response>> {
  public:
   using value_type = Result<Response>;
-  using iterator = detail::PagingIterator<PageRange>;
-  using sentinel = detail::PageSentinel;
+  using iterator = detail::InputIterator<PageRange>;
+  using sentinel = detail::RangeEnd;
 
   template <typename Accessor>
   PageRange(detail::PageFetch<Request, Response> fetch, Request request, Accessor items,
@@ -401,17 +357,9 @@ class PageRange {
               return static_cast<std::size_t>(items(const_cast<Response&>(r))->size());
             })) {}
 
-  iterator begin() {
-    if (!started_) {
-      started_ = true;
-      advance();
-    }
-    return iterator(this);
-  }
-  sentinel end() const { return {}; }
-
  private:
   friend iterator;
+  friend detail::LazyRange<PageRange>;
 
   value_type& current() { return *current_; }
   bool at_end() const { return !current_.has_value(); }
@@ -422,7 +370,6 @@ class PageRange {
 
   std::unique_ptr<detail::Pager<Request, Response>> pager_;
   std::optional<value_type> current_;
-  bool started_ = false;
 };
 
 /// The items of a List method called on a generated stub (Stub or

@@ -7,5 +7,6 @@
 #include "stubkit/paginate.hpp"  // IWYU pragma: export
 #include "stubkit/retry.hpp"     // IWYU pragma: export
 #include "stubkit/status.hpp"    // IWYU pragma: export
+#include "stubkit/stream.hpp"    // IWYU pragma: export
 
 #endif  // STUBKIT_STUBKIT_HPP

@@ -15,14 +15,18 @@
 
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "myservice/v1/user.grpc.pb.h"
+#include "stubkit/detail/input_range.hpp"
 #include "stubkit/paginate.hpp"
+#include "stubkit/retry.hpp"
 #include "stubkit/status.hpp"
+#include "stubkit/stream.hpp"
 
 namespace stubkit {
 
@@ -30,6 +34,142 @@ namespace stubkit {
 template <>
 struct PageTraits<myservice::v1::ListUsersResponse> {
   static auto* items(myservice::v1::ListUsersResponse& response) { return response.mutable_users(); }
+};
+
+/// How UserClient::watch_users_resumable reconnects.
+struct ResumableWatchOptions {
+  /// Reconnects after a retryable end of stream (UNAVAILABLE by default):
+  /// `max_attempts` connections in a row without a message, with its backoff.
+  RetryPolicy policy = RetryPolicy::standard();
+  /// Deliver heartbeats too (they always advance the resume point).
+  bool include_heartbeats = false;
+  /// Start after this sequence (0 = live events only).
+  std::int64_t after_sequence = 0;
+  /// Sleeps and randomness of the backoff (tests inject them).
+  RetryClock clock;
+};
+
+/// WatchUsers that survives dropped streams: after a retryable end it
+/// reconnects with backoff and asks the server to replay every event after
+/// the last sequence it saw, so events are neither lost nor repeated (as far
+/// as the server still keeps them: an older resume point ends the range with
+/// OUT_OF_RANGE). A lazy input range of Result<UserEvent>.
+class ResumableWatch : public detail::LazyRange<ResumableWatch> {
+ public:
+  using UserEvent = myservice::v1::UserEvent;
+  using value_type = Result<UserEvent>;
+  using iterator = detail::InputIterator<ResumableWatch>;
+
+  ResumableWatch(myservice::v1::UserService::StubInterface& stub, ResumableWatchOptions options)
+      : state_(std::make_unique<State>(stub, std::move(options))) {}
+
+  /// The last sequence delivered or confirmed by a heartbeat: where a new
+  /// watch would resume.
+  std::int64_t resume_point() const { return state_->last_sequence; }
+  /// Connections made so far.
+  int connections() const { return state_->connections; }
+
+  /// Stops the watch (thread-safe); the range then ends with CANCELLED.
+  void cancel() {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->cancelled = true;
+    if (state_->ctx) state_->ctx->TryCancel();
+  }
+
+  ~ResumableWatch() {
+    if (state_ && state_->reader) {
+      state_->ctx->TryCancel();
+      state_->reader->Finish();
+    }
+  }
+  ResumableWatch(ResumableWatch&&) noexcept = default;
+  ResumableWatch& operator=(ResumableWatch&&) noexcept = default;
+
+ private:
+  friend iterator;
+  friend detail::LazyRange<ResumableWatch>;
+
+  struct State {
+    State(myservice::v1::UserService::StubInterface& s, ResumableWatchOptions o)
+        : stub(s),
+          options(std::move(o)),
+          backoff(options.policy, options.clock.random01),
+          last_sequence(options.after_sequence) {}
+    myservice::v1::UserService::StubInterface& stub;
+    ResumableWatchOptions options;
+    Backoff backoff;
+    std::int64_t last_sequence;
+    int connections = 0;
+    int failures_in_a_row = 0;
+    std::mutex mu;  // guards ctx against cancel()
+    bool cancelled = false;
+    std::unique_ptr<grpc::ClientContext> ctx;
+    std::unique_ptr<grpc::ClientReaderInterface<UserEvent>> reader;
+    std::optional<value_type> current;
+    bool done = false;
+  };
+
+  value_type& current() { return *state_->current; }
+  bool at_end() const { return !state_->current.has_value(); }
+
+  void advance() {
+    auto& s = *state_;
+    s.current.reset();
+    while (!s.done) {
+      if (!s.reader && !connect()) return;
+      UserEvent event;
+      if (s.reader->Read(&event)) {
+        s.failures_in_a_row = 0;
+        s.last_sequence = std::max(s.last_sequence, event.sequence());
+        if (event.type() == "heartbeat" && !s.options.include_heartbeats) continue;
+        s.current.emplace(std::move(event));
+        return;
+      }
+      grpc::Status status = s.reader->Finish();
+      {
+        std::lock_guard<std::mutex> lock(s.mu);
+        s.reader.reset();
+        s.ctx.reset();
+      }
+      if (status.ok()) {  // the server closed the stream: the watch is over
+        s.done = true;
+        return;
+      }
+      bool const again = s.options.policy.retryable(status.error_code()) &&
+                         ++s.failures_in_a_row < s.options.policy.max_attempts;
+      if (!again || is_cancelled()) {
+        s.done = true;
+        s.current.emplace(Error::from(status));
+        return;
+      }
+      s.options.clock.wait(s.backoff.next());
+    }
+  }
+
+  bool is_cancelled() {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    return state_->cancelled;
+  }
+
+  bool connect() {
+    auto& s = *state_;
+    myservice::v1::WatchUsersRequest request;
+    request.set_after_sequence(s.last_sequence);
+    {
+      std::lock_guard<std::mutex> lock(s.mu);
+      if (s.cancelled) {
+        s.done = true;
+        s.current.emplace(Error(grpc::StatusCode::CANCELLED, "watch cancelled"));
+        return false;
+      }
+      s.ctx = std::make_unique<grpc::ClientContext>();
+    }
+    ++s.connections;
+    s.reader = s.stub.WatchUsers(s.ctx.get(), request);
+    return true;
+  }
+
+  std::unique_ptr<State> state_;
 };
 
 /// A UserService client with the reference client's behaviour: a timeout on
@@ -81,6 +221,42 @@ class UserClient {
   /// The reference client's list_all_users: every user in memory, or the
   /// first error. Prefer list_users() for large listings.
   Result<std::vector<User>> list_all_users() { return list_users().collect(); }
+
+  /// WatchUsers as a range of events; heartbeats are dropped unless asked for.
+  StreamRange<myservice::v1::UserEvent> watch_users(myservice::v1::WatchUsersRequest const& request = {},
+                                                    bool include_heartbeats = false,
+                                                    StreamOptions const& options = {}) {
+    std::function<bool(myservice::v1::UserEvent const&)> filter;
+    if (!include_heartbeats)
+      filter = [](myservice::v1::UserEvent const& e) { return e.type() != "heartbeat"; };
+    return read_stream(*stub_, &Stub::WatchUsers, request, options, std::move(filter));
+  }
+
+  /// WatchUsers that reconnects and resumes after dropped streams.
+  ResumableWatch watch_users_resumable(ResumableWatchOptions options = {}) {
+    return ResumableWatch(*stub_, std::move(options));
+  }
+
+  /// A BulkCreateUsers stream: write() each request, then finish().
+  StreamWriter<myservice::v1::CreateUserRequest, myservice::v1::BulkResp> bulk_create(
+      StreamOptions const& options = {}) {
+    return write_stream(*stub_, &Stub::BulkCreateUsers, options);
+  }
+
+  /// The per-item failures of a BulkResp as typed errors, by request index.
+  static std::vector<std::pair<int, Error>> bulk_failures(myservice::v1::BulkResp const& response) {
+    std::vector<std::pair<int, Error>> failures;
+    for (auto const& f : response.failures()) {
+      failures.emplace_back(f.index(), Error(canonical_code(f.code()), f.message()));
+    }
+    return failures;
+  }
+
+  /// A Chat session: write and read concurrently, writes_done(), finish().
+  BidiSession<myservice::v1::ChatMessage, myservice::v1::ChatMessage> chat(
+      StreamOptions const& options = {}) {
+    return open_session(*stub_, &Stub::Chat, options);
+  }
 
   Stub& stub() { return *stub_; }
 
