@@ -71,12 +71,6 @@ struct Chain {
   std::unique_ptr<UserService::Stub> stub;
 };
 
-myservice::v1::GetUserRequest get(std::string const& id) {
-  myservice::v1::GetUserRequest request;
-  request.set_id(id);
-  return request;
-}
-
 }  // namespace
 
 TEST_SUITE("deadline") {
@@ -84,7 +78,7 @@ TEST_SUITE("deadline") {
     Chain chain;
     chain.backend.server.service().preload(1);
     User user;
-    REQUIRE(chain.stub->GetUser(context(2s).get(), get("u00000001"), &user).ok());
+    REQUIRE(chain.stub->GetUser(context(2s).get(), get_request("u00000001"), &user).ok());
     auto const downstream = chain.front.downstream_deadline();
     REQUIRE(downstream);
     auto const gap =
@@ -100,7 +94,7 @@ TEST_SUITE("deadline") {
     chain.backend.server.faults().add_latency("GetUser", 10s);
     auto const start = std::chrono::steady_clock::now();
     User user;
-    auto status = chain.stub->GetUser(context(700ms).get(), get("ada"), &user);
+    auto status = chain.stub->GetUser(context(700ms).get(), get_request("ada"), &user);
     auto const took = std::chrono::steady_clock::now() - start;
     CHECK(status.error_code() == StatusCode::DEADLINE_EXCEEDED);
     CHECK(took >= 590ms);  // the downstream call gave up at 600 ms ...
@@ -120,7 +114,7 @@ TEST_SUITE("deadline") {
       ctx->TryCancel();
     });
     User user;
-    auto status = chain.stub->GetUser(ctx.get(), get("ada"), &user);
+    auto status = chain.stub->GetUser(ctx.get(), get_request("ada"), &user);
     canceller.join();
     CHECK(status.error_code() == StatusCode::CANCELLED);
     for (int i = 0; i < 1000 && chain.backend.server.service().cancelled_calls() == 0; ++i) {
@@ -132,7 +126,7 @@ TEST_SUITE("deadline") {
   TEST_CASE("less than min_remaining left fails with Insufficient time and no downstream call") {
     Chain chain;
     User user;
-    auto status = chain.stub->GetUser(context(300ms).get(), get("ada"), &user);
+    auto status = chain.stub->GetUser(context(300ms).get(), get_request("ada"), &user);
     CHECK(status.error_code() == StatusCode::DEADLINE_EXCEEDED);
     CHECK(status.error_message() == "Insufficient time");
     CHECK(chain.backend.server.faults().calls("GetUser") == 0);
@@ -143,7 +137,7 @@ TEST_SUITE("deadline") {
     chain.backend.server.service().preload(1);
     grpc::ClientContext ctx;  // no deadline
     User user;
-    REQUIRE(chain.stub->GetUser(&ctx, get("u00000001"), &user).ok());
+    REQUIRE(chain.stub->GetUser(&ctx, get_request("u00000001"), &user).ok());
     CHECK(chain.front.downstream_deadline() == std::chrono::system_clock::time_point::max());
   }
 
@@ -177,7 +171,7 @@ TEST_SUITE("deadline") {
     for (int i = 0; i < 10; ++i) {
       auto ctx = budget.context();
       User user;
-      last = f.stub->GetUser(ctx.get(), get("u00000001"), &user);
+      last = f.stub->GetUser(ctx.get(), get_request("u00000001"), &user);
       if (!last.ok()) break;
       ++ok;
     }

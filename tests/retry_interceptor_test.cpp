@@ -46,12 +46,6 @@ Interceptors with(stubkit::RetryInterceptorOptions options) {
   return interceptors;
 }
 
-myservice::v1::GetUserRequest get(std::string const& id) {
-  myservice::v1::GetUserRequest request;
-  request.set_id(id);
-  return request;
-}
-
 }  // namespace
 
 TEST_SUITE("retry_interceptor") {
@@ -62,7 +56,7 @@ TEST_SUITE("retry_interceptor") {
     auto stub = UserService::NewStub(f.server.channel(with(recorded.options())));
     f.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
     User user;
-    auto status = stub->GetUser(context().get(), get("ada"), &user);
+    auto status = stub->GetUser(context().get(), get_request("ada"), &user);
     REQUIRE_MESSAGE(status.ok(), status.error_message());
     CHECK(user.email() == "ada@example.com");
     CHECK(f.server.faults().calls("GetUser") == 3);
@@ -79,7 +73,7 @@ TEST_SUITE("retry_interceptor") {
     f.server.faults().fail_next("GetUser", 10, StatusCode::UNAVAILABLE, "down", 5ms);
     User user;
     auto ctx = context();
-    auto status = stub->GetUser(ctx.get(), get("ada"), &user);
+    auto status = stub->GetUser(ctx.get(), get_request("ada"), &user);
     CHECK(status.error_code() == StatusCode::UNAVAILABLE);
     CHECK(status.error_message() == "down");
     CHECK(stubkit::Error::from(status).details<google::rpc::RetryInfo>().has_value());
@@ -87,7 +81,7 @@ TEST_SUITE("retry_interceptor") {
     CHECK(recorded.delays == std::vector<std::chrono::milliseconds>{5ms, 5ms});
 
     f.server.faults().clear();
-    auto missing = stub->GetUser(context().get(), get("nobody"), &user);  // NOT_FOUND: no retry
+    auto missing = stub->GetUser(context().get(), get_request("nobody"), &user);  // NOT_FOUND: no retry
     CHECK(missing.error_code() == StatusCode::NOT_FOUND);
     auto info = stubkit::Error::from(missing).details<google::rpc::ResourceInfo>();
     REQUIRE(info);
@@ -124,7 +118,7 @@ TEST_SUITE("retry_interceptor") {
     auto stub = UserService::NewStub(f.server.channel(with(recorded.options())));
     f.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
     auto ctx = context();
-    auto request = get("ada");
+    auto request = get_request("ada");
     User user;
     std::promise<grpc::Status> done;
     stub->async()->GetUser(ctx.get(), &request, &user, [&](grpc::Status s) { done.set_value(s); });
@@ -143,7 +137,7 @@ TEST_SUITE("retry_interceptor") {
     f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
     grpc::CompletionQueue cq;
     auto ctx = context();
-    auto reader = stub->AsyncGetUser(ctx.get(), get("ada"), &cq);
+    auto reader = stub->AsyncGetUser(ctx.get(), get_request("ada"), &cq);
     User user;
     grpc::Status status;
     reader->Finish(&user, &status, reinterpret_cast<void*>(1));
@@ -171,7 +165,7 @@ TEST_SUITE("retry_interceptor") {
     User user;
     auto ctx = context();
     ctx->AddMetadata("x-trace", "abc");
-    auto status = stub->GetUser(ctx.get(), get("u00000001"), &user);
+    auto status = stub->GetUser(ctx.get(), get_request("u00000001"), &user);
     REQUIRE_MESSAGE(status.ok(), status.error_message());
     CHECK(user.id() == "u00000001");
     CHECK(server.faults().calls("GetUser") == 3);
@@ -193,7 +187,7 @@ TEST_SUITE("retry_interceptor") {
       ctx->TryCancel();
     });
     User user;
-    auto status = stub->GetUser(ctx.get(), get("ada"), &user);
+    auto status = stub->GetUser(ctx.get(), get_request("ada"), &user);
     cancel.wait();
     CHECK(status.error_code() == StatusCode::CANCELLED);
     CHECK(std::chrono::steady_clock::now() - start < 10s);
@@ -209,7 +203,7 @@ TEST_SUITE("retry_interceptor") {
     f.server.faults().fail_next("GetUser", 5, StatusCode::UNAVAILABLE, "down");
     auto const start = std::chrono::steady_clock::now();
     User user;
-    auto status = stub->GetUser(context(1s).get(), get("ada"), &user);
+    auto status = stub->GetUser(context(1s).get(), get_request("ada"), &user);
     CHECK(status.error_code() == StatusCode::UNAVAILABLE);  // 4.95 s would pass the 1 s deadline
     CHECK(std::chrono::steady_clock::now() - start < 900ms);
     CHECK(f.server.faults().calls("GetUser") == 1);
@@ -225,7 +219,7 @@ TEST_SUITE("retry_interceptor") {
     f.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
     auto const start = std::chrono::steady_clock::now();
     User user;
-    CHECK(stub->GetUser(context().get(), get("ada"), &user).ok());
+    CHECK(stub->GetUser(context().get(), get_request("ada"), &user).ok());
     CHECK(std::chrono::steady_clock::now() - start >= 29ms + 59ms);  // 29.7 + 59.4 ms of backoff
   }
 
@@ -255,7 +249,7 @@ TEST_SUITE("retry_native") {
         grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args));
     server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
     User user;
-    auto status = stub->GetUser(context().get(), get("u00000001"), &user);
+    auto status = stub->GetUser(context().get(), get_request("u00000001"), &user);
     CHECK_MESSAGE(status.ok(), status.error_message());
     CHECK(server.faults().calls("GetUser") == 3);
   }
@@ -269,7 +263,7 @@ TEST_SUITE("retry_native") {
         grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args));
     server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
     User user;
-    CHECK(stub->GetUser(context().get(), get("u00000001"), &user).error_code() == StatusCode::UNAVAILABLE);
+    CHECK(stub->GetUser(context().get(), get_request("u00000001"), &user).error_code() == StatusCode::UNAVAILABLE);
     CHECK(server.faults().calls("GetUser") == 1);
   }
 

@@ -34,12 +34,6 @@ struct FakeTime {
   }
 };
 
-myservice::v1::GetUserRequest get(std::string const& id) {
-  myservice::v1::GetUserRequest request;
-  request.set_id(id);
-  return request;
-}
-
 stubkit::CallOptions retrying(FakeTime& time, stubkit::RetryReport* report = nullptr) {
   stubkit::CallOptions options;
   options.retry = stubkit::RetryPolicy::standard();
@@ -57,7 +51,7 @@ TEST_SUITE("retry") {
     f.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
     FakeTime time;
     stubkit::RetryReport report;
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get("ada"), retrying(time, &report));
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), retrying(time, &report));
     REQUIRE(user.ok());
     CHECK(user->email() == "ada@example.com");
     CHECK(f.server.faults().calls("GetUser") == 3);
@@ -73,7 +67,7 @@ TEST_SUITE("retry") {
     stubkit::RetryReport report;
     auto options = retrying(time, &report);
     options.retry->max_attempts = 3;
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options);
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);
     REQUIRE_FALSE(user.ok());
     CHECK(user.error().is<stubkit::Unavailable>());
     CHECK(user.error().message() == "still down");
@@ -84,7 +78,7 @@ TEST_SUITE("retry") {
   TEST_CASE("codes outside the policy are not retried") {
     ServerFixture f;
     FakeTime time;
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get("nobody"), retrying(time));
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("nobody"), retrying(time));
     CHECK(user.error().is<stubkit::NotFound>());
     CHECK(f.server.faults().calls("GetUser") == 1);
     CHECK(time.sleeps.empty());
@@ -123,7 +117,7 @@ TEST_SUITE("retry") {
     f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
     auto options = retrying(time);
     options.idempotent = false;
-    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get("x"), options).error().is<stubkit::Unavailable>());
+    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get_request("x"), options).error().is<stubkit::Unavailable>());
     CHECK(f.server.faults().calls("GetUser") == 1);
   }
 
@@ -132,7 +126,7 @@ TEST_SUITE("retry") {
     REQUIRE(f.create("ada").ok());
     f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE, "busy", 700ms);
     FakeTime time;
-    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), retrying(time)).ok());
+    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), retrying(time)).ok());
     CHECK(time.sleeps == std::vector<std::chrono::milliseconds>{700ms});
   }
 
@@ -141,14 +135,14 @@ TEST_SUITE("retry") {
     REQUIRE(f.create("ada").ok());
     FakeTime time;
     f.server.faults().fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, "250");
-    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), retrying(time)).ok());
+    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), retrying(time)).ok());
     CHECK(time.sleeps == std::vector<std::chrono::milliseconds>{250ms});
 
     for (std::string bad : {"-1", "soon", ""}) {
       f.server.faults().fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, bad);
       auto const before = f.server.faults().calls("GetUser");
       stubkit::RetryReport report;
-      auto user = stubkit::call(*f.stub, &Stub::GetUser, get("ada"), retrying(time, &report));
+      auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), retrying(time, &report));
       if (bad.empty()) {  // an empty trailer is no pushback at all: retried
         CHECK(user.ok());
         continue;
@@ -172,7 +166,7 @@ TEST_SUITE("retry") {
     options.clock = time.clock(0.999);  // delays near the cap: 299, 599, 1198, ...
     options.report = &report;
     auto const start = time.now;
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get("x"), options);
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("x"), options);
     CHECK(user.error().is<stubkit::Unavailable>());
     CHECK(time.now - start == 898ms);  // 299 + 599; 1198 more would pass the deadline
     CHECK(report.attempts == 3);
@@ -189,7 +183,7 @@ TEST_SUITE("retry") {
     options.retry->max_attempts = 3;
     options.retry->initial_backoff = 1ms;
     options.retry->per_attempt_timeout = 50ms;
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options);
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);
     CHECK(user.error().is<stubkit::DeadlineExceeded>());
     CHECK(f.server.faults().calls("GetUser") == 3);
 
@@ -197,7 +191,7 @@ TEST_SUITE("retry") {
     overall.timeout = 50ms;
     overall.retry = stubkit::RetryPolicy::standard();
     overall.retry->initial_backoff = 1ms;
-    auto again = stubkit::call(*f.stub, &Stub::GetUser, get("ada"), overall);
+    auto again = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), overall);
     CHECK(again.error().is<stubkit::DeadlineExceeded>());
     CHECK(f.server.faults().calls("GetUser") == 4);  // one more attempt only
   }
@@ -234,15 +228,15 @@ TEST_SUITE("retry") {
     auto options = retrying(time);
     options.throttle = throttle;
     f.server.faults().fail_next("GetUser", 1000, StatusCode::UNAVAILABLE);
-    (void)stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options);  // 4 -> 3 -> 2: stops
+    (void)stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);  // 4 -> 3 -> 2: stops
     CHECK(f.server.faults().calls("GetUser") == 2);
     CHECK_FALSE(throttle->allows_retry());
-    (void)stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options);  // no retry at all: 2 -> 1
+    (void)stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);  // no retry at all: 2 -> 1
     CHECK(f.server.faults().calls("GetUser") == 3);
     f.server.faults().clear();
-    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options).ok());  // 1 -> 2
+    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options).ok());  // 1 -> 2
     CHECK_FALSE(throttle->allows_retry());
-    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options).ok());  // 2 -> 3
+    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options).ok());  // 2 -> 3
     CHECK(throttle->allows_retry());
   }
 
@@ -251,7 +245,7 @@ TEST_SUITE("retry") {
     stubkit::CallOptions options;
     options.retry = stubkit::RetryPolicy::standard();
     options.retry->multiplier = 0.5;
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options);
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);
     CHECK(user.error().is<stubkit::InvalidArgument>());
     CHECK(user.error().message().find("multiplier") != std::string::npos);
     CHECK(f.server.faults().calls("GetUser") == 0);
@@ -268,7 +262,7 @@ TEST_SUITE("retry") {
       attempts.push_back(e.attempt);
       CHECK(e.status.error_code() == StatusCode::UNAVAILABLE);
     };
-    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options).ok());
+    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options).ok());
     CHECK(attempts == std::vector<int>{1, 2});
   }
 
@@ -296,8 +290,8 @@ TEST_SUITE("retry") {
     options.timeout = 2s;
     options.metadata = {{"x-trace", "t1"}};
     f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
-    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options).error().is<stubkit::Unavailable>());
-    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get("ada"), options).ok());
+    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options).error().is<stubkit::Unavailable>());
+    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options).ok());
     CHECK(f.server.faults().calls("GetUser") == 2);
   }
 }

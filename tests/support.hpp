@@ -30,6 +30,13 @@ inline std::unique_ptr<grpc::ClientContext> context(std::chrono::milliseconds ti
   return ctx;
 }
 
+/// A GetUserRequest for `id`.
+inline myservice::v1::GetUserRequest get_request(std::string const& id) {
+  myservice::v1::GetUserRequest request;
+  request.set_id(id);
+  return request;
+}
+
 /// Options of an embedded server that also listens on a free loopback port.
 inline stubkit::testing::EmbeddedServerOptions tcp_options() {
   stubkit::testing::EmbeddedServerOptions options;
