@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  g++ pkg-config cmake meson ninja-build ccache
+  g++ pkg-config cmake meson ninja-build ccache openssl
   libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libabsl-dev grpc-proto
   doctest-dev libtrompeloeil-cpp-dev
   python3-grpcio python3-protobuf   # the reference Python client, run as a real peer in tests

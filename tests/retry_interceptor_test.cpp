@@ -263,7 +263,8 @@ TEST_SUITE("retry_native") {
         grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args));
     server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
     User user;
-    CHECK(stub->GetUser(context().get(), get_request("u00000001"), &user).error_code() == StatusCode::UNAVAILABLE);
+    CHECK(stub->GetUser(context().get(), get_request("u00000001"), &user).error_code() ==
+          StatusCode::UNAVAILABLE);
     CHECK(server.faults().calls("GetUser") == 1);
   }
 

@@ -117,7 +117,8 @@ TEST_SUITE("retry") {
     f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
     auto options = retrying(time);
     options.idempotent = false;
-    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get_request("x"), options).error().is<stubkit::Unavailable>());
+    CHECK(
+        stubkit::call(*f.stub, &Stub::GetUser, get_request("x"), options).error().is<stubkit::Unavailable>());
     CHECK(f.server.faults().calls("GetUser") == 1);
   }
 
@@ -290,7 +291,9 @@ TEST_SUITE("retry") {
     options.timeout = 2s;
     options.metadata = {{"x-trace", "t1"}};
     f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
-    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options).error().is<stubkit::Unavailable>());
+    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options)
+              .error()
+              .is<stubkit::Unavailable>());
     CHECK(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options).ok());
     CHECK(f.server.faults().calls("GetUser") == 2);
   }

@@ -3,6 +3,7 @@
 #ifndef STUBKIT_STUBKIT_HPP
 #define STUBKIT_STUBKIT_HPP
 
+#include "stubkit/channel.hpp"   // IWYU pragma: export
 #include "stubkit/deadline.hpp"  // IWYU pragma: export
 #include "stubkit/paginate.hpp"  // IWYU pragma: export
 #include "stubkit/retry.hpp"     // IWYU pragma: export

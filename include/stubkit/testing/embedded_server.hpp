@@ -37,6 +37,9 @@ struct EmbeddedServerOptions {
   int max_receive_message_size = 10 * 1024 * 1024;
   /// HTTP/2 keepalive ping interval (the reference server's 30 s).
   std::chrono::milliseconds keepalive_time{30000};
+  /// Credentials of the TCP port; empty = plaintext (e.g.
+  /// grpc::SslServerCredentials for TLS).
+  std::shared_ptr<grpc::ServerCredentials> credentials;
   /// Options of the UserService itself.
   UserServiceOptions service;
 };
@@ -60,7 +63,9 @@ class EmbeddedServer {
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(options.keepalive_time.count()));
     if (!options.listen_address.empty()) {
-      builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &port_);
+      builder.AddListeningPort(options.listen_address,
+                               options.credentials ? options.credentials : grpc::InsecureServerCredentials(),
+                               &port_);
     }
     server_ = builder.BuildAndStart();
     if (server_ == nullptr || (!options.listen_address.empty() && port_ == 0)) {

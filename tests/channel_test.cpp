@@ -1,0 +1,253 @@
+// Channels over TCP on loopback: load balancing across backends, health
+// checking, bearer tokens, message limits, TLS, and waiting until serving.
+#include "stubkit/channel.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace stubkit_tests;
+using grpc::StatusCode;
+using myservice::v1::User;
+
+namespace {
+
+struct Backends {
+  explicit Backends(int n) {
+    for (int i = 0; i < n; ++i) {
+      servers.push_back(std::make_unique<stubkit::testing::EmbeddedServer>(tcp_options()));
+      servers.back()->service().preload(1);
+    }
+  }
+  std::string target() const {
+    std::string t = "ipv4:";
+    for (std::size_t i = 0; i < servers.size(); ++i) t += (i ? "," : "") + servers[i]->address();
+    return t;
+  }
+  std::vector<std::int64_t> calls() const {
+    std::vector<std::int64_t> out;
+    for (auto const& s : servers) out.push_back(s->faults().calls("GetUser"));
+    return out;
+  }
+  std::vector<std::unique_ptr<stubkit::testing::EmbeddedServer>> servers;
+};
+
+int call_n(UserService::Stub& stub, int n) {
+  int failed = 0;
+  for (int i = 0; i < n; ++i) {
+    User user;
+    if (!stub.GetUser(context().get(), get_request("u00000001"), &user).ok()) ++failed;
+  }
+  return failed;
+}
+
+std::string read_file(std::string const& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+TEST_SUITE("channel") {
+  TEST_CASE("round_robin spreads calls across every backend of an ipv4: list") {
+    Backends backends(3);
+    auto channel = stubkit::make_channel(backends.target());
+    REQUIRE(stubkit::wait_until_serving(*channel, "myservice.v1.UserService", 5s).ok());
+    auto stub = UserService::NewStub(channel);
+    CHECK(call_n(*stub, 30) == 0);
+    for (auto n : backends.calls()) CHECK(n >= 5);  // 10 each, give or take connection timing
+  }
+
+  TEST_CASE("a backend set NOT_SERVING gets no traffic with client-side health checking") {
+    Backends backends(3);
+    stubkit::ChannelOptions options;
+    options.health_check_service = "myservice.v1.UserService";
+    auto channel = stubkit::make_channel(backends.target(), options);
+    auto stub = UserService::NewStub(channel);
+    REQUIRE(stubkit::wait_until_serving(*channel, "myservice.v1.UserService", 5s).ok());
+    CHECK(call_n(*stub, 30) == 0);
+    backends.servers[1]->health().SetServingStatus("myservice.v1.UserService", false);
+    // The health watch reaches the client asynchronously: wait for traffic to move.
+    auto before = backends.calls();
+    for (int i = 0; i < 100; ++i) {
+      before = backends.calls();
+      CHECK(call_n(*stub, 6) == 0);
+      if (backends.calls()[1] == before[1]) break;
+      std::this_thread::sleep_for(20ms);
+    }
+    before = backends.calls();
+    CHECK(call_n(*stub, 30) == 0);
+    auto after = backends.calls();
+    CHECK(after[1] == before[1]);
+    CHECK(after[0] > before[0]);
+    CHECK(after[2] > before[2]);
+  }
+
+  TEST_CASE("a dead backend costs no failed calls with retries on") {
+    Backends backends(3);
+    stubkit::ChannelOptions options;
+    options.retry = stubkit::RetryInterceptorOptions{};
+    options.retry->policy.initial_backoff = 10ms;
+    auto channel = stubkit::make_channel(backends.target(), options);
+    auto stub = UserService::NewStub(channel);
+    REQUIRE(stubkit::wait_until_serving(*channel, "myservice.v1.UserService", 5s).ok());
+    CHECK(call_n(*stub, 15) == 0);
+    backends.servers[2]->shutdown(0ms);  // killed: its connections drop
+    CHECK(call_n(*stub, 60) == 0);
+    auto const before = backends.calls();
+    CHECK(call_n(*stub, 20) == 0);
+    auto const after = backends.calls();
+    CHECK(after[0] + after[1] - before[0] - before[1] == 20);
+  }
+
+  TEST_CASE("a bearer token goes on every call; wrong or missing ones are typed Unauthenticated") {
+    stubkit::testing::EmbeddedServerOptions server_options = tcp_options();
+    server_options.service.token = "t0ken";
+    stubkit::testing::EmbeddedServer server(server_options);
+    server.service().preload(1);
+
+    stubkit::ChannelOptions good;
+    good.bearer_token = "t0ken";
+    User user;
+    auto ok = UserService::NewStub(stubkit::make_channel(server.address(), good))
+                  ->GetUser(context().get(), get_request("u00000001"), &user);
+    CHECK(ok.ok());
+
+    stubkit::ChannelOptions wrong;
+    int asked = 0;
+    wrong.token_provider = [&] {
+      ++asked;
+      return std::string("nope");
+    };
+    auto stub = UserService::NewStub(stubkit::make_channel(server.address(), wrong));
+    auto denied = stubkit::call(*stub, &UserService::Stub::GetUser, get_request("u00000001"));
+    CHECK(denied.error().is<stubkit::Unauthenticated>());
+    CHECK(denied.error().to_string().find("nope") == std::string::npos);
+    CHECK(asked == 1);
+
+    auto missing = UserService::NewStub(stubkit::make_channel(server.address()))
+                       ->GetUser(context().get(), get_request("u00000001"), &user);
+    CHECK(missing.error_code() == StatusCode::UNAUTHENTICATED);
+
+    // Health stays public: waiting works without a token.
+    CHECK(
+        stubkit::wait_until_serving(*stubkit::make_channel(server.address()), "myservice.v1.UserService", 5s)
+            .ok());
+  }
+
+  TEST_CASE("a refreshing token provider is asked on every retry attempt") {
+    stubkit::testing::EmbeddedServerOptions server_options = tcp_options();
+    server_options.service.token = "fresh";
+    stubkit::testing::EmbeddedServer server(server_options);
+    server.service().preload(1);
+    server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
+    stubkit::ChannelOptions options;
+    options.retry = stubkit::RetryInterceptorOptions{};
+    options.retry->policy.initial_backoff = 1ms;
+    std::atomic<int> asked{0};
+    options.token_provider = [&] {
+      ++asked;
+      return std::string("fresh");
+    };
+    auto stub = UserService::NewStub(stubkit::make_channel(server.address(), options));
+    User user;
+    auto status = stub->GetUser(context().get(), get_request("u00000001"), &user);
+    CHECK_MESSAGE(status.ok(), status.error_message());
+    CHECK(server.faults().calls("GetUser") == 2);
+    CHECK(asked == 2);  // once per attempt
+  }
+
+  TEST_CASE("a 5 MB request fails under gRPC's default 4 MB limit and passes when both sides raise it") {
+    stubkit::testing::EmbeddedServerOptions defaults = tcp_options();
+    defaults.max_receive_message_size = 4 * 1024 * 1024;
+    stubkit::testing::EmbeddedServer strict(defaults);
+    myservice::v1::CreateUserRequest big;
+    big.mutable_user()->set_id("big");
+    (*big.mutable_user()->mutable_metadata())["blob"] = std::string(5 << 20, 'x');
+    myservice::v1::CreateUserResponse response;
+    auto rejected = UserService::NewStub(stubkit::make_channel(strict.address()))
+                        ->CreateUser(context().get(), big, &response);
+    CHECK(rejected.error_code() == StatusCode::RESOURCE_EXHAUSTED);
+
+    stubkit::testing::EmbeddedServerOptions raised = tcp_options();
+    raised.max_receive_message_size = 16 << 20;
+    stubkit::testing::EmbeddedServer roomy(raised);
+    stubkit::ChannelOptions client;
+    client.max_receive_message_size = 16 << 20;  // the reply echoes the user
+    auto accepted = UserService::NewStub(stubkit::make_channel(roomy.address(), client))
+                        ->CreateUser(context().get(), big, &response);
+    CHECK_MESSAGE(accepted.ok(), accepted.error_message());
+    CHECK(response.user().metadata().at("blob").size() == (5u << 20));
+  }
+
+  TEST_CASE("TLS: the right CA connects, a wrong CA fails with UNAVAILABLE") {
+    // Certificates made now with the openssl CLI: a CA, a server certificate
+    // for 127.0.0.1 signed by it, and an unrelated CA.
+    std::string const dir = "tls-test-certs";
+    std::string const script = "set -e; rm -rf " + dir + "; mkdir " + dir + "; cd " + dir +
+                               "; openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca "
+                               "-keyout ca.key -out ca.pem 2>/dev/null"
+                               "; openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other-ca "
+                               "-keyout other.key -out other.pem "
+                               "2>/dev/null"
+                               "; openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key "
+                               "-out server.csr 2>/dev/null"
+                               "; printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > san.ext"
+                               "; openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+                               "-days 1 -extfile san.ext "
+                               "-out server.pem 2>/dev/null";
+    REQUIRE(std::system(("bash -c \"" + script + "\"").c_str()) == 0);
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({read_file(dir + "/server.key"), read_file(dir + "/server.pem")});
+    auto options = tcp_options();
+    options.credentials = grpc::SslServerCredentials(ssl);
+    stubkit::testing::EmbeddedServer server(options);
+    server.service().preload(1);
+
+    stubkit::ChannelOptions right;
+    right.tls = stubkit::TlsOptions{read_file(dir + "/ca.pem"), "", "", ""};
+    User user;
+    auto ok = UserService::NewStub(stubkit::make_channel(server.address(), right))
+                  ->GetUser(context().get(), get_request("u00000001"), &user);
+    CHECK_MESSAGE(ok.ok(), ok.error_message());
+
+    stubkit::ChannelOptions wrong;
+    wrong.tls = stubkit::TlsOptions{read_file(dir + "/other.pem"), "", "", ""};
+    auto bad = UserService::NewStub(stubkit::make_channel(server.address(), wrong))
+                   ->GetUser(context(2s).get(), get_request("u00000001"), &user);
+    CHECK(bad.error_code() == StatusCode::UNAVAILABLE);
+
+    auto plaintext = UserService::NewStub(stubkit::make_channel(server.address()))
+                         ->GetUser(context(2s).get(), get_request("u00000001"), &user);
+    CHECK(plaintext.error_code() == StatusCode::UNAVAILABLE);
+  }
+
+  TEST_CASE("wait_until_serving says what did not happen") {
+    stubkit::testing::EmbeddedServer server(tcp_options());
+    server.health().SetServingStatus("myservice.v1.UserService", false);
+    auto channel = stubkit::make_channel(server.address());
+    auto not_serving = stubkit::wait_until_serving(*channel, "myservice.v1.UserService", 300ms);
+    REQUIRE_FALSE(not_serving.ok());
+    CHECK(not_serving.error().message().find("NOT_SERVING") != std::string::npos);
+    auto unknown = stubkit::wait_until_serving(*channel, "no.such.Service", 300ms);
+    CHECK(unknown.error().message().find("unknown to the health service") != std::string::npos);
+
+    std::string const dead = server.address();
+    server.shutdown(0ms);
+    auto nobody =
+        stubkit::wait_until_serving(*stubkit::make_channel(dead), "myservice.v1.UserService", 300ms);
+    REQUIRE_FALSE(nobody.ok());
+    CHECK(nobody.error().is<stubkit::Unavailable>());
+    CHECK(nobody.error().message().find("did not connect") != std::string::npos);
+  }
+}
