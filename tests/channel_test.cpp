@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "process.hpp"
 #include "support.hpp"
 
 using namespace stubkit_tests;
@@ -108,6 +109,30 @@ TEST_SUITE("channel") {
     CHECK(call_n(*stub, 20) == 0);
     auto const after = backends.calls();
     CHECK(after[0] + after[1] - before[0] - before[1] == 20);
+  }
+
+  TEST_CASE("user_server processes: one killed with SIGKILL costs no failed calls") {
+    char const* user_server = std::getenv("STUBKIT_USER_SERVER");
+    REQUIRE_MESSAGE(user_server != nullptr, "the test suite sets STUBKIT_USER_SERVER");
+    std::vector<std::unique_ptr<Process>> processes;
+    std::string target = "ipv4:";
+    for (int i = 0; i < 3; ++i) {
+      processes.push_back(std::make_unique<Process>(std::vector<std::string>{user_server, "--preload", "1"}));
+      std::string const address = start_user_server(*processes.back());
+      REQUIRE_FALSE(address.empty());
+      target += (i ? "," : "") + address;
+    }
+    stubkit::ChannelOptions options;
+    options.retry = stubkit::RetryInterceptorOptions{};
+    options.retry->policy.initial_backoff = 10ms;
+    auto channel = stubkit::make_channel(target, options);
+    REQUIRE(stubkit::wait_until_serving(*channel, "myservice.v1.UserService", 5s).ok());
+    auto stub = UserService::NewStub(channel);
+    CHECK(call_n(*stub, 30) == 0);
+    processes[0]->stop(SIGKILL);
+    CHECK(call_n(*stub, 100) == 0);
+    processes[1]->stop(SIGKILL);
+    CHECK(call_n(*stub, 30) == 0);  // one backend left carries everything
   }
 
   TEST_CASE("a bearer token goes on every call; wrong or missing ones are typed Unauthenticated") {

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "../process.hpp"
 #include "google/protobuf/util/json_util.h"
 #include "stubkit/paginate.hpp"
 #include "stubkit/retry.hpp"
@@ -147,52 +148,17 @@ int rss_child(std::string const& target, int page_size) {
   return 0;
 }
 
-struct Process {
-  pid_t pid = -1;
-  FILE* out = nullptr;
-};
-
-Process spawn(std::vector<std::string> args) {
-  int fds[2];
-  if (pipe(fds) != 0) std::abort();
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(fds[1], 1);
-    close(fds[0]);
-    close(fds[1]);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(fds[1]);
-  return Process{pid, fdopen(fds[0], "r")};
-}
-
-std::string read_line(FILE* f) {
-  char buf[512];
-  if (fgets(buf, sizeof buf, f) == nullptr) return "";
-  std::string line(buf);
-  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
-  return line;
-}
-
 // Peak RSS (KiB) of a fresh client process listing `users` users.
 long client_rss(std::string const& self, std::string const& user_server, int users, int page_size) {
-  Process server = spawn({user_server, "--port", "0", "--preload", std::to_string(users), "--max-page-size",
-                          std::to_string(page_size)});
-  std::string line = read_line(server.out);
-  std::string const target = line.substr(line.rfind(' ') + 1);
-  Process client = spawn({self, "--rss-child", target, std::to_string(page_size)});
-  std::istringstream result(read_line(client.out));
+  stubkit_tests::Process server({user_server, "--port", "0", "--preload", std::to_string(users),
+                                 "--max-page-size", std::to_string(page_size)});
+  std::string const target = stubkit_tests::start_user_server(server);
+  stubkit_tests::Process client({self, "--rss-child", target, std::to_string(page_size)});
+  std::istringstream result(client.read_line());
   long count = 0, rss = -1;
   result >> count >> rss;
-  waitpid(client.pid, nullptr, 0);
-  kill(server.pid, SIGTERM);
-  waitpid(server.pid, nullptr, 0);
-  fclose(client.out);
-  fclose(server.out);
+  client.wait();
+  server.stop(SIGTERM);
   if (count != users) {
     std::cerr << "rss child listed " << count << " of " << users << " users\n";
     return -1;

@@ -1,0 +1,87 @@
+// Child processes for tests and benchmarks: start a program with its stdout
+// on a pipe, read its lines, stop it. POSIX only.
+#ifndef STUBKIT_TESTS_PROCESS_HPP
+#define STUBKIT_TESTS_PROCESS_HPP
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace stubkit_tests {
+
+/// A running child process whose stdout we read. Killed (SIGKILL) and
+/// reaped on destruction unless stopped before.
+class Process {
+ public:
+  explicit Process(std::vector<std::string> args) {
+    int fds[2];
+    if (pipe(fds) != 0) std::abort();
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fds[1], 1);
+      close(fds[0]);
+      close(fds[1]);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    out_ = fdopen(fds[0], "r");
+  }
+  ~Process() {
+    stop(SIGKILL);
+    if (out_ != nullptr) fclose(out_);
+  }
+  Process(Process const&) = delete;
+  Process& operator=(Process const&) = delete;
+
+  /// The next line of stdout, without its newline ("" at the end).
+  std::string read_line() {
+    char buf[512];
+    if (fgets(buf, sizeof buf, out_) == nullptr) return "";
+    std::string line(buf);
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    return line;
+  }
+
+  /// Sends `signal` and reaps the process; returns its wait status.
+  int stop(int signal = SIGTERM) {
+    if (pid_ <= 0) return status_;
+    kill(pid_, signal);
+    waitpid(pid_, &status_, 0);
+    pid_ = -1;
+    return status_;
+  }
+
+  /// Waits for the process to exit by itself.
+  int wait() {
+    if (pid_ > 0) {
+      waitpid(pid_, &status_, 0);
+      pid_ = -1;
+    }
+    return status_;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  FILE* out_ = nullptr;
+  int status_ = 0;
+};
+
+/// Starts user_server with `flags` on a free port; returns its address.
+inline std::string start_user_server(Process& server) {
+  std::string const line = server.read_line();
+  auto const space = line.rfind(' ');
+  return line.rfind("listening on ", 0) == 0 && space != std::string::npos ? line.substr(space + 1) : "";
+}
+
+}  // namespace stubkit_tests
+
+#endif  // STUBKIT_TESTS_PROCESS_HPP
