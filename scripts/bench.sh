@@ -9,4 +9,10 @@ if [ ! -f build-bench/build.ninja ]; then
 fi
 meson compile -C build-bench
 cd build-bench
-exec ./tests/bench/stubkit-bench --user-server ./examples/user_server --json bench.json "$@"
+./tests/bench/stubkit-bench --user-server ./examples/user_server --json bench.json "$@"
+# B9, compile cost: the umbrella header and one concern header.
+rounds=5
+case " $* " in *" --quick "*) rounds=2 ;; esac
+for header in stubkit/stubkit.hpp stubkit/paginate.hpp; do
+  python3 ../tests/bench/compile_cost.py . "$rounds" "$header"
+done

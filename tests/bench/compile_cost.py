@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""B9: compile cost of including stubkit vs only the generated stub header.
+
+Takes the compile command of a stubkit translation unit from
+compile_commands.json, compiles two one-line files with it (one including
+stubkit/stubkit.hpp, one including myservice/v1/user.grpc.pb.h), alternating,
+and prints a Markdown row and a JSON object.
+
+Usage: compile_cost.py BUILD_DIR [ROUNDS] [HEADER]   (HEADER default stubkit/stubkit.hpp)
+"""
+import json
+import pathlib
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+build = pathlib.Path(sys.argv[1]).resolve()
+rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+header_under_test = sys.argv[3] if len(sys.argv) > 3 else "stubkit/stubkit.hpp"
+commands = json.loads((build / "compile_commands.json").read_text())
+entry = next(c for c in commands if c["file"].endswith("examples/errors.cpp"))
+args = shlex.split(entry["command"])
+args = [a for a in args if a != "ccache"]
+# Drop dependency-file flags (-MD, -MQ x, -MF x): they name the original object.
+clean, skip = [], False
+for a in args:
+    if skip:
+        skip = False
+    elif a in ("-MQ", "-MF"):
+        skip = True
+    elif a != "-MD":
+        clean.append(a)
+args = clean
+src_index = args.index("-c") + 1
+out_index = args.index("-o") + 1
+
+with tempfile.TemporaryDirectory() as tmp:
+    files = {}
+    for name, header in (("stubkit", header_under_test), ("generated", "myservice/v1/user.grpc.pb.h")):
+        path = pathlib.Path(tmp) / f"{name}.cpp"
+        path.write_text(f'#include "myservice/v1/user.grpc.pb.h"\n#include "{header}"\nint main() {{ return 0; }}\n')
+        files[name] = path
+    times = {"stubkit": [], "generated": []}
+    for r in range(rounds):
+        order = ["stubkit", "generated"] if r % 2 == 0 else ["generated", "stubkit"]
+        for name in order:
+            cmd = list(args)
+            cmd[src_index] = str(files[name])
+            cmd[out_index] = str(pathlib.Path(tmp) / f"{name}.o")
+            start = time.monotonic()
+            subprocess.run(cmd, cwd=entry["directory"], check=True)
+            times[name].append(time.monotonic() - start)
+
+ours, base = statistics.median(times["stubkit"]), statistics.median(times["generated"])
+ratio = ours / base
+ratios = [a / b for a, b in zip(times["stubkit"], times["generated"])]
+print(f"| B9 | compile a TU including {header_under_test} (+ user.grpc.pb.h) vs only user.grpc.pb.h | {ours * 1000:.0f} ms | "
+      f"{base * 1000:.0f} ms | {ratio:.3f} ({min(ratios):.3f}-{max(ratios):.3f}) | <= 1.3 | {'yes' if ratio <= 1.3 else 'NO'} |")
+print(json.dumps({"id": "B9", "stubkit": ours * 1000, "baseline": base * 1000, "unit": "ms", "ratio": ratio,
+                  "goal": "<= 1.3", "met": ratio <= 1.3}))
