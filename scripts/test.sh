@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
 # README command 2: install dependencies, build, run every test. Ends with one
 # line "N passed, N failed" and fails when any test failed.
+#
+#   bash scripts/test.sh              # the normal build, in ./build
+#   bash scripts/test.sh --sanitize   # AddressSanitizer + UndefinedBehaviorSanitizer, in ./build-asan
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-bash scripts/build.sh
-# The benchmark program is built (not run) so it cannot rot unnoticed.
-meson configure build -Dbenchmarks=enabled
-meson compile -C build
+if [ "${1:-}" = "--sanitize" ]; then
+  shift
+  dir=build-asan
+  if [ ! -f "$dir/build.ninja" ]; then
+    meson setup "$dir" -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
+  fi
+  export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+else
+  dir=build
+  bash scripts/build.sh
+  # The benchmark program is built (not run) so it cannot rot unnoticed.
+  meson configure "$dir" -Dbenchmarks=enabled
+fi
+meson compile -C "$dir"
 status=0
-meson test -C build --print-errorlogs "$@" || status=$?
-/usr/bin/python3 - build/meson-logs/testlog.json <<'PY'
-import json, sys
-passed = failed = 0
-with open(sys.argv[1]) as log:
-    for line in log:
-        result = json.loads(line)["result"]
-        if result in ("OK", "EXPECTEDFAIL"):
-            passed += 1
-        elif result != "SKIP":
-            failed += 1
-print(f"{passed} passed, {failed} failed")
-PY
+meson test -C "$dir" --print-errorlogs "$@" || status=$?
+python3 scripts/count_tests.py "$dir/meson-logs/testlog.json"
 exit $status
