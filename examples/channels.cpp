@@ -37,6 +37,7 @@ int main() {
   options.retry = stubkit::RetryInterceptorOptions{};         // stubkit's retries on every unary call
   options.bearer_token = "s3cret";                            // authorization: Bearer s3cret
   options.max_receive_message_size = 16 * 1024 * 1024;        // accept replies up to 16 MB
+  options.keepalive_time = 30s;                               // HTTP/2 pings on idle connections
   auto channel = stubkit::make_channel(target, options);
 
   auto ready = stubkit::wait_until_serving(*channel, "myservice.v1.UserService", 5s);
