@@ -9,7 +9,8 @@ if [ ! -f build-bench/build.ninja ]; then
 fi
 meson compile -C build-bench
 cd build-bench
-./tests/bench/stubkit-bench --user-server ./examples/user_server --json bench.json "$@"
+./tests/bench/stubkit-bench --user-server ./examples/user_server --proto-dir ../proto --seed-dir ../tests/interop \
+  --json bench.json "$@"
 # B9, compile cost: the umbrella header and one concern header.
 rounds=5
 case " $* " in *" --quick "*) rounds=2 ;; esac
