@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Installs stubkit into a temporary prefix (meson install), then builds a
+program against the installed copy twice: with pkg-config, and with CMake's
+find_package(stubkit). Both programs run against the embedded server.
+
+Usage: install_test.py SOURCE_ROOT WORK_DIR
+"""
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+root, work = pathlib.Path(sys.argv[1]).resolve(), pathlib.Path(sys.argv[2]).resolve()
+if work.exists():
+    shutil.rmtree(work)
+work.mkdir(parents=True)
+prefix = work / "prefix"
+app = root / "tests" / "consumer" / "app.cpp"
+
+
+def run(*cmd, **kw):
+    print("+", " ".join(map(str, cmd)), flush=True)
+    subprocess.run(list(map(str, cmd)), check=True, **kw)
+
+
+run("meson", "setup", work / "build", root, f"--prefix={prefix}", "-Dtests=disabled", "-Dexamples=disabled")
+run("meson", "install", "-C", work / "build", "--quiet")
+libdir = next(prefix.rglob("pkgconfig")).parent
+for expected in ("include/stubkit/stubkit.hpp", "include/myservice/v1/user.grpc.pb.h",
+                 "share/stubkit/proto/myservice/v1/user.proto", "share/stubkit/proto/google/rpc/status.proto"):
+    if not (prefix / expected).exists():
+        sys.exit(f"not installed: {expected}")
+
+# pkg-config
+env = dict(os.environ, PKG_CONFIG_PATH=str(libdir / "pkgconfig"))
+flags = subprocess.run(["pkg-config", "--cflags", "--libs", "stubkit"], env=env, check=True,
+                       capture_output=True, text=True).stdout.split()
+run("c++", "-std=c++17", app, "-o", work / "app-pkgconfig", *flags, "-pthread")
+run(work / "app-pkgconfig")
+
+# CMake
+cmake_project = work / "cmake-project"
+cmake_project.mkdir()
+shutil.copy(app, cmake_project / "app.cpp")
+(cmake_project / "CMakeLists.txt").write_text(
+    "cmake_minimum_required(VERSION 3.16)\n"
+    "project(stubkit_cmake_consumer CXX)\n"
+    "find_package(stubkit 0.1 REQUIRED)\n"
+    "add_executable(app app.cpp)\n"
+    "target_link_libraries(app PRIVATE stubkit::stubkit)\n")
+run("cmake", "-S", cmake_project, "-B", work / "cmake-build", f"-DCMAKE_PREFIX_PATH={prefix}")
+run("cmake", "--build", work / "cmake-build")
+run(work / "cmake-build" / "app")
+print("install: the installed stubkit builds and runs with pkg-config and with CMake")
