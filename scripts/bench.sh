@@ -15,5 +15,5 @@ cd build-bench
 rounds=5
 case " $* " in *" --quick "*) rounds=2 ;; esac
 for header in stubkit/stubkit.hpp stubkit/paginate.hpp; do
-  python3 ../tests/bench/compile_cost.py . "$rounds" "$header"
+  python3 ../tests/bench/compile_cost.py . "$rounds" "$header" bench.json
 done
