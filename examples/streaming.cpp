@@ -6,6 +6,7 @@
 // failures, and a Chat session between two clients.
 //
 //   streaming    # runs against an embedded UserService
+#include <cstdint>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -27,37 +28,43 @@ int main() {
   bool ok = true;
 
   // WatchUsers as a range: change events only, until we have seen three.
-  auto events = client.watch_users();
-  std::thread writer([&] {
-    while (server.service().open_streams() == 0) std::this_thread::sleep_for(1ms);
-    for (auto id : {"ada", "grace", "linus"}) create(client, id);
-  });
-  int seen = 0;
-  for (auto& event : events) {
-    if (!event) return 1;
-    std::cout << "event " << event->sequence() << ": " << event->type() << " " << event->user().id() << "\n";
-    if (++seen == 3) break;
-  }
-  writer.join();
+  std::int64_t last_seen = 0;
+  {
+    auto events = client.watch_users();
+    std::thread writer([&] {
+      while (server.service().open_streams() == 0) std::this_thread::sleep_for(1ms);
+      for (auto id : {"ada", "grace", "linus"}) create(client, id);
+    });
+    int seen = 0;
+    for (auto& event : events) {
+      if (!event) return 1;
+      std::cout << "event " << event->sequence() << ": " << event->type() << " " << event->user().id()
+                << "\n";
+      last_seen = event->sequence();
+      if (++seen == 3) break;
+    }
+    writer.join();
+  }  // the range cancels its stream here
 
-  // A resumable watch: the server drops every stream after two messages, and
-  // the watch reconnects from the last sequence it saw.
+  // A resumable watch from where the first one stopped. The server drops
+  // every stream after two messages; the watch reconnects each time and
+  // resumes after the last sequence it saw, so no event is lost or repeated.
+  for (int i = 0; i < 5; ++i) create(client, "late" + std::to_string(i));  // even before it connects
   server.faults().close_stream_after("WatchUsers", 2);
   stubkit::ResumableWatchOptions resume;
-  resume.after_sequence = 0;
-  auto resumable = client.watch_users_resumable(resume);
-  std::thread more([&] {
-    while (server.service().open_streams() == 0) std::this_thread::sleep_for(1ms);
-    for (int i = 0; i < 5; ++i) create(client, "late" + std::to_string(i));
-  });
+  resume.after_sequence = last_seen;
   int resumed = 0;
-  for (auto& event : resumable) {
-    if (!event) return 1;
-    if (++resumed == 5) break;
+  int connections = 0;
+  {
+    auto resumable = client.watch_users_resumable(resume);
+    for (auto& event : resumable) {
+      if (!event) return 1;
+      if (++resumed == 5) break;
+    }
+    connections = resumable.connections();
   }
-  more.join();
   server.faults().clear();
-  std::cout << "resumable watch: 5 events over " << resumable.connections() << " connections\n";
+  std::cout << "resumable watch: 5 events over " << connections << " connections\n";
   ok = ok && resumed == 5;
 
   // BulkCreateUsers: each write waits for flow control; failures come back typed.
@@ -76,6 +83,7 @@ int main() {
   ok = ok && result->created() == 2;
 
   // Chat: bob reads on his own thread while alice writes.
+  while (server.service().open_streams() != 0) std::this_thread::sleep_for(1ms);  // the watches are gone
   auto alice = client.chat();
   auto bob = client.chat();
   while (server.service().open_streams() < 2) std::this_thread::sleep_for(1ms);
