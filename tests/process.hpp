@@ -3,6 +3,7 @@
 #ifndef STUBKIT_TESTS_PROCESS_HPP
 #define STUBKIT_TESTS_PROCESS_HPP
 
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,20 +19,22 @@ namespace stubkit_tests {
 /// reaped on destruction unless stopped before.
 class Process {
  public:
+  // posix_spawn, not fork: gRPC registers pthread_atfork handlers, and
+  // forking a process with live gRPC threads trips its assertions
+  // (posix_spawn runs no atfork handlers).
   explicit Process(std::vector<std::string> args) {
     int fds[2];
     if (pipe(fds) != 0) std::abort();
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fds[1], 1);
-      close(fds[0]);
-      close(fds[1]);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+    posix_spawn_file_actions_addclose(&actions, fds[0]);
+    posix_spawn_file_actions_addclose(&actions, fds[1]);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&actions);
     close(fds[1]);
     out_ = fdopen(fds[0], "r");
   }
