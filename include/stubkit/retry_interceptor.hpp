@@ -105,7 +105,7 @@ class RetryCall : public std::enable_shared_from_this<RetryCall> {
       if (done_) return;
       cancelled_ = true;
       if (!attempts_.empty() && attempt_running_) in_flight = attempts_.back().get();
-      if (alarm_ && alarm_waiting_) waiting = alarm_.get();
+      if (!alarms_.empty() && alarm_waiting_) waiting = alarms_.back().get();
     }
     if (in_flight != nullptr) in_flight->TryCancel();
     if (waiting != nullptr) waiting->Cancel();
@@ -185,11 +185,11 @@ class RetryCall : public std::enable_shared_from_this<RetryCall> {
     };
     if (schedule_) return schedule_(delay, resume);
     std::lock_guard<std::mutex> lock(mu_);
-    alarm_ = std::make_unique<grpc::Alarm>();
+    alarms_.push_back(std::make_unique<grpc::Alarm>());
     alarm_waiting_ = true;
     // A cancelled alarm fires at once (ok = false); start_attempt then sees
     // the cancellation.
-    alarm_->Set(std::chrono::system_clock::now() + delay, [resume](bool) { resume(); });
+    alarms_.back()->Set(std::chrono::system_clock::now() + delay, [resume](bool) { resume(); });
   }
 
   static void copy(std::multimap<grpc::string_ref, grpc::string_ref> const& from,
@@ -217,7 +217,9 @@ class RetryCall : public std::enable_shared_from_this<RetryCall> {
   bool alarm_waiting_ = false;
   std::vector<std::unique_ptr<grpc::ClientContext>> attempts_;  // kept: TryCancel stays safe
   grpc::ByteBuffer attempt_response_;
-  std::unique_ptr<grpc::Alarm> alarm_;
+  // Kept, like attempts_: cancel() may hold a pointer to the last one while
+  // it fires and the next wait starts.
+  std::vector<std::unique_ptr<grpc::Alarm>> alarms_;
 
   grpc::Status status_;
   grpc::ByteBuffer response_;
