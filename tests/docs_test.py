@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Docs stay true to the code: every code block under a
+"""Docs stay true to the code: every C++ code block must carry a
+`<!-- snippet: FILE -->` marker, and every code block under a
 `<!-- snippet: examples/X.cpp -->` marker must appear in that file, line for
 line (runs of whitespace aside), in order and contiguous.
 
@@ -26,6 +27,10 @@ for doc in sorted((root / "docs").glob("*.md")):
         checked += 1
         if not found:
             failures.append(f"{doc.name}: a snippet is not in {source}: {want[0]!r} ...")
+    # Every C++ block must come from a compiled file.
+    for block in re.finditer(r"(<!-- snippet: \S+ -->\s*\n)?```cpp\n", doc.read_text()):
+        if not block.group(1):
+            failures.append(f"{doc.name}: a cpp block without a snippet marker")
 for f in failures:
     print("FAIL", f)
 print(f"{checked} snippets checked, {len(failures)} stale")
