@@ -261,10 +261,11 @@ TEST_SUITE("channel") {
     stubkit::testing::EmbeddedServer server(tcp_options());
     server.health().SetServingStatus("myservice.v1.UserService", false);
     auto channel = stubkit::make_channel(server.address());
-    auto not_serving = stubkit::wait_until_serving(*channel, "myservice.v1.UserService", 300ms);
+    // Long enough for a slow (sanitized) build to connect and ask at least once.
+    auto not_serving = stubkit::wait_until_serving(*channel, "myservice.v1.UserService", 1500ms);
     REQUIRE_FALSE(not_serving.ok());
     CHECK(not_serving.error().message().find("NOT_SERVING") != std::string::npos);
-    auto unknown = stubkit::wait_until_serving(*channel, "no.such.Service", 300ms);
+    auto unknown = stubkit::wait_until_serving(*channel, "no.such.Service", 1500ms);
     CHECK(unknown.error().message().find("unknown to the health service") != std::string::npos);
 
     std::string const dead = server.address();
