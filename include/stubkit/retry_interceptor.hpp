@@ -159,6 +159,12 @@ class RetryCall : public std::enable_shared_from_this<RetryCall> {
       attempt_running_ = false;
       decision = state_.after_attempt(attempt_, outcome);
       if (!decision.retry || cancelled_) {
+        // A cancel that raced the end of a failed attempt still reports
+        // CANCELLED, as gRPC does for a cancelled call.
+        if (cancelled_ && !outcome.status.ok()) {
+          outcome.status =
+              grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the caller during retries");
+        }
         status_ = std::move(outcome.status);
         response_ = attempt_response_;
         copy(ctx->GetServerInitialMetadata(), &initial_metadata_);
