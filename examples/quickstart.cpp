@@ -20,6 +20,7 @@
 
 #include "google/protobuf/util/time_util.h"
 #include "myservice/v1/user.grpc.pb.h"
+#include "stubkit/status.hpp"
 #include "stubkit/testing/embedded_server.hpp"
 
 namespace {
@@ -49,14 +50,7 @@ Flags parse_flags(int argc, char** argv) {
 }
 
 std::string describe(grpc::Status const& status) {
-  static constexpr char const* kNames[] = {
-      "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
-      "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-      "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
-      "DATA_LOSS", "UNAUTHENTICATED"};
-  auto const code = static_cast<int>(status.error_code());
-  std::string name = code >= 0 && code <= 16 ? kNames[code] : "code " + std::to_string(code);
-  return name + " \"" + status.error_message() + "\"";
+  return stubkit::code_name(status.error_code()) + " \"" + status.error_message() + "\"";
 }
 
 class Tour {
