@@ -4,10 +4,12 @@
 // shutdown on SIGINT/SIGTERM (health goes NOT_SERVING, in-flight calls finish).
 //
 //   user_server [--host H] [--port P] [--preload N] [--token T] [--heartbeat D]
-//               [--max-page-size N]
+//               [--max-page-size N] [--data PATH [--sync]] [--server-id ID]
 //
 // --port 0 (the default) picks a free port. When ready it prints exactly one
 // line "listening on HOST:PORT". D is a duration such as 5s or 250ms.
+// With --data, users are kept in an append-only journal at PATH: a write is
+// in the file before it is acknowledged, so it survives SIGKILL.
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -24,13 +26,17 @@ namespace {
 
 constexpr char const* kUsage =
     "usage: user_server [--host H] [--port P] [--preload N] [--token T] [--heartbeat D]\n"
-    "                   [--max-page-size N]\n"
+    "                   [--max-page-size N] [--data PATH [--sync]] [--server-id ID]\n"
     "  --host H       address to bind (default 127.0.0.1)\n"
     "  --port P       TCP port, 0 picks a free one (default 0)\n"
-    "  --preload N    create N users at start (default 0)\n"
+    "  --preload N    create N users at start if there are none (default 0)\n"
     "  --token T      require 'authorization: Bearer T' on UserService calls\n"
     "  --heartbeat D  WatchUsers heartbeat interval, e.g. 5s or 250ms (default 5s)\n"
-    "  --max-page-size N  largest ListUsers page (default 100)\n";
+    "  --max-page-size N  largest ListUsers page (default 100)\n"
+    "  --data PATH    keep users in the journal file PATH (created if missing);\n"
+    "                 every write is in it before the reply (default: memory only)\n"
+    "  --sync         with --data, also fdatasync before each reply\n"
+    "  --server-id ID send ID in the trailing metadata stubkit-server-id of every reply\n";
 
 [[noreturn]] void usage_error(std::string const& message) {
   std::cerr << "user_server: " << message << "\n" << kUsage;
@@ -44,6 +50,9 @@ struct Flags {
   std::string token;
   std::chrono::milliseconds heartbeat{5000};
   int max_page_size = 100;
+  std::string data;
+  bool sync = false;
+  std::string server_id;
 };
 
 int parse_int(std::string_view flag, std::string_view text, int min, int max) {
@@ -63,6 +72,10 @@ Flags parse_flags(int argc, char** argv) {
       std::cout << kUsage;
       std::exit(0);
     }
+    if (flag == "--sync") {
+      flags.sync = true;
+      continue;
+    }
     if (i + 1 >= argc) usage_error("missing value after " + std::string(flag));
     std::string_view const value = argv[++i];
     if (flag == "--host") {
@@ -74,6 +87,12 @@ Flags parse_flags(int argc, char** argv) {
     } else if (flag == "--token") {
       if (value.empty()) usage_error("--token must not be empty");
       flags.token = std::string(value);
+    } else if (flag == "--data") {
+      if (value.empty()) usage_error("--data must not be empty");
+      flags.data = std::string(value);
+    } else if (flag == "--server-id") {
+      if (value.empty()) usage_error("--server-id must not be empty");
+      flags.server_id = std::string(value);
     } else if (flag == "--max-page-size") {
       flags.max_page_size = parse_int(flag, value, 1, 1'000'000);
     } else if (flag == "--heartbeat") {
@@ -89,6 +108,7 @@ Flags parse_flags(int argc, char** argv) {
       usage_error("unknown flag " + std::string(flag));
     }
   }
+  if (flags.sync && flags.data.empty()) usage_error("--sync needs --data");
   return flags;
 }
 
@@ -110,6 +130,10 @@ int main(int argc, char** argv) {
   options.service.token = flags.token;
   options.service.heartbeat_interval = flags.heartbeat;
   options.service.max_page_size = flags.max_page_size;
+  options.service.data_path = flags.data;
+  options.service.sync_data = flags.sync;
+  options.service.server_id = flags.server_id;
+  options.service.warn = [](std::string const& message) { std::cerr << "user_server: " << message << "\n"; };
   std::optional<stubkit::testing::EmbeddedServer> server;
   try {
     server.emplace(options);
@@ -117,7 +141,7 @@ int main(int argc, char** argv) {
     std::cerr << "user_server: " << e.what() << "\n";
     return 1;
   }
-  server->service().preload(flags.preload);
+  if (server->service().user_count() == 0) server->service().preload(flags.preload);
   std::cout << "listening on " << server->address() << std::endl;
 
   int received = 0;

@@ -17,7 +17,10 @@
 //   created_at); DeleteUser removes. Both report NOT_FOUND for a missing id.
 // - WatchUsers streams created/updated/deleted events and heartbeats; it can
 //   resume after a sequence number from a bounded history.
-// - BulkCreateUsers creates each streamed request and reports per-item failures.
+// - BulkCreateUsers creates each streamed request when the stream ends and
+//   reports per-item failures; a cancelled stream creates nothing.
+// - With data_path, every change is written to an append-only journal before
+//   the reply and replayed on start (detail/journal.hpp).
 // - Chat relays each message to every other open Chat stream.
 // Errors from bad input carry google.rpc.BadRequest naming the field; NOT_FOUND
 // and ALREADY_EXISTS carry google.rpc.ResourceInfo; auth failures carry
@@ -34,6 +37,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -44,10 +48,12 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "google/protobuf/util/field_mask_util.h"
 #include "google/protobuf/util/time_util.h"
 #include "myservice/v1/user.grpc.pb.h"
 #include "stubkit/status.hpp"
+#include "stubkit/testing/detail/journal.hpp"
 #include "stubkit/testing/detail/page_token.hpp"
 #include "stubkit/testing/fault_injector.hpp"
 
@@ -68,6 +74,20 @@ struct UserServiceOptions {
   int max_page_size = 100;
   /// Source of created_at and event times; empty = std::chrono::system_clock.
   std::function<std::chrono::system_clock::time_point()> clock;
+  /// When non-empty, users live in this append-only journal file as well as
+  /// in memory: every create, update and delete is written to it before the
+  /// reply, and it is replayed when the service starts (see
+  /// detail/journal.hpp). Empty = memory only.
+  std::string data_path;
+  /// Also fdatasync the journal before each reply: survives the machine
+  /// going down, not just the process. Slower.
+  bool sync_data = false;
+  /// When non-empty, every reply carries it in the trailing metadata
+  /// `stubkit-server-id`, so a client can tell which backend answered.
+  std::string server_id;
+  /// Receives warnings such as a torn journal record ignored on start;
+  /// empty = standard error.
+  std::function<void(std::string const&)> warn;
 };
 
 /// The UserService implementation. Thread-safe; one instance serves any
@@ -80,11 +100,29 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
 
   static constexpr int kDefaultPageSize = 50;
   static constexpr std::size_t kMaxIdLength = 128;
+  /// One BulkCreateUsers call is held in memory until its stream ends, so
+  /// it is bounded.
+  static constexpr std::size_t kMaxBulkItems = 100000;
+  static constexpr std::size_t kMaxBulkBytes = std::size_t{64} << 20;
 
+  /// Replays the journal at `options.data_path`, if any; throws
+  /// std::runtime_error when it cannot be opened or is corrupt.
   explicit UserServiceImpl(UserServiceOptions options = {})
       : options_(std::move(options)),
         tokens_(page_token_key(options_.page_token_key)),
-        faults_(User::descriptor()->file()->FindServiceByName("UserService")) {}
+        faults_(User::descriptor()->file()->FindServiceByName("UserService")) {
+    if (options_.data_path.empty()) return;
+    auto warn = options_.warn ? options_.warn : [](std::string const& m) { std::cerr << m << "\n"; };
+    std::lock_guard<std::mutex> lock(mu_);
+    journal_ = std::make_unique<detail::Journal>(
+        options_.data_path, options_.sync_data,
+        [this](char kind, std::string_view payload) { return replay_locked(kind, payload); }, warn);
+  }
+
+  /// The record kinds of the journal.
+  static constexpr char kCreated = 'C';  // payload: CreateUserRequest, user as stored
+  static constexpr char kUpdated = 'U';  // payload: User as stored
+  static constexpr char kDeleted = 'D';  // payload: DeleteUserRequest
 
   /// Planned faults for this service's methods.
   FaultInjector& faults() { return faults_; }
@@ -196,7 +234,7 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = users_.find(request->user().id());
     if (it == users_.end()) return not_found(request->user().id());
-    User& stored = it->second;
+    User stored = it->second;
     if (request->update_mask().paths().empty()) {
       auto const created_at = stored.created_at();
       stored = request->user();
@@ -218,8 +256,9 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
       merge.set_replace_repeated_fields(true);
       FieldMaskUtil::MergeMessageTo(request->user(), rest, merge, &stored);
     }
+    if (auto s = persist_locked(kUpdated, stored); !s.ok()) return s;
     *response = stored;
-    publish_locked("updated", stored);
+    apply_update_locked(std::move(stored));
     return settle(plan, grpc::Status::OK);
   }
 
@@ -229,11 +268,9 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
     if (auto s = admit(ctx, "DeleteUser", &plan); !s.ok()) return s;
     if (request->id().empty()) return bad_request("id", "id is required");
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = users_.find(request->id());
-    if (it == users_.end()) return not_found(request->id());
-    User removed = std::move(it->second);
-    users_.erase(it);
-    publish_locked("deleted", removed);
+    if (users_.count(request->id()) == 0) return not_found(request->id());
+    if (auto s = persist_locked(kDeleted, *request); !s.ok()) return s;
+    apply_delete_locked(request->id());
     return settle(plan, grpc::Status::OK);
   }
 
@@ -293,25 +330,35 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
                                grpc::ServerReader<myservice::v1::CreateUserRequest>* reader,
                                myservice::v1::BulkResp* response) override {
     if (auto s = admit(ctx, "BulkCreateUsers"); !s.ok()) return s;
+    // Applied when the stream ends, all at once: a stream that is cancelled
+    // or breaks off stores nothing.
+    std::vector<myservice::v1::CreateUserRequest> requests;
+    std::size_t bytes = 0;
     myservice::v1::CreateUserRequest request;
-    for (int index = 0; reader->Read(&request); ++index) {
-      User created;
-      grpc::Status s;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        s = create_locked(request, &created);
+    while (reader->Read(&request)) {
+      bytes += request.ByteSizeLong();
+      if (requests.size() == kMaxBulkItems || bytes > kMaxBulkBytes) {
+        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            "BulkCreateUsers takes at most " + std::to_string(kMaxBulkItems) + " users and " +
+                                std::to_string(kMaxBulkBytes >> 20) + " MiB per call; nothing was created");
       }
+      requests.push_back(std::move(request));
+    }
+    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+    std::lock_guard<std::mutex> lock(mu_);
+    for (std::size_t index = 0; index < requests.size(); ++index) {
+      User created;
+      grpc::Status const s = create_locked(requests[index], &created);
       if (s.ok()) {
         response->set_created(response->created() + 1);
       } else {
         auto* failure = response->add_failures();
-        failure->set_index(index);
-        failure->set_user_id(request.user().id());
+        failure->set_index(static_cast<std::int32_t>(index));
+        failure->set_user_id(requests[index].user().id());
         failure->set_code(static_cast<std::int32_t>(s.error_code()));
         failure->set_message(s.error_message());
       }
     }
-    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
     return grpc::Status::OK;
   }
 
@@ -398,6 +445,7 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
   // Authentication, then planned faults, then injected latency.
   grpc::Status admit(grpc::ServerContext* ctx, std::string_view method,
                      FaultInjector::Plan* plan_out = nullptr) {
+    if (!options_.server_id.empty()) ctx->AddTrailingMetadata("stubkit-server-id", options_.server_id);
     if (auto s = authenticate(*ctx); !s.ok()) return s;
     auto const& metadata = ctx->client_metadata();
     auto attempt = metadata.find("stubkit-previous-rpc-attempts");
@@ -516,11 +564,82 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
       return user_error(grpc::StatusCode::ALREADY_EXISTS, user.id(), "User " + user.id() + " already exists");
     }
     *user.mutable_created_at() = timestamp_now();
-    users_[user.id()] = user;
-    if (!request.request_id().empty()) by_request_id_[request.request_id()] = user;
-    publish_locked("created", user);
+    myservice::v1::CreateUserRequest record;
+    *record.mutable_user() = user;
+    record.set_request_id(request.request_id());
+    if (auto s = persist_locked(kCreated, record); !s.ok()) return s;
     *out = std::move(user);
+    apply_create_locked(record);
     return grpc::Status::OK;
+  }
+
+  // The state changes, shared by live calls (after persist_locked) and the
+  // journal replay.
+  void apply_create_locked(myservice::v1::CreateUserRequest const& record) {
+    User const& user = record.user();
+    users_[user.id()] = user;
+    if (!record.request_id().empty()) by_request_id_[record.request_id()] = user;
+    publish_locked("created", user);
+  }
+
+  void apply_update_locked(User user) {
+    User& stored = users_[user.id()];
+    stored = std::move(user);
+    publish_locked("updated", stored);
+  }
+
+  void apply_delete_locked(std::string const& id) {
+    auto it = users_.find(id);
+    User removed = std::move(it->second);
+    users_.erase(it);
+    publish_locked("deleted", removed);
+  }
+
+  // Writes a change to the journal, if there is one, before it is applied
+  // and acknowledged. A write that fails changes nothing.
+  grpc::Status persist_locked(char kind, google::protobuf::MessageLite const& record) {
+    if (!journal_) return grpc::Status::OK;
+    std::string const error = journal_->append(kind, record.SerializeAsString());
+    if (error.empty()) return grpc::Status::OK;
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "cannot store the change: " + error);
+  }
+
+  // One journal record on start: false if it does not fit the state so far.
+  bool replay_locked(char kind, std::string_view payload) {
+    auto parse = [&](google::protobuf::MessageLite& m) {
+      return m.ParseFromArray(payload.data(), static_cast<int>(payload.size()));
+    };
+    switch (kind) {
+      case kCreated: {
+        myservice::v1::CreateUserRequest record;
+        if (!parse(record) || record.user().id().empty() || users_.count(record.user().id()) != 0) return false;
+        note_id_locked(record.user().id());
+        apply_create_locked(record);
+        return true;
+      }
+      case kUpdated: {
+        User user;
+        if (!parse(user) || users_.count(user.id()) == 0) return false;
+        apply_update_locked(std::move(user));
+        return true;
+      }
+      case kDeleted: {
+        myservice::v1::DeleteUserRequest record;
+        if (!parse(record) || users_.count(record.id()) == 0) return false;
+        apply_delete_locked(record.id());
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  // Server-assigned ids are never handed out twice, even after a restart.
+  void note_id_locked(std::string const& id) {
+    std::uint64_t n = 0;
+    if (id.size() > 1 && id[0] == 'u' && absl::SimpleAtoi(absl::string_view(id.data() + 1, id.size() - 1), &n)) {
+      id_counter_ = std::max(id_counter_, n);
+    }
   }
 
   void publish_locked(std::string type, User const& user) {
@@ -559,6 +678,7 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
   int open_streams_ = 0;
   std::vector<std::shared_ptr<ChatSession>> chat_sessions_;
   std::atomic<std::int64_t> cancelled_calls_{0};
+  std::unique_ptr<detail::Journal> journal_;  // null without data_path
 };
 
 }  // namespace stubkit::testing
