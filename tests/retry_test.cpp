@@ -60,6 +60,24 @@ TEST_SUITE("retry") {
     CHECK(f.server.faults().attempt_headers("GetUser") == std::vector<std::string>{"", "1", "2"});
   }
 
+  TEST_CASE("trailers hold the trailing metadata of the last attempt only") {
+    stubkit::testing::EmbeddedServerOptions options;
+    options.service.server_id = "backend-2";
+    ServerFixture f(options);
+    REQUIRE(f.create("ada").ok());
+    f.server.faults().fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, "10");
+    FakeTime time;
+    std::multimap<std::string, std::string> trailers{{"stale", "entry"}};
+    auto call = retrying(time);
+    call.trailers = &trailers;
+    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), call).ok());
+    CHECK(time.sleeps == std::vector<std::chrono::milliseconds>{10ms});  // the first attempt had pushback
+    CHECK(trailers.count("grpc-retry-pushback-ms") == 0);
+    CHECK(trailers.count("stale") == 0);
+    REQUIRE(trailers.count("stubkit-server-id") == 1);
+    CHECK(trailers.find("stubkit-server-id")->second == "backend-2");
+  }
+
   TEST_CASE("retries stop at max_attempts with the last status") {
     ServerFixture f;
     f.server.faults().fail_next("GetUser", 10, StatusCode::UNAVAILABLE, "still down");

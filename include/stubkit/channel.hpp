@@ -51,6 +51,11 @@ struct ChannelOptions {
   /// HTTP/2 keepalive ping interval and how long to wait for the ack; zero = off.
   std::chrono::milliseconds keepalive_time{30000};
   std::chrono::milliseconds keepalive_timeout{10000};
+  /// Waits between attempts to reconnect to a backend that went away; zero
+  /// = gRPC's defaults (1 s growing to 120 s, so a backend that restarts can
+  /// stay unused for up to two minutes).
+  std::chrono::milliseconds initial_reconnect_backoff{0};
+  std::chrono::milliseconds max_reconnect_backoff{0};
   /// Largest message the channel receives; gRPC's default is 4 MB (larger
   /// responses fail with RESOURCE_EXHAUSTED). -1 = unlimited.
   int max_receive_message_size = 4 * 1024 * 1024;
@@ -132,6 +137,12 @@ inline std::shared_ptr<grpc::Channel> make_channel(std::string const& target,
   if (options.keepalive_time.count() > 0) {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(options.keepalive_time.count()));
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(options.keepalive_timeout.count()));
+  }
+  if (options.initial_reconnect_backoff.count() > 0) {
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, static_cast<int>(options.initial_reconnect_backoff.count()));
+  }
+  if (options.max_reconnect_backoff.count() > 0) {
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(options.max_reconnect_backoff.count()));
   }
   args.SetMaxReceiveMessageSize(options.max_receive_message_size);
   args.SetMaxSendMessageSize(options.max_send_message_size);

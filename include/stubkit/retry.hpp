@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -442,6 +443,9 @@ struct CallOptions {
   std::function<void(RetryEvent const&)> on_retry;
   /// Filled with attempts, delays and the stop reason; optional.
   RetryReport* report = nullptr;
+  /// Filled with the trailing metadata of the last attempt (e.g. which
+  /// backend answered); optional.
+  std::multimap<std::string, std::string>* trailers = nullptr;
   /// Clock, sleeper and randomness (tests inject them).
   RetryClock clock;
 };
@@ -483,6 +487,12 @@ Result<Response> call(Stub& stub,
     response.Clear();
     AttemptOutcome outcome{(stub.*method)(&ctx, request, &response), std::nullopt};
     if (!outcome.status.ok()) outcome.pushback_ms = detail::parse_pushback(ctx.GetServerTrailingMetadata());
+    if (options.trailers != nullptr) {
+      options.trailers->clear();
+      for (auto const& [key, value] : ctx.GetServerTrailingMetadata()) {
+        options.trailers->emplace(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+      }
+    }
     return outcome;
   };
   grpc::Status status = run_with_retries(plan, attempt, options.report);
