@@ -45,6 +45,9 @@ class Process {
   Process(Process const&) = delete;
   Process& operator=(Process const&) = delete;
 
+  /// The process id, or -1 once it was reaped.
+  pid_t pid() const { return pid_; }
+
   /// The next line of stdout, without its newline ("" at the end).
   std::string read_line() {
     char buf[512];

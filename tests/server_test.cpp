@@ -264,6 +264,18 @@ TEST_SUITE("server") {
     CHECK(f.server.faults().calls("CreateUser") == 2);
   }
 
+  TEST_CASE("attempt headers are kept for the latest calls only, so a busy server does not grow") {
+    stubkit::testing::FaultInjector faults(
+        myservice::v1::User::descriptor()->file()->FindServiceByName("UserService"));
+    std::size_t const n = stubkit::testing::FaultInjector::kKeptAttemptHeaders;
+    for (std::size_t i = 0; i < n + 5; ++i) (void)faults.take("GetUser", std::to_string(i));
+    auto const headers = faults.attempt_headers("GetUser");
+    REQUIRE(headers.size() == n);
+    CHECK(headers.front() == "5");
+    CHECK(headers.back() == std::to_string(n + 4));
+    CHECK(faults.calls("GetUser") == static_cast<std::int64_t>(n + 5));
+  }
+
   TEST_CASE("over TCP the server listens on a picked port") {
     stubkit::testing::EmbeddedServer server(tcp_options());
     REQUIRE(server.port() > 0);

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -93,12 +94,18 @@ class FaultInjector {
     faults_[checked(method)].pushback = std::move(pushback);
   }
 
-  /// The values of the `stubkit-previous-rpc-attempts` header that calls of
-  /// `method` carried, in arrival order ("" when absent).
+  /// How many attempt headers are kept per method: a long-running server
+  /// must not grow with every call it serves.
+  static constexpr std::size_t kKeptAttemptHeaders = 1000;
+
+  /// The values of the `stubkit-previous-rpc-attempts` header that the last
+  /// (up to kKeptAttemptHeaders) calls of `method` carried, in arrival order
+  /// ("" when absent).
   std::vector<std::string> attempt_headers(std::string_view method) const {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = faults_.find(checked(method));
-    return it == faults_.end() ? std::vector<std::string>{} : it->second.attempt_headers;
+    if (it == faults_.end()) return {};
+    return {it->second.attempt_headers.begin(), it->second.attempt_headers.end()};
   }
 
   /// Every call of `method` waits `latency` before it is handled.
@@ -138,6 +145,7 @@ class FaultInjector {
     auto& f = faults_[std::string(method)];
     ++f.calls;
     f.attempt_headers.push_back(std::move(attempt_header));
+    if (f.attempt_headers.size() > kKeptAttemptHeaders) f.attempt_headers.pop_front();
     Plan plan;
     plan.latency = f.latency;
     plan.close_stream_after = f.close_after;
@@ -160,7 +168,7 @@ class FaultInjector {
     std::string pushback;
     int failures_after_left = 0;
     grpc::Status failure_after;
-    std::vector<std::string> attempt_headers;
+    std::deque<std::string> attempt_headers;
     std::chrono::milliseconds latency{0};
     std::optional<int> close_after;
   };
