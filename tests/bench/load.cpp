@@ -136,24 +136,30 @@ void client_loop(Stub& stub, bool with_stubkit, std::vector<std::string> const& 
     int const op = pick_op(rng);
     std::string const& id = ids[pick_id(rng)];
     auto const start = Clock::now();
-    bool ok = false;
+    std::string error;  // empty = the call succeeded
+    auto raw = [&error](grpc::Status const& status) {
+      if (!status.ok()) error = stubkit::code_name(status.error_code()) + ": " + status.error_message();
+    };
+    auto via_stubkit = [&error](auto const& result) {
+      if (!result.ok()) error = stubkit::code_name(result.error().code()) + ": " + result.error().message();
+    };
     if (op < 70) {
       myservice::v1::GetUserRequest request;
       request.set_id(id);
       if (with_stubkit) {
-        ok = stubkit::call(stub, &Stub::GetUser, request, options).ok();
+        via_stubkit(stubkit::call(stub, &Stub::GetUser, request, options));
       } else {
         myservice::v1::User user;
-        ok = stub.GetUser(raw_context().get(), request, &user).ok();
+        raw(stub.GetUser(raw_context().get(), request, &user));
       }
     } else if (op < 90) {
       myservice::v1::ListUsersRequest request;
       request.set_page_size(50);
       if (with_stubkit) {
-        ok = stubkit::call(stub, &Stub::ListUsers, request, options).ok();
+        via_stubkit(stubkit::call(stub, &Stub::ListUsers, request, options));
       } else {
         myservice::v1::ListUsersResponse page;
-        ok = stub.ListUsers(raw_context().get(), request, &page).ok();
+        raw(stub.ListUsers(raw_context().get(), request, &page));
       }
     } else {
       myservice::v1::UpdateUserRequest request;
@@ -161,15 +167,15 @@ void client_loop(Stub& stub, bool with_stubkit, std::vector<std::string> const& 
       request.mutable_user()->set_display_name("load " + std::to_string(op));
       request.mutable_update_mask()->add_paths("display_name");
       if (with_stubkit) {
-        ok = stubkit::call(stub, &Stub::UpdateUser, request, options).ok();
+        via_stubkit(stubkit::call(stub, &Stub::UpdateUser, request, options));
       } else {
         myservice::v1::User user;
-        ok = stub.UpdateUser(raw_context().get(), request, &user).ok();
+        raw(stub.UpdateUser(raw_context().get(), request, &user));
       }
     }
     out->latencies_us.push_back(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
     ++out->calls;
-    if (!ok) ++out->failures;
+    if (!error.empty() && ++out->failures <= 3) std::cerr << "stubkit-load: a call failed: " << error << "\n";
   }
 }
 
@@ -198,7 +204,11 @@ int main(int argc, char** argv) {
     do {
       grpc::ClientContext ctx;
       myservice::v1::ListUsersResponse page;
-      if (!stub->ListUsers(&ctx, request, &page).ok()) return 1;
+      auto const status = stub->ListUsers(&ctx, request, &page);
+      if (!status.ok()) {
+        std::cerr << "stubkit-load: cannot list the users: " << status.error_message() << "\n";
+        return 1;
+      }
       for (auto const& u : page.users()) ids.push_back(u.id());
       request.set_page_token(page.next_page_token());
     } while (!request.page_token().empty());
@@ -318,5 +328,9 @@ int main(int argc, char** argv) {
             << "), peak " << peak << " KiB" << std::endl;
   bool const healthy = totals[0].failures == 0 && totals[1].failures == 0 && totals[0].calls > 0 &&
                        totals[1].calls > 0 && (flags.streams == 0 || events.load() > 0);
+  if (!healthy) {
+    std::cerr << "stubkit-load: unhealthy run: " << totals[0].failures << " raw and " << totals[1].failures
+              << " stubkit calls failed, " << events.load() << " watch events\n";
+  }
   return healthy ? 0 : 1;
 }

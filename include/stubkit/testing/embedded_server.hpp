@@ -14,6 +14,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/support/client_interceptor.h>
+#include <grpcpp/support/server_interceptor.h>
 
 #include <chrono>
 #include <memory>
@@ -23,9 +24,51 @@
 #include <utility>
 #include <vector>
 
+#include "stubkit/retry.hpp"
 #include "stubkit/testing/user_service.hpp"
 
 namespace stubkit::testing {
+
+namespace detail {
+
+// Turns gRPC's answer to a request message that does not parse (INTERNAL,
+// no message) into INVALID_ARGUMENT naming the problem. Only for methods
+// with one request message: in a client stream a message that does not
+// parse looks like the end of the stream to an interceptor (the service's
+// BulkCreateUsers reads raw bytes to tell them apart).
+class MalformedRequestInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit MalformedRequestInterceptor(std::string request_type) : request_type_(std::move(request_type)) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    using grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) &&
+        methods->GetRecvMessage() == nullptr) {
+      malformed_ = true;
+    }
+    if (malformed_ && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) &&
+        methods->GetSendStatus().error_code() == grpc::StatusCode::INTERNAL) {
+      methods->ModifySendStatus(UserServiceImpl::malformed_request(request_type_));
+    }
+    methods->Proceed();
+  }
+
+ private:
+  std::string request_type_;
+  bool malformed_ = false;
+};
+
+class MalformedRequestFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    std::string_view const name = info->method() == nullptr ? "" : info->method();
+    auto const* method = name.rfind("/myservice.v1.UserService/", 0) == 0 ? stubkit::find_method(name) : nullptr;
+    if (method == nullptr || method->client_streaming()) return nullptr;
+    return new MalformedRequestInterceptor(method->input_type()->full_name());
+  }
+};
+
+}  // namespace detail
 
 /// Configuration of an EmbeddedServer.
 struct EmbeddedServerOptions {
@@ -57,6 +100,9 @@ class EmbeddedServer {
     enable_process_wide_services();
     grpc::ServerBuilder builder;
     builder.RegisterService(&service_);
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+    interceptors.push_back(std::make_unique<detail::MalformedRequestFactory>());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
     builder.SetMaxReceiveMessageSize(options.max_receive_message_size);
     // gRPC sets SO_REUSEPORT by default, so a second server on a taken port
     // would "start" and share its traffic. Fail instead.

@@ -93,7 +93,8 @@ struct UserServiceOptions {
 /// The UserService implementation. Thread-safe; one instance serves any
 /// number of concurrent calls. Must outlive the grpc::Server it is
 /// registered with.
-class UserServiceImpl final : public myservice::v1::UserService::Service {
+class UserServiceImpl final
+    : public myservice::v1::UserService::WithRawCallbackMethod_BulkCreateUsers<myservice::v1::UserService::Service> {
  public:
   using User = myservice::v1::User;
   using UserEvent = myservice::v1::UserEvent;
@@ -159,6 +160,27 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
   /// How many calls stopped early because their caller cancelled or their
   /// deadline passed while the server was still working on them.
   std::int64_t cancelled_calls() const { return cancelled_calls_.load(); }
+
+  /// A request message that does not parse (bad protobuf, or invalid UTF-8
+  /// in a string field) reaches no handler: gRPC answers INTERNAL with no
+  /// message. EmbeddedServer's interceptor replaces that with this status;
+  /// BulkCreateUsers, which reads raw bytes, returns it itself.
+  ///
+  /// The status for a call whose request message `type` (number `index` of
+  /// a stream, counted from 0; -1 for the only one) did not parse.
+  static grpc::Status malformed_request(std::string const& type, int index = -1) {
+    google::rpc::ErrorInfo info;
+    info.set_reason("MALFORMED_REQUEST");
+    info.set_domain("myservice.v1");
+    (*info.mutable_metadata())["message_type"] = type;
+    std::string const which = index < 0 ? "the request" : "request message " + std::to_string(index);
+    return stubkit::Error(grpc::StatusCode::INVALID_ARGUMENT,
+                          which + " is not a valid " + type +
+                              ": malformed protobuf, or a string field holding invalid UTF-8 "
+                              "(proto3 strings must be UTF-8; binary data belongs in bytes fields)")
+        .with(info)
+        .to_grpc_status();
+  }
 
   /// How many WatchUsers and Chat streams are open now.
   int open_streams() const {
@@ -326,40 +348,12 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status BulkCreateUsers(grpc::ServerContext* ctx,
-                               grpc::ServerReader<myservice::v1::CreateUserRequest>* reader,
-                               myservice::v1::BulkResp* response) override {
-    if (auto s = admit(ctx, "BulkCreateUsers"); !s.ok()) return s;
-    // Applied when the stream ends, all at once: a stream that is cancelled
-    // or breaks off stores nothing.
-    std::vector<myservice::v1::CreateUserRequest> requests;
-    std::size_t bytes = 0;
-    myservice::v1::CreateUserRequest request;
-    while (reader->Read(&request)) {
-      bytes += request.ByteSizeLong();
-      if (requests.size() == kMaxBulkItems || bytes > kMaxBulkBytes) {
-        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                            "BulkCreateUsers takes at most " + std::to_string(kMaxBulkItems) + " users and " +
-                                std::to_string(kMaxBulkBytes >> 20) + " MiB per call; nothing was created");
-      }
-      requests.push_back(std::move(request));
-    }
-    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
-    std::lock_guard<std::mutex> lock(mu_);
-    for (std::size_t index = 0; index < requests.size(); ++index) {
-      User created;
-      grpc::Status const s = create_locked(requests[index], &created);
-      if (s.ok()) {
-        response->set_created(response->created() + 1);
-      } else {
-        auto* failure = response->add_failures();
-        failure->set_index(static_cast<std::int32_t>(index));
-        failure->set_user_id(requests[index].user().id());
-        failure->set_code(static_cast<std::int32_t>(s.error_code()));
-        failure->set_message(s.error_message());
-      }
-    }
-    return grpc::Status::OK;
+  // Raw bytes in, parsed here: gRPC's typed sync API reports a message that
+  // does not parse as the end of the stream, which would store what came
+  // before it and silently drop the rest.
+  grpc::ServerReadReactor<grpc::ByteBuffer>* BulkCreateUsers(grpc::CallbackServerContext* ctx,
+                                                            grpc::ByteBuffer* response) override {
+    return new BulkCreateReactor(this, ctx, response);
   }
 
   grpc::Status Chat(
@@ -398,6 +392,74 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
 
  private:
   static constexpr auto kCancellationPoll = std::chrono::milliseconds(20);
+
+  // BulkCreateUsers: collects the stream, then creates it all at once.
+  class BulkCreateReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
+   public:
+    BulkCreateReactor(UserServiceImpl* service, grpc::CallbackServerContext* ctx, grpc::ByteBuffer* response)
+        : service_(service), ctx_(ctx), response_(response) {
+      if (auto s = service_->admit(ctx, "BulkCreateUsers"); !s.ok()) {
+        Finish(s);
+        return;
+      }
+      StartRead(&buffer_);
+    }
+
+    void OnReadDone(bool ok) override {
+      if (!ok) {  // the end of the stream, or a cancellation
+        Finish(service_->bulk_create(*ctx_, requests_, response_));
+        return;
+      }
+      myservice::v1::CreateUserRequest request;
+      if (!grpc::SerializationTraits<myservice::v1::CreateUserRequest>::Deserialize(&buffer_, &request).ok()) {
+        Finish(malformed_request(request.GetDescriptor()->full_name(), static_cast<int>(requests_.size())));
+        return;
+      }
+      bytes_ += request.ByteSizeLong();
+      if (requests_.size() == kMaxBulkItems || bytes_ > kMaxBulkBytes) {
+        Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            "BulkCreateUsers takes at most " + std::to_string(kMaxBulkItems) + " users and " +
+                                std::to_string(kMaxBulkBytes >> 20) + " MiB per call; nothing was created"));
+        return;
+      }
+      requests_.push_back(std::move(request));
+      StartRead(&buffer_);
+    }
+
+    void OnDone() override { delete this; }
+
+   private:
+    UserServiceImpl* service_;
+    grpc::CallbackServerContext* ctx_;
+    grpc::ByteBuffer* response_;
+    grpc::ByteBuffer buffer_;
+    std::vector<myservice::v1::CreateUserRequest> requests_;
+    std::size_t bytes_ = 0;
+  };
+
+  grpc::Status bulk_create(grpc::ServerContextBase const& ctx,
+                           std::vector<myservice::v1::CreateUserRequest> const& requests, grpc::ByteBuffer* out) {
+    if (ctx.IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+    myservice::v1::BulkResp response;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (std::size_t index = 0; index < requests.size(); ++index) {
+        User created;
+        grpc::Status const s = create_locked(requests[index], &created);
+        if (s.ok()) {
+          response.set_created(response.created() + 1);
+        } else {
+          auto* failure = response.add_failures();
+          failure->set_index(static_cast<std::int32_t>(index));
+          failure->set_user_id(requests[index].user().id());
+          failure->set_code(static_cast<std::int32_t>(s.error_code()));
+          failure->set_message(s.error_message());
+        }
+      }
+    }
+    bool own = false;
+    return grpc::SerializationTraits<myservice::v1::BulkResp>::Serialize(response, out, &own);
+  }
 
   // One open Chat stream that other streams deliver messages into.
   class ChatSession {
@@ -443,7 +505,7 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
   }
 
   // Authentication, then planned faults, then injected latency.
-  grpc::Status admit(grpc::ServerContext* ctx, std::string_view method,
+  grpc::Status admit(grpc::ServerContextBase* ctx, std::string_view method,
                      FaultInjector::Plan* plan_out = nullptr) {
     if (!options_.server_id.empty()) ctx->AddTrailingMetadata("stubkit-server-id", options_.server_id);
     if (auto s = authenticate(*ctx); !s.ok()) return s;
@@ -471,7 +533,7 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
     return status;
   }
 
-  grpc::Status authenticate(grpc::ServerContext const& ctx) const {
+  grpc::Status authenticate(grpc::ServerContextBase const& ctx) const {
     if (options_.token.empty()) return grpc::Status::OK;
     auto const& metadata = ctx.client_metadata();
     auto it = metadata.find("authorization");
@@ -498,7 +560,7 @@ class UserServiceImpl final : public myservice::v1::UserService::Service {
     return diff == 0;
   }
 
-  static bool sleep_unless_cancelled(grpc::ServerContext& ctx, std::chrono::milliseconds d) {
+  static bool sleep_unless_cancelled(grpc::ServerContextBase const& ctx, std::chrono::milliseconds d) {
     auto const until = std::chrono::steady_clock::now() + d;
     while (!ctx.IsCancelled()) {
       auto const now = std::chrono::steady_clock::now();
