@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what stubkit needs to build and test on Debian 12, from Debian's
 # own packages. Does nothing when everything is already installed.
+#
+#   bash scripts/setup.sh          # build and test
+#   bash scripts/setup.sh --fuzz   # also clang and libFuzzer (scripts/fuzz.sh)
 set -euo pipefail
 
 packages=(
@@ -9,6 +12,9 @@ packages=(
   doctest-dev libtrompeloeil-cpp-dev
   python3-grpcio python3-protobuf   # the reference Python client, run as a real peer in tests
 )
+if [ "${1:-}" = "--fuzz" ]; then
+  packages+=(clang-14 libclang-rt-14-dev)  # -fsanitize=fuzzer
+fi
 
 # buf (lint and breaking-change checks of proto/) comes from npm; without
 # network or npm the buf test is skipped, nothing else depends on it.
