@@ -294,7 +294,12 @@ TEST_SUITE("bad_input") {
     }
     long const growth_mib = (rss_kib(server.pid()) - rss_before) / 1024;
     MESSAGE("server RSS grew by " << growth_mib << " MiB while 48 MB of events were unread");
+#if defined(__SANITIZE_ADDRESS__)
+    // AddressSanitizer keeps freed memory in quarantine (256 MB): RSS says
+    // nothing here. The unsanitized run checks it.
+#else
     CHECK(growth_mib < 24);  // the bounded history (1024 events, ~8 MB) and HTTP/2 windows, not 48 MB
+#endif
     User user;
     CHECK(writer_stub->GetUser(context().get(), get_request("ada"), &user).ok());
 
