@@ -60,15 +60,6 @@ std::string message_of(grpc::Status const& s) { return s.error_message(); }
 
 bool contains(std::string const& text, std::string const& part) { return text.find(part) != std::string::npos; }
 
-long rss_kib(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
-  }
-  return -1;
-}
-
 }  // namespace
 
 TEST_SUITE("bad_input") {

@@ -278,6 +278,35 @@ TEST_SUITE("journal") {
     CHECK(found == 200);
   }
 
+  TEST_CASE("user_server --sync keeps writes too, and needs --data") {
+    char const* user_server = std::getenv("STUBKIT_USER_SERVER");
+    REQUIRE(user_server != nullptr);
+    {
+      Process bad({user_server, "--sync"});
+      CHECK(start_user_server(bad).empty());
+      int const status = bad.wait();
+      CHECK(WIFEXITED(status));
+      CHECK(WEXITSTATUS(status) == 2);
+    }
+    TempDir dir;
+    std::string const file = (dir.path / "users.journal").string();
+    {
+      Process server({user_server, "--data", file, "--sync"});
+      std::string const address = start_user_server(server);
+      REQUIRE(!address.empty());
+      auto stub = UserService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+      myservice::v1::CreateUserRequest request;
+      request.mutable_user()->set_id("ada");
+      myservice::v1::CreateUserResponse response;
+      REQUIRE(stub->CreateUser(context().get(), request, &response).ok());
+      server.stop(SIGKILL);
+    }
+    stubkit::testing::UserServiceOptions options;
+    options.data_path = file;
+    stubkit::testing::UserServiceImpl service(options);
+    CHECK(service.user_count() == 1);
+  }
+
   TEST_CASE("user_server refuses a corrupt journal with a clear message and exit status 1") {
     char const* user_server = std::getenv("STUBKIT_USER_SERVER");
     REQUIRE(user_server != nullptr);

@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,16 @@ class Process {
   FILE* out_ = nullptr;
   int status_ = 0;
 };
+
+/// The resident set size of process `pid` in KiB (-1 if unknown).
+inline long rss_kib(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
+  }
+  return -1;
+}
 
 /// Starts user_server with `flags` on a free port; returns its address.
 inline std::string start_user_server(Process& server) {

@@ -29,8 +29,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "../process.hpp"
-#include "absl/strings/numbers.h"
-#include "absl/time/time.h"
+#include "../tool_flags.hpp"
 #include "myservice/v1/user.grpc.pb.h"
 #include "stubkit/retry.hpp"
 
@@ -50,58 +49,31 @@ struct Flags {
   int users = 1000;
 };
 
-[[noreturn]] void usage(std::string const& problem) {
-  std::cerr << "stubkit-load: " << problem
-            << "\nusage: stubkit-load --user-server PATH [--clients 16] [--streams 32] [--rounds 3]\n"
-               "                    [--round-time 5s] [--users 1000]\n";
-  std::exit(2);
-}
-
 Flags parse_flags(int argc, char** argv) {
+  stubkit_tests::FlagReader flags_in(argc, argv, "stubkit-load",
+                                     "stubkit-load --user-server PATH [--clients 16] [--streams 32] [--rounds 3]\n"
+                                     "                    [--round-time 5s] [--users 1000]\n");
   Flags flags;
-  for (int i = 1; i < argc; i += 2) {
-    std::string_view const flag = argv[i];
-    if (i + 1 >= argc) usage("missing value after " + std::string(flag));
-    std::string_view const value = argv[i + 1];
-    auto integer = [&](int min, int max) {
-      int n = 0;
-      if (!absl::SimpleAtoi(absl::string_view(value.data(), value.size()), &n) || n < min || n > max) {
-        usage(std::string(flag) + " wants an integer in [" + std::to_string(min) + ", " + std::to_string(max) +
-              "], got '" + std::string(value) + "'");
-      }
-      return n;
-    };
+  while (flags_in.next()) {
+    auto const flag = flags_in.flag();
     if (flag == "--user-server") {
-      flags.user_server = std::string(value);
+      flags.user_server = flags_in.text();
     } else if (flag == "--clients") {
-      flags.clients = integer(1, 1000);
+      flags.clients = static_cast<int>(flags_in.integer(1, 1000));
     } else if (flag == "--streams") {
-      flags.streams = integer(0, 10000);
+      flags.streams = static_cast<int>(flags_in.integer(0, 10000));
     } else if (flag == "--rounds") {
-      flags.rounds = integer(1, 100);
+      flags.rounds = static_cast<int>(flags_in.integer(1, 100));
     } else if (flag == "--users") {
-      flags.users = integer(1, 1'000'000);
+      flags.users = static_cast<int>(flags_in.integer(1, 1'000'000));
     } else if (flag == "--round-time") {
-      absl::Duration d;
-      if (!absl::ParseDuration(absl::string_view(value.data(), value.size()), &d) || d <= absl::ZeroDuration()) {
-        usage("--round-time wants a positive duration such as 5s, got '" + std::string(value) + "'");
-      }
-      flags.round_time = absl::ToChronoMilliseconds(d);
+      flags.round_time = flags_in.duration();
     } else {
-      usage("unknown flag " + std::string(flag));
+      flags_in.fail("unknown flag " + std::string(flag));
     }
   }
-  if (flags.user_server.empty()) usage("--user-server is required");
+  if (flags.user_server.empty()) flags_in.fail("--user-server is required");
   return flags;
-}
-
-long rss_kib(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
-  }
-  return -1;
 }
 
 std::shared_ptr<grpc::Channel> own_connection(std::string const& address) {
@@ -221,7 +193,7 @@ int main(int argc, char** argv) {
   auto const t0 = Clock::now();
   std::thread sampler([&] {
     while (!done) {
-      long const kib = rss_kib(server.pid());
+      long const kib = stubkit_tests::rss_kib(server.pid());
       {
         std::lock_guard<std::mutex> lock(memory_mu);
         memory.emplace_back(std::chrono::duration<double>(Clock::now() - t0).count(), kib);
@@ -278,7 +250,7 @@ int main(int argc, char** argv) {
     }
     total.seconds += seconds;
     std::cout << "  round " << round / 2 + 1 << " " << (with_stubkit ? "stubkit" : "raw    ") << ": "
-              << static_cast<std::int64_t>(calls / seconds) << " calls/s, server RSS " << rss_kib(server.pid())
+              << static_cast<std::int64_t>(calls / seconds) << " calls/s, server RSS " << stubkit_tests::rss_kib(server.pid())
               << " KiB" << std::endl;
   }
 
