@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support.hpp"
@@ -76,6 +77,34 @@ TEST_SUITE("retry") {
     CHECK(trailers.count("stale") == 0);
     REQUIRE(trailers.count("stubkit-server-id") == 1);
     CHECK(trailers.find("stubkit-server-id")->second == "backend-2");
+  }
+
+  TEST_CASE("wait_for_ready waits for a backend that is not up yet; without it the call fails at once") {
+    int port = 0;
+    {
+      stubkit::testing::EmbeddedServer probe(tcp_options());
+      port = probe.port();
+    }
+    std::string const address = "127.0.0.1:" + std::to_string(port);
+    auto stub = UserService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    stubkit::CallOptions options;
+    options.timeout = 10s;
+    auto const fail_fast = stubkit::call(*stub, &Stub::GetUser, get_request("ada"), options);
+    REQUIRE_FALSE(fail_fast.ok());
+    CHECK(fail_fast.error().code() == StatusCode::UNAVAILABLE);
+
+    options.wait_for_ready = true;
+    std::unique_ptr<stubkit::testing::EmbeddedServer> late;
+    std::thread starter([&] {
+      std::this_thread::sleep_for(300ms);
+      auto server_options = tcp_options();
+      server_options.listen_address = address;
+      late = std::make_unique<stubkit::testing::EmbeddedServer>(server_options);
+    });
+    auto const waited = stubkit::call(*stub, &Stub::GetUser, get_request("ada"), options);
+    starter.join();
+    REQUIRE_FALSE(waited.ok());
+    CHECK(waited.error().code() == StatusCode::NOT_FOUND);  // it reached the late server
   }
 
   TEST_CASE("retries stop at max_attempts with the last status") {

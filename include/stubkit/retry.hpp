@@ -435,6 +435,13 @@ struct CallOptions {
   std::optional<RetryPolicy> retry;
   /// Overrides idempotency detection (proto option or request_id).
   std::optional<bool> idempotent;
+  /// Every attempt waits for the channel to be ready instead of failing at
+  /// once while no backend is reachable (gRPC's wait_for_ready); bound it
+  /// with `timeout` or `deadline`. Besides riding out a backend restart,
+  /// a waiting call makes gRPC notice the new connection at once: a channel
+  /// whose calls all fail fast only notices it on its 5 s backup poll (gRPC
+  /// 1.51), so fail-fast retries can miss a backend that is already back.
+  bool wait_for_ready = false;
   /// Metadata sent with every attempt.
   std::vector<std::pair<std::string, std::string>> metadata;
   /// A throttle shared by the calls to one backend; optional.
@@ -482,6 +489,7 @@ Result<Response> call(Stub& stub,
   auto attempt = [&](int n, std::optional<std::chrono::system_clock::time_point> deadline) {
     grpc::ClientContext ctx;
     if (deadline) ctx.set_deadline(*deadline);
+    if (options.wait_for_ready) ctx.set_wait_for_ready(true);
     for (auto const& [key, value] : options.metadata) ctx.AddMetadata(key, value);
     if (n > 1) ctx.AddMetadata(kPreviousAttemptsKey, std::to_string(n - 1));
     response.Clear();

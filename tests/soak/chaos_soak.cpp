@@ -7,6 +7,10 @@
 //
 //   chaos_soak --user-server PATH [--duration 60s] [--kill-every 2s]
 //              [--down-for 300ms] [--workers 4] [--max-calls N] [--seed S]
+//              [--creates round-robin|by-key]
+//
+// --creates by-key sends every attempt of a create to the backend its
+// request_id picks (a shard), instead of any backend through round_robin.
 //
 // Loopback only, bounded in time (--duration) and calls (--max-calls).
 // Prints progress every 5 s, then a report. Exits 1 when an acknowledged
@@ -20,6 +24,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -56,12 +61,14 @@ struct Flags {
   int workers = 4;
   std::int64_t max_calls = 1'000'000;
   std::uint32_t seed = 1;
+  bool creates_by_key = false;  // --creates by-key: a create always goes to the backend its request_id picks
 };
 
 Flags parse_flags(int argc, char** argv) {
   stubkit_tests::FlagReader flags_in(argc, argv, "chaos_soak",
                                      "chaos_soak --user-server PATH [--duration 60s] [--kill-every 2s] "
-                                     "[--down-for 300ms]\n                  [--workers 4] [--max-calls N] [--seed S]\n");
+                                     "[--down-for 300ms]\n                  [--workers 4] [--max-calls N] [--seed S] "
+                                     "[--creates round-robin|by-key]\n");
   Flags flags;
   while (flags_in.next()) {
     auto const flag = flags_in.flag();
@@ -77,6 +84,11 @@ Flags parse_flags(int argc, char** argv) {
       flags.workers = static_cast<int>(flags_in.integer(1, 64));
     } else if (flag == "--max-calls") {
       flags.max_calls = flags_in.integer(1, 1'000'000'000);
+    } else if (flag == "--creates") {
+      if (flags_in.text() != "round-robin" && flags_in.text() != "by-key") {
+        flags_in.fail("--creates wants round-robin or by-key, got '" + flags_in.text() + "'");
+      }
+      flags.creates_by_key = flags_in.text() == "by-key";
     } else if (flag == "--seed") {
       flags.seed = static_cast<std::uint32_t>(flags_in.integer(0, 0xffffffff));
     } else {
@@ -280,7 +292,17 @@ class Soak {
     (*request.mutable_user()->mutable_metadata())[kMarker] = request.request_id();
     std::multimap<std::string, std::string> trailers;
     stubkit::RetryReport report;
-    auto result = stubkit::call(*balanced_, &Stub::CreateUser, request, call_options(&trailers, &report));
+    auto options = call_options(&trailers, &report);
+    Stub* stub = balanced_.get();
+    if (flags_.creates_by_key) {
+      // Every attempt of one create goes to the same backend, waiting for it
+      // while it restarts: a reply lost with the backend cannot lead to a
+      // second copy elsewhere.
+      auto const backend = "b" + std::to_string(std::hash<std::string>{}(request.request_id()) % kBackends);
+      stub = direct_[backend].get();
+      options.wait_for_ready = true;
+    }
+    auto result = stubkit::call(*stub, &Stub::CreateUser, request, options);
     count("CreateUser", result, report);
     if (!result.ok()) return;
     owned->push_back({server_of(trailers), result->user().id(), request.request_id(), 0});
@@ -296,6 +318,8 @@ class Soak {
     stubkit::RetryReport report;
     auto options = call_options(&trailers, &report);
     options.idempotent = true;  // it sets a value: applying it twice is applying it once
+    // The user lives on one backend only: wait for it while it restarts.
+    options.wait_for_ready = true;
     auto it = direct_.find(user.backend);
     if (it == direct_.end()) return;
     auto result = stubkit::call(*it->second, &Stub::UpdateUser, request, options);
@@ -417,7 +441,8 @@ class Soak {
     for (auto const& [request_id, backends] : where) across_backends += backends.size() > 1 ? 1 : 0;
 
     std::int64_t calls = 0;
-    std::cout << "\nchaos_soak report (" << elapsed << " s, seed " << flags_.seed << ")\n";
+    std::cout << "\nchaos_soak report (" << elapsed << " s, seed " << flags_.seed << ", creates "
+              << (flags_.creates_by_key ? "by key" : "round-robin") << ")\n";
     for (auto const& [op, n] : totals_.calls) {
       std::cout << "  calls " << op << ": " << n << "\n";
       calls += n;
