@@ -58,7 +58,9 @@ struct Seeded : ServerFixture {
 
 std::string message_of(grpc::Status const& s) { return s.error_message(); }
 
-bool contains(std::string const& text, std::string const& part) { return text.find(part) != std::string::npos; }
+bool contains(std::string const& text, std::string const& part) {
+  return text.find(part) != std::string::npos;
+}
 
 }  // namespace
 
@@ -260,8 +262,10 @@ TEST_SUITE("bad_input") {
     // Separate connections: the stuck stream's flow-control window is its own.
     grpc::ChannelArguments own;
     own.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    auto writer_stub = UserService::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), own));
-    auto watch_stub = UserService::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), own));
+    auto writer_stub =
+        UserService::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), own));
+    auto watch_stub =
+        UserService::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), own));
     myservice::v1::CreateUserRequest create;
     create.mutable_user()->set_id("ada");
     myservice::v1::CreateUserResponse created;

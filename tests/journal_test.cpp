@@ -106,7 +106,10 @@ TEST_SUITE("journal") {
 
   TEST_CASE("without data_path nothing is written and nothing survives") {
     TempDir dir;
-    { ServerFixture f; REQUIRE(f.create("ada").ok()); }
+    {
+      ServerFixture f;
+      REQUIRE(f.create("ada").ok());
+    }
     ServerFixture f;
     CHECK(f.server.service().user_count() == 0);
     CHECK(std::filesystem::is_empty(dir.path));
@@ -126,7 +129,8 @@ TEST_SUITE("journal") {
       ServerFixture f(durable(file, &warnings));
       CHECK(f.server.service().user_count() == 2);
       REQUIRE(warnings.size() == 1);
-      CHECK(warnings[0].find("torn last record at offset " + std::to_string(whole.size())) != std::string::npos);
+      CHECK(warnings[0].find("torn last record at offset " + std::to_string(whole.size())) !=
+            std::string::npos);
       CHECK(warnings[0].find("payload cut short") != std::string::npos);
       CHECK(read_file(dir.path / "users.journal.torn") == torn);
       CHECK(read_file(file) == whole);
@@ -154,8 +158,9 @@ TEST_SUITE("journal") {
     auto const file = dir.path / "users.journal";
     write_history(file);
     std::string damaged = read_file(file);
-    std::size_t const second = Journal::kMagic.size() + Journal::kHeaderSize +
-                               static_cast<std::size_t>(static_cast<unsigned char>(damaged[Journal::kMagic.size() + 1]));
+    std::size_t const second =
+        Journal::kMagic.size() + Journal::kHeaderSize +
+        static_cast<std::size_t>(static_cast<unsigned char>(damaged[Journal::kMagic.size() + 1]));
     damaged[Journal::kMagic.size() + Journal::kHeaderSize + 3] ^= 0x40;  // inside the first payload
     write_file(file, damaged);
     CHECK(second < damaged.size());
@@ -167,7 +172,8 @@ TEST_SUITE("journal") {
     } catch (std::runtime_error const& e) {
       std::string const message = e.what();
       CHECK(message.find(file.string()) != std::string::npos);
-      CHECK(message.find("corrupt record at offset " + std::to_string(Journal::kMagic.size())) != std::string::npos);
+      CHECK(message.find("corrupt record at offset " + std::to_string(Journal::kMagic.size())) !=
+            std::string::npos);
       CHECK(message.find("checksum mismatch") != std::string::npos);
     }
     CHECK(read_file(file) == damaged);
@@ -191,8 +197,8 @@ TEST_SUITE("journal") {
     stubkit::testing::UserServiceOptions options;
     options.data_path = (dir.path / "users.journal").string();
     stubkit::testing::UserServiceImpl first(options);
-    CHECK_THROWS_WITH_AS(stubkit::testing::UserServiceImpl{options}, doctest::Contains("in use by another process"),
-                         std::runtime_error);
+    CHECK_THROWS_WITH_AS(stubkit::testing::UserServiceImpl{options},
+                         doctest::Contains("in use by another process"), std::runtime_error);
   }
 
   TEST_CASE("a write the disk refuses fails the call with UNAVAILABLE and changes nothing") {
@@ -225,7 +231,7 @@ TEST_SUITE("journal") {
     REQUIRE(get(f, "ada", &ada).ok());
     CHECK(ada.display_name() == "User ada");
     CHECK(std::filesystem::file_size(file) == size);  // rolled back
-    REQUIRE(f.create("bob").ok());                     // and usable again
+    REQUIRE(f.create("bob").ok());                    // and usable again
   }
 
   TEST_CASE("every reply carries the server id in trailing metadata, errors too") {

@@ -45,9 +45,10 @@ class FlagReader {
 
   std::chrono::milliseconds duration() const {
     absl::Duration d;
-    if (!absl::ParseDuration(absl::string_view(value_.data(), value_.size()), &d) || d <= absl::ZeroDuration()) {
-      fail(std::string(flag_) + " wants a positive duration such as 60s or 300ms, got '" + std::string(value_) +
-           "'");
+    if (!absl::ParseDuration(absl::string_view(value_.data(), value_.size()), &d) ||
+        d <= absl::ZeroDuration()) {
+      fail(std::string(flag_) + " wants a positive duration such as 60s or 300ms, got '" +
+           std::string(value_) + "'");
     }
     return absl::ToChronoMilliseconds(d);
   }

@@ -139,7 +139,8 @@ inline std::shared_ptr<grpc::Channel> make_channel(std::string const& target,
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(options.keepalive_timeout.count()));
   }
   if (options.initial_reconnect_backoff.count() > 0) {
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, static_cast<int>(options.initial_reconnect_backoff.count()));
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+                static_cast<int>(options.initial_reconnect_backoff.count()));
   }
   if (options.max_reconnect_backoff.count() > 0) {
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(options.max_reconnect_backoff.count()));

@@ -498,7 +498,8 @@ Result<Response> call(Stub& stub,
     if (options.trailers != nullptr) {
       options.trailers->clear();
       for (auto const& [key, value] : ctx.GetServerTrailingMetadata()) {
-        options.trailers->emplace(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+        options.trailers->emplace(std::string(key.data(), key.size()),
+                                  std::string(value.data(), value.size()));
       }
     }
     return outcome;

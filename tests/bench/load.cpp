@@ -10,6 +10,8 @@
 // page of 50), 10% UpdateUser of an existing user (so the store does not
 // grow and memory should stay flat). Every UpdateUser reaches each open
 // WatchUsers stream as an event. Each client has its own connection.
+#include <grpcpp/grpcpp.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -25,8 +27,6 @@
 #include <string_view>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "../process.hpp"
 #include "../tool_flags.hpp"
@@ -50,9 +50,10 @@ struct Flags {
 };
 
 Flags parse_flags(int argc, char** argv) {
-  stubkit_tests::FlagReader flags_in(argc, argv, "stubkit-load",
-                                     "stubkit-load --user-server PATH [--clients 16] [--streams 32] [--rounds 3]\n"
-                                     "                    [--round-time 5s] [--users 1000]\n");
+  stubkit_tests::FlagReader flags_in(
+      argc, argv, "stubkit-load",
+      "stubkit-load --user-server PATH [--clients 16] [--streams 32] [--rounds 3]\n"
+      "                    [--round-time 5s] [--users 1000]\n");
   Flags flags;
   while (flags_in.next()) {
     auto const flag = flags_in.flag();
@@ -145,7 +146,8 @@ void client_loop(Stub& stub, bool with_stubkit, std::vector<std::string> const& 
         raw(stub.UpdateUser(raw_context().get(), request, &user));
       }
     }
-    out->latencies_us.push_back(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
+    out->latencies_us.push_back(
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
     ++out->calls;
     if (!error.empty() && ++out->failures <= 3) std::cerr << "stubkit-load: a call failed: " << error << "\n";
   }
@@ -162,7 +164,8 @@ std::int64_t percentile(std::vector<std::int64_t>& v, double p) {
 
 int main(int argc, char** argv) {
   Flags const flags = parse_flags(argc, argv);
-  stubkit_tests::Process server({flags.user_server, "--preload", std::to_string(flags.users), "--heartbeat", "1s"});
+  stubkit_tests::Process server(
+      {flags.user_server, "--preload", std::to_string(flags.users), "--heartbeat", "1s"});
   std::string const address = stubkit_tests::start_user_server(server);
   if (address.empty()) {
     std::cerr << "stubkit-load: user_server did not start\n";
@@ -232,8 +235,8 @@ int main(int argc, char** argv) {
     std::vector<std::thread> threads;
     auto const start = Clock::now();
     for (int c = 0; c < flags.clients; ++c) {
-      threads.emplace_back(client_loop, std::ref(*stubs[static_cast<std::size_t>(c)]), with_stubkit, std::cref(ids),
-                           static_cast<std::uint32_t>(round * 1000 + c), std::cref(stop),
+      threads.emplace_back(client_loop, std::ref(*stubs[static_cast<std::size_t>(c)]), with_stubkit,
+                           std::cref(ids), static_cast<std::uint32_t>(round * 1000 + c), std::cref(stop),
                            &results[static_cast<std::size_t>(c)]);
     }
     std::this_thread::sleep_for(flags.round_time);
@@ -250,8 +253,8 @@ int main(int argc, char** argv) {
     }
     total.seconds += seconds;
     std::cout << "  round " << round / 2 + 1 << " " << (with_stubkit ? "stubkit" : "raw    ") << ": "
-              << static_cast<std::int64_t>(calls / seconds) << " calls/s, server RSS " << stubkit_tests::rss_kib(server.pid())
-              << " KiB" << std::endl;
+              << static_cast<std::int64_t>(calls / seconds) << " calls/s, server RSS "
+              << stubkit_tests::rss_kib(server.pid()) << " KiB" << std::endl;
   }
 
   for (auto& ctx : watch_contexts) ctx->TryCancel();
@@ -272,8 +275,10 @@ int main(int argc, char** argv) {
               << p99[m] << " |\n";
   }
   std::cout << std::fixed << std::setprecision(3) << "throughput stubkit/raw: " << rate[1] / rate[0]
-            << ", p50 stubkit/raw: " << static_cast<double>(p50[1]) / static_cast<double>(std::max<std::int64_t>(p50[0], 1))
-            << ", p99 stubkit/raw: " << static_cast<double>(p99[1]) / static_cast<double>(std::max<std::int64_t>(p99[0], 1))
+            << ", p50 stubkit/raw: "
+            << static_cast<double>(p50[1]) / static_cast<double>(std::max<std::int64_t>(p50[0], 1))
+            << ", p99 stubkit/raw: "
+            << static_cast<double>(p99[1]) / static_cast<double>(std::max<std::int64_t>(p99[0], 1))
             << "\nwatch events received: " << events.load() << "\n";
 
   // Flat memory: compare the first and last thirds of the samples (after

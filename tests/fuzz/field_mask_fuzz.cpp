@@ -71,7 +71,8 @@ extern "C" int LLVMFuzzerTestOneInput(std::uint8_t const* data, std::size_t size
     return 0;
   }
   if (!MessageDifferencer::Equals(response, after)) __builtin_trap();
-  if (after.id() != "ada" || !MessageDifferencer::Equals(after.created_at(), before.created_at())) __builtin_trap();
+  if (after.id() != "ada" || !MessageDifferencer::Equals(after.created_at(), before.created_at()))
+    __builtin_trap();
   if (request.update_mask().paths().empty()) {  // everything but id and created_at replaced
     myservice::v1::User expected = request.user();
     expected.set_id("ada");

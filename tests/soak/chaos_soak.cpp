@@ -65,10 +65,11 @@ struct Flags {
 };
 
 Flags parse_flags(int argc, char** argv) {
-  stubkit_tests::FlagReader flags_in(argc, argv, "chaos_soak",
-                                     "chaos_soak --user-server PATH [--duration 60s] [--kill-every 2s] "
-                                     "[--down-for 300ms]\n                  [--workers 4] [--max-calls N] [--seed S] "
-                                     "[--creates round-robin|by-key]\n");
+  stubkit_tests::FlagReader flags_in(
+      argc, argv, "chaos_soak",
+      "chaos_soak --user-server PATH [--duration 60s] [--kill-every 2s] "
+      "[--down-for 300ms]\n                  [--workers 4] [--max-calls N] [--seed S] "
+      "[--creates round-robin|by-key]\n");
   Flags flags;
   while (flags_in.next()) {
     auto const flag = flags_in.flag();
@@ -149,8 +150,8 @@ struct Ack {
 
 struct Totals {
   std::mutex mu;
-  std::map<std::string, std::int64_t> calls;         // by operation
-  std::map<std::string, std::int64_t> failed;        // by operation and code, after retries
+  std::map<std::string, std::int64_t> calls;   // by operation
+  std::map<std::string, std::int64_t> failed;  // by operation and code, after retries
   std::int64_t retries = 0;
   std::int64_t wrong_backend = 0;  // an update answered by a backend other than the owner
   std::vector<Ack> acks;           // the latest acknowledgement per user
@@ -179,10 +180,12 @@ stubkit::ChannelOptions channel_options(std::string load_balancing) {
 
 class Soak {
  public:
-  Soak(Flags flags, std::filesystem::path dir) : flags_(std::move(flags)), dir_(std::move(dir)), rng_(flags_.seed) {
+  Soak(Flags flags, std::filesystem::path dir)
+      : flags_(std::move(flags)), dir_(std::move(dir)), rng_(flags_.seed) {
     for (int i = 0; i < kBackends; ++i) {
       std::string const id = "b" + std::to_string(i);
-      backends_.push_back(std::make_unique<Backend>(flags_.user_server, id, (dir_ / (id + ".journal")).string()));
+      backends_.push_back(
+          std::make_unique<Backend>(flags_.user_server, id, (dir_ / (id + ".journal")).string()));
     }
   }
 
@@ -191,12 +194,13 @@ class Soak {
     for (auto& backend : backends_) {
       if (!backend->start()) return fail("cannot start " + backend->id());
       target += (target.size() > 5 ? "," : "") + backend->address();
-      direct_[backend->id()] = UserService::NewStub(stubkit::make_channel(backend->address(), channel_options("round_robin")));
+      direct_[backend->id()] =
+          UserService::NewStub(stubkit::make_channel(backend->address(), channel_options("round_robin")));
     }
     balanced_ = UserService::NewStub(stubkit::make_channel(target, channel_options("round_robin")));
     std::cout << "chaos_soak: 3 backends at " << target.substr(5) << ", " << flags_.workers << " workers, "
-              << flags_.duration.count() / 1000.0 << " s, a SIGKILL every " << flags_.kill_every.count() << " ms"
-              << std::endl;
+              << flags_.duration.count() / 1000.0 << " s, a SIGKILL every " << flags_.kill_every.count()
+              << " ms" << std::endl;
 
     auto const start = Clock::now();
     deadline_ = start + flags_.duration;
@@ -214,7 +218,8 @@ class Soak {
     killer.join();
     auto const elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     for (auto& backend : backends_) {
-      if (!backend->running() && !backend->start()) return fail("cannot restart " + backend->id() + " to check it");
+      if (!backend->running() && !backend->start())
+        return fail("cannot restart " + backend->id() + " to check it");
     }
     return verify(elapsed);
   }
@@ -413,13 +418,14 @@ class Soak {
         auto marker = it->second.metadata().find(kMarker);
         int version = -1;
         absl::SimpleAtoi(absl::string_view(it->second.display_name()).substr(1), &version);
-        ok = marker != it->second.metadata().end() && marker->second == ack.request_id && version >= ack.version;
+        ok = marker != it->second.metadata().end() && marker->second == ack.request_id &&
+             version >= ack.version;
       }
       if (!ok) {
         ++lost;
         if (lost <= 10) {
-          std::cerr << "chaos_soak: lost " << ack.user_id << " (" << ack.request_id << ", " << version_name(ack.version)
-                    << ") acknowledged by " << ack.backend << "\n";
+          std::cerr << "chaos_soak: lost " << ack.user_id << " (" << ack.request_id << ", "
+                    << version_name(ack.version) << ") acknowledged by " << ack.backend << "\n";
         }
       }
     }
@@ -449,13 +455,16 @@ class Soak {
     }
     std::cout << "  calls: " << calls << " (" << static_cast<std::int64_t>(calls / elapsed) << "/s)\n"
               << "  attempts retried: " << totals_.retries << "\n"
-              << "  backend kills (SIGKILL): " << kills_.load() << ", failed restarts: " << restart_failures_.load()
+              << "  backend kills (SIGKILL): " << kills_.load()
+              << ", failed restarts: " << restart_failures_.load()
               << ", longest outage: " << longest_outage_.count() << " ms\n"
-              << "  acknowledged writes: " << acknowledged_.load() << " (" << totals_.acks.size() << " users)\n"
+              << "  acknowledged writes: " << acknowledged_.load() << " (" << totals_.acks.size()
+              << " users)\n"
               << "  lost acknowledged writes: " << lost << "\n"
               << "  acknowledged users not checked (backend unreadable): " << unverified << "\n"
               << "  duplicate creates of one request_id on one backend: " << same_backend << "\n"
-              << "  request_ids stored on two backends (reply lost, retried elsewhere): " << across_backends << "\n"
+              << "  request_ids stored on two backends (reply lost, retried elsewhere): " << across_backends
+              << "\n"
               << "  updates answered by another backend: " << totals_.wrong_backend << "\n";
     std::cout << "  failed calls by code (after retries):";
     if (totals_.failed.empty()) std::cout << " none";

@@ -62,7 +62,8 @@ class MalformedRequestFactory final : public grpc::experimental::ServerIntercept
  public:
   grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
     std::string_view const name = info->method() == nullptr ? "" : info->method();
-    auto const* method = name.rfind("/myservice.v1.UserService/", 0) == 0 ? stubkit::find_method(name) : nullptr;
+    auto const* method =
+        name.rfind("/myservice.v1.UserService/", 0) == 0 ? stubkit::find_method(name) : nullptr;
     if (method == nullptr || method->client_streaming()) return nullptr;
     return new MalformedRequestInterceptor(method->input_type()->full_name());
   }

@@ -93,8 +93,8 @@ struct UserServiceOptions {
 /// The UserService implementation. Thread-safe; one instance serves any
 /// number of concurrent calls. Must outlive the grpc::Server it is
 /// registered with.
-class UserServiceImpl final
-    : public myservice::v1::UserService::WithRawCallbackMethod_BulkCreateUsers<myservice::v1::UserService::Service> {
+class UserServiceImpl final : public myservice::v1::UserService::WithRawCallbackMethod_BulkCreateUsers<
+                                  myservice::v1::UserService::Service> {
  public:
   using User = myservice::v1::User;
   using UserEvent = myservice::v1::UserEvent;
@@ -352,7 +352,7 @@ class UserServiceImpl final
   // does not parse as the end of the stream, which would store what came
   // before it and silently drop the rest.
   grpc::ServerReadReactor<grpc::ByteBuffer>* BulkCreateUsers(grpc::CallbackServerContext* ctx,
-                                                            grpc::ByteBuffer* response) override {
+                                                             grpc::ByteBuffer* response) override {
     return new BulkCreateReactor(this, ctx, response);
   }
 
@@ -411,7 +411,8 @@ class UserServiceImpl final
         return;
       }
       myservice::v1::CreateUserRequest request;
-      if (!grpc::SerializationTraits<myservice::v1::CreateUserRequest>::Deserialize(&buffer_, &request).ok()) {
+      if (!grpc::SerializationTraits<myservice::v1::CreateUserRequest>::Deserialize(&buffer_, &request)
+               .ok()) {
         Finish(malformed_request(request.GetDescriptor()->full_name(), static_cast<int>(requests_.size())));
         return;
       }
@@ -438,7 +439,8 @@ class UserServiceImpl final
   };
 
   grpc::Status bulk_create(grpc::ServerContextBase const& ctx,
-                           std::vector<myservice::v1::CreateUserRequest> const& requests, grpc::ByteBuffer* out) {
+                           std::vector<myservice::v1::CreateUserRequest> const& requests,
+                           grpc::ByteBuffer* out) {
     if (ctx.IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
     myservice::v1::BulkResp response;
     {
@@ -674,7 +676,8 @@ class UserServiceImpl final
     switch (kind) {
       case kCreated: {
         myservice::v1::CreateUserRequest record;
-        if (!parse(record) || record.user().id().empty() || users_.count(record.user().id()) != 0) return false;
+        if (!parse(record) || record.user().id().empty() || users_.count(record.user().id()) != 0)
+          return false;
         note_id_locked(record.user().id());
         apply_create_locked(record);
         return true;
@@ -699,7 +702,8 @@ class UserServiceImpl final
   // Server-assigned ids are never handed out twice, even after a restart.
   void note_id_locked(std::string const& id) {
     std::uint64_t n = 0;
-    if (id.size() > 1 && id[0] == 'u' && absl::SimpleAtoi(absl::string_view(id.data() + 1, id.size() - 1), &n)) {
+    if (id.size() > 1 && id[0] == 'u' &&
+        absl::SimpleAtoi(absl::string_view(id.data() + 1, id.size() - 1), &n)) {
       id_counter_ = std::max(id_counter_, n);
     }
   }
