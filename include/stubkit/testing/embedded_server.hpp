@@ -17,14 +17,15 @@
 #include <grpcpp/support/server_interceptor.h>
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
-#include "stubkit/retry.hpp"
 #include "stubkit/testing/user_service.hpp"
 
 namespace stubkit::testing {
@@ -38,7 +39,7 @@ namespace detail {
 // BulkCreateUsers reads raw bytes to tell them apart).
 class MalformedRequestInterceptor final : public grpc::experimental::Interceptor {
  public:
-  explicit MalformedRequestInterceptor(std::string request_type) : request_type_(std::move(request_type)) {}
+  explicit MalformedRequestInterceptor(std::string const& request_type) : request_type_(request_type) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
@@ -54,19 +55,32 @@ class MalformedRequestInterceptor final : public grpc::experimental::Interceptor
   }
 
  private:
-  std::string request_type_;
+  std::string const& request_type_;  // owned by the factory
   bool malformed_ = false;
 };
 
 class MalformedRequestFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
-    std::string_view const name = info->method() == nullptr ? "" : info->method();
-    auto const* method =
-        name.rfind("/myservice.v1.UserService/", 0) == 0 ? stubkit::find_method(name) : nullptr;
-    if (method == nullptr || method->client_streaming()) return nullptr;
-    return new MalformedRequestInterceptor(method->input_type()->full_name());
+  // The request type of each UserService method with one request message,
+  // by the path gRPC reports; read-only once built, so calls share it.
+  MalformedRequestFactory() {
+    auto const* service = UserServiceImpl::User::descriptor()->file()->FindServiceByName("UserService");
+    for (int i = 0; i < service->method_count(); ++i) {
+      auto const* method = service->method(i);
+      if (method->client_streaming()) continue;
+      request_types_.emplace("/" + service->full_name() + "/" + method->name(),
+                             method->input_type()->full_name());
+    }
   }
+
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    if (info->method() == nullptr) return nullptr;
+    auto it = request_types_.find(std::string_view(info->method()));
+    return it == request_types_.end() ? nullptr : new MalformedRequestInterceptor(it->second);
+  }
+
+ private:
+  std::map<std::string, std::string, std::less<>> request_types_;
 };
 
 }  // namespace detail

@@ -629,10 +629,10 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     }
     *user.mutable_created_at() = timestamp_now();
     myservice::v1::CreateUserRequest record;
-    *record.mutable_user() = user;
+    *record.mutable_user() = std::move(user);
     record.set_request_id(request.request_id());
     if (auto s = persist_locked(kCreated, record); !s.ok()) return s;
-    *out = std::move(user);
+    *out = record.user();
     apply_create_locked(record);
     return grpc::Status::OK;
   }

@@ -3,8 +3,9 @@
 //
 // Layout: the line "stubkit-journal-v1\n", then records of
 //   kind (1 byte) | payload length (4 bytes LE) | tag (8 bytes LE) | payload
-// where the tag is SipHash-2-4 of kind and payload under a fixed key: a
-// checksum that catches torn and corrupted records, not a secret.
+// where the tag is SipHash-2-4 of the payload under a fixed key with the kind
+// folded in: a checksum that catches torn and corrupted records, not a
+// secret.
 //
 // Each append is one write(2) before the caller replies, so an acknowledged
 // record survives the process being killed (SIGKILL); with `sync` it is also
@@ -79,12 +80,6 @@ class Journal {
     if (fd_ >= 0) ::close(fd_);
   }
 
-  std::string const& path() const { return path_; }
-  /// Bytes in the file, all of them intact records after the magic line.
-  std::uint64_t size() const { return end_; }
-  /// Records replayed on open plus records appended since.
-  std::uint64_t records() const { return records_; }
-
   /// Appends one record. Returns an empty string on success, otherwise what
   /// went wrong; the file is then rolled back to its last intact record, or,
   /// if even that fails, refuses every later append.
@@ -105,7 +100,6 @@ class Journal {
     if (sync_ && ::fdatasync(fd_) != 0)
       return roll_back("fdatasync failed: " + std::string(std::strerror(errno)));
     end_ += record.size();
-    ++records_;
     return {};
   }
 
@@ -120,10 +114,10 @@ class Journal {
   }
 
  private:
+  // The kind goes into the key, so the payload is hashed where it lies.
   static std::uint64_t tag(char kind, std::string_view payload) {
-    std::string data(1, kind);
-    data.append(payload.data(), payload.size());
-    return siphash24({0x6a6f75726e616c31ULL, 0x737475626b697421ULL}, data);
+    return siphash24({0x6a6f75726e616c31ULL ^ static_cast<unsigned char>(kind), 0x737475626b697421ULL},
+                     payload);
   }
 
   static void put_le(char* out, std::uint64_t value, int bytes) {
@@ -170,9 +164,10 @@ class Journal {
       end_ = kMagic.size();
       return;
     }
-    if (view.substr(0, kMagic.size()) != kMagic)
+    if (view.substr(0, kMagic.size()) != kMagic) {
       fail("not a stubkit journal (it does not start with " +
            std::string(kMagic.substr(0, kMagic.size() - 1)) + ")");
+    }
     std::uint64_t at = kMagic.size();
     while (at < view.size()) {
       std::string_view const rest = view.substr(at);
@@ -211,7 +206,6 @@ class Journal {
         fail("record at offset " + std::to_string(at) + " of kind '" + std::string(1, rest[0]) +
              "' does not make sense");
       }
-      ++records_;
       at += kHeaderSize + length;
     }
     end_ = at;
@@ -225,8 +219,7 @@ class Journal {
   std::string path_;
   bool sync_;
   int fd_ = -1;
-  std::uint64_t end_ = 0;
-  std::uint64_t records_ = 0;
+  std::uint64_t end_ = 0;  // the file's size: the magic line and intact records
   bool broken_ = false;
 };
 
