@@ -218,8 +218,9 @@ class Soak {
     killer.join();
     auto const elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     for (auto& backend : backends_) {
-      if (!backend->running() && !backend->start())
+      if (!backend->running() && !backend->start()) {
         return fail("cannot restart " + backend->id() + " to check it");
+      }
     }
     return verify(elapsed);
   }

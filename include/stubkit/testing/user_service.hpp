@@ -676,8 +676,9 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     switch (kind) {
       case kCreated: {
         myservice::v1::CreateUserRequest record;
-        if (!parse(record) || record.user().id().empty() || users_.count(record.user().id()) != 0)
+        if (!parse(record) || record.user().id().empty() || users_.count(record.user().id()) != 0) {
           return false;
+        }
         note_id_locked(record.user().id());
         apply_create_locked(record);
         return true;

@@ -85,20 +85,23 @@ class Journal {
   /// if even that fails, refuses every later append.
   std::string append(char kind, std::string_view payload) {
     if (broken_) return "journal " + path_ + " is unusable after an earlier write error";
-    if (payload.size() > kMaxPayload)
+    if (payload.size() > kMaxPayload) {
       return "record of " + std::to_string(payload.size()) + " bytes is too large";
+    }
     std::string record = encode(kind, payload);
     std::size_t done = 0;
     while (done < record.size()) {
       ssize_t const n =
           ::pwrite(fd_, record.data() + done, record.size() - done, static_cast<off_t>(end_ + done));
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0)
+      if (n <= 0) {
         return roll_back("write failed: " + std::string(n < 0 ? std::strerror(errno) : "no progress"));
+      }
       done += static_cast<std::size_t>(n);
     }
-    if (sync_ && ::fdatasync(fd_) != 0)
+    if (sync_ && ::fdatasync(fd_) != 0) {
       return roll_back("fdatasync failed: " + std::string(std::strerror(errno)));
+    }
     end_ += record.size();
     return {};
   }
@@ -148,8 +151,9 @@ class Journal {
   }
 
   void truncate_to(std::uint64_t size) {
-    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0)
+    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) {
       fail("cannot truncate: " + std::string(std::strerror(errno)));
+    }
   }
 
   void recover(Replay const& replay, Warn const& warn) {
