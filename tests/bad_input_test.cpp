@@ -5,7 +5,6 @@
 
 #include <climits>
 #include <csignal>
-#include <fstream>
 #include <future>
 #include <string>
 #include <thread>

@@ -82,15 +82,19 @@ class Process {
   int status_ = 0;
 };
 
-/// The resident set size of process `pid` in KiB (-1 if unknown).
-inline long rss_kib(pid_t pid) {
+/// A memory figure of process `pid` from /proc/PID/status, in KiB: "VmRSS"
+/// (resident now) or "VmHWM" (peak resident). -1 if unknown.
+inline long status_kib(pid_t pid, std::string const& field) {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
   std::string line;
   while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
+    if (line.rfind(field + ":", 0) == 0) return std::strtol(line.c_str() + field.size() + 1, nullptr, 10);
   }
   return -1;
 }
+
+/// The resident set size of process `pid` in KiB (-1 if unknown).
+inline long rss_kib(pid_t pid) { return status_kib(pid, "VmRSS"); }
 
 /// Starts user_server with `flags` on a free port; returns its address.
 inline std::string start_user_server(Process& server) {

@@ -122,15 +122,6 @@ std::size_t paginated(Stub& stub, int page_size, bool prefetch = false) {
 
 // ---- B3: peak RSS of a client process listing N users over TCP ----------
 
-long peak_rss_kib() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
-  }
-  return -1;
-}
-
 int rss_child(std::string const& target, int page_size) {
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   auto stub = myservice::v1::UserService::NewStub(channel);
@@ -144,7 +135,7 @@ int rss_child(std::string const& target, int page_size) {
     }
     ++count;
   }
-  std::cout << count << " " << peak_rss_kib() << std::endl;
+  std::cout << count << " " << stubkit_tests::status_kib(getpid(), "VmHWM") << std::endl;
   return 0;
 }
 
