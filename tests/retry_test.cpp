@@ -5,10 +5,13 @@
 
 #include <doctest/doctest.h>
 
+#include <limits>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "stubkit/deadline.hpp"
 #include "support.hpp"
 
 using namespace stubkit_tests;
@@ -199,6 +202,97 @@ TEST_SUITE("retry") {
       CHECK(f.server.faults().calls("GetUser") == before + 1);
       CHECK(report.stop_reason == "the server asked not to retry");
     }
+  }
+
+  TEST_CASE("hostile pushback and RetryInfo values give bounded waits") {
+    using stubkit::kMaxServerRetryDelay;
+    auto pushback = [](std::string value) {
+      std::multimap<grpc::string_ref, grpc::string_ref> trailers;
+      trailers.emplace(stubkit::kPushbackKey, value);
+      return stubkit::detail::parse_pushback(trailers);
+    };
+    CHECK(pushback("250") == 250);
+    CHECK(pushback("99999999999999999999999999") == kMaxServerRetryDelay.count());  // no overflow
+    CHECK(pushback("-5") == -1);
+    CHECK(pushback("1e3") == -1);
+    CHECK(pushback("12 ") == -1);
+
+    auto info = [](std::int64_t seconds, std::int32_t nanos) {
+      google::rpc::RetryInfo retry;
+      retry.mutable_retry_delay()->set_seconds(seconds);
+      retry.mutable_retry_delay()->set_nanos(nanos);
+      return stubkit::detail::retry_info_delay(
+          stubkit::Error(StatusCode::UNAVAILABLE, "busy").with(retry).to_grpc_status());
+    };
+    CHECK(info(1, 500000000) == 1500ms);
+    CHECK(info(std::numeric_limits<std::int64_t>::max(), 999999999) == kMaxServerRetryDelay);
+    CHECK(info(std::numeric_limits<std::int64_t>::min(), 0) == 0ms);
+    CHECK(info(-1, 999999999) == 0ms);
+    CHECK(info(0, -5) == 0ms);
+    CHECK(info(0, std::numeric_limits<std::int32_t>::max()) == 999ms);
+
+    // End to end: the server asks for an absurd wait (317 years; gRPC's core
+    // itself parses the trailer as a 64-bit number, so longer digit strings
+    // do not arrive as sent); the call waits the cap.
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    FakeTime time;
+    f.server.faults().fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, "9999999999999");
+    stubkit::RetryReport capped_report;
+    auto capped = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), retrying(time, &capped_report));
+    REQUIRE_MESSAGE(capped.ok(), capped_report.stop_reason);
+    CHECK(time.sleeps == std::vector<std::chrono::milliseconds>{kMaxServerRetryDelay});
+    // With a deadline nearer than the cap, the call stops instead of waiting.
+    f.server.faults().fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, "99999999999999");
+    auto options = retrying(time);
+    options.timeout = 2s;
+    stubkit::RetryReport report;
+    options.report = &report;
+    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options)
+              .error()
+              .is<stubkit::Unavailable>());
+    CHECK(report.stop_reason == "the deadline would pass before the next attempt");
+  }
+
+  TEST_CASE("user callbacks that throw end stubkit::call with UNKNOWN naming them") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    FakeTime time;
+    f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
+    auto options = retrying(time);
+    options.on_retry = [](stubkit::RetryEvent const&) { throw std::runtime_error("observer broke"); };
+    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);
+    REQUIRE_FALSE(user.ok());
+    CHECK(user.error().code() == StatusCode::UNKNOWN);
+    CHECK(user.error().message().find("observer broke") != std::string::npos);
+
+    options = retrying(time);
+    options.timeout = 1s;
+    options.clock.now = []() -> std::chrono::system_clock::time_point { throw std::logic_error("no time"); };
+    user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);
+    REQUIRE_FALSE(user.ok());
+    CHECK(user.error().message().find("no time") != std::string::npos);
+  }
+
+  TEST_CASE("time arithmetic saturates instead of overflowing") {
+    using TimePoint = std::chrono::system_clock::time_point;
+    using stubkit::detail::saturating_add;
+    using stubkit::detail::time_left;
+    auto const now = std::chrono::system_clock::now();
+    CHECK(saturating_add(now, 1s) == now + 1s);
+    CHECK(saturating_add(now, std::chrono::milliseconds::max()) == TimePoint::max());
+    CHECK(saturating_add(TimePoint::max() - 1s, 1h) == TimePoint::max());
+    CHECK(saturating_add(TimePoint::min() + 1s, -1h) == TimePoint::min());
+    CHECK(saturating_add(now, std::chrono::duration<double>(1e300)) == TimePoint::max());
+    CHECK(time_left(now + 2s, now) == 2s);
+    CHECK(time_left(now, now + 2s) == TimePoint::duration::zero());
+    CHECK(time_left(TimePoint::max(), TimePoint::min() + 1s) == TimePoint::duration::max());
+
+    // A Deadline without one passes on as "none", never as an overflow.
+    stubkit::Deadline none;
+    auto const passed_on = stubkit::Deadline::after(none.remaining());
+    CHECK_FALSE(passed_on.is_set());
+    CHECK(none.within(std::chrono::milliseconds::max()).when() == TimePoint::max());
   }
 
   TEST_CASE("attempts and sleeps never pass the caller's deadline") {

@@ -24,6 +24,7 @@
 #include <string>
 #include <utility>
 
+#include "stubkit/detail/time.hpp"
 #include "stubkit/status.hpp"
 
 namespace stubkit {
@@ -42,7 +43,7 @@ class Deadline {
   static Deadline after(std::chrono::milliseconds timeout, ClockFn clock = {}) {
     Deadline d;
     d.clock_ = std::move(clock);
-    d.when_ = d.now() + timeout;
+    d.when_ = detail::saturating_add(d.now(), timeout);  // a huge timeout is "none", not overflow
     return d;
   }
 
@@ -60,8 +61,7 @@ class Deadline {
   /// Time left, never negative; milliseconds::max() when there is no deadline.
   std::chrono::milliseconds remaining() const {
     if (!is_set()) return std::chrono::milliseconds::max();
-    auto const left = std::chrono::duration_cast<std::chrono::milliseconds>(when_ - now());
-    return std::max(left, std::chrono::milliseconds(0));
+    return std::chrono::duration_cast<std::chrono::milliseconds>(detail::time_left(when_, now()));
   }
 
   bool expired() const { return is_set() && now() >= when_; }
@@ -69,7 +69,7 @@ class Deadline {
   /// The earlier of this deadline and `timeout` from now: a per-call bound
   /// inside the group's budget.
   Deadline within(std::chrono::milliseconds timeout) const {
-    auto const mine = now() + timeout;
+    auto const mine = detail::saturating_add(now(), timeout);
     return at(is_set() ? std::min(when_, mine) : mine, clock_);
   }
 
@@ -118,7 +118,7 @@ inline Result<std::unique_ptr<grpc::ClientContext>> child_context(grpc::ServerCo
   bool const bounded = deadline != std::chrono::system_clock::time_point::max();
   if (bounded) {
     auto const now = options.clock ? options.clock() : std::chrono::system_clock::now();
-    if (deadline - now < options.min_remaining) {
+    if (detail::time_left(deadline, now) < options.min_remaining) {
       return Error(grpc::StatusCode::DEADLINE_EXCEEDED, "Insufficient time");
     }
   }
@@ -129,7 +129,7 @@ inline Result<std::unique_ptr<grpc::ClientContext>> child_context(grpc::ServerCo
   propagation.disable_deadline_propagation();
   if (!options.propagate_cancellation) propagation.disable_cancellation_propagation();
   std::unique_ptr<grpc::ClientContext> child = grpc::ClientContext::FromServerContext(upstream, propagation);
-  if (bounded) child->set_deadline(deadline - options.reserve);
+  if (bounded) child->set_deadline(detail::saturating_add(deadline, -options.reserve));
   return child;
 }
 

@@ -46,6 +46,7 @@
 #include "google/protobuf/message.h"
 #include "google/protobuf/repeated_ptr_field.h"
 #include "stubkit/detail/input_range.hpp"
+#include "stubkit/detail/time.hpp"
 #include "stubkit/status.hpp"
 
 namespace stubkit {
@@ -192,7 +193,7 @@ class Pager {
     auto ctx = std::make_unique<grpc::ClientContext>();
     std::optional<Clock::time_point> deadline = options_.deadline;
     if (options_.page_timeout.count() > 0) {
-      auto const page_deadline = now() + options_.page_timeout;
+      auto const page_deadline = detail::saturating_add(now(), options_.page_timeout);
       if (!deadline || page_deadline < *deadline) deadline = page_deadline;
     }
     if (deadline) ctx->set_deadline(*deadline);

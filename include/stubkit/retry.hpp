@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
@@ -31,12 +32,14 @@
 #include <string_view>
 #include <thread>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "google/protobuf/message.h"
 #include "google/rpc/error_details.pb.h"
+#include "stubkit/detail/time.hpp"
 #include "stubkit/status.hpp"
 
 namespace stubkit {
@@ -194,6 +197,11 @@ struct RetryClock {
 inline constexpr char const* kPreviousAttemptsKey = "stubkit-previous-rpc-attempts";
 /// The trailer by which a server sets the next retry's delay (gRPC A6).
 inline constexpr char const* kPushbackKey = "grpc-retry-pushback-ms";
+/// The longest wait a server can ask for (grpc-retry-pushback-ms or
+/// google.rpc.RetryInfo); longer requests are clamped to it, so a broken or
+/// hostile server cannot park a call for days. The call's deadline still
+/// applies: a wait that would pass it ends the call instead.
+inline constexpr std::chrono::milliseconds kMaxServerRetryDelay{60000};
 
 /// Whether a method is safe to retry by its proto declaration:
 /// `option idempotency_level = NO_SIDE_EFFECTS` or `IDEMPOTENT`.
@@ -259,22 +267,43 @@ inline std::optional<std::int64_t> parse_pushback(
   auto it = trailers.find(kPushbackKey);
   if (it == trailers.end()) return std::nullopt;
   std::string_view const text(it->second.data(), it->second.size());
-  if (text.empty() || text.size() > 12) return -1;
+  if (text.empty()) return -1;
   std::int64_t value = 0;
   for (char c : text) {
     if (c < '0' || c > '9') return -1;
-    value = value * 10 + (c - '0');
+    // Digits past the cap change nothing: stop growing before overflow.
+    if (value <= kMaxServerRetryDelay.count()) value = value * 10 + (c - '0');
   }
-  return value;
+  return std::min<std::int64_t>(value, kMaxServerRetryDelay.count());
 }
 
-// The delay a RetryInfo detail asks for, if the status carries one.
+// The delay a RetryInfo detail asks for, if the status carries one, clamped
+// to [0, kMaxServerRetryDelay] (a negative or absurd Duration from the
+// network must not overflow or wait forever).
 inline std::optional<std::chrono::milliseconds> retry_info_delay(grpc::Status const& status) {
   if (status.error_details().empty()) return std::nullopt;
   auto info = Error::from(status).details<google::rpc::RetryInfo>();
   if (!info) return std::nullopt;
-  auto const ms = info->retry_delay().seconds() * 1000 + info->retry_delay().nanos() / 1000000;
-  return std::chrono::milliseconds(std::max<std::int64_t>(0, ms));
+  std::int64_t const seconds = info->retry_delay().seconds();
+  std::int32_t const nanos = info->retry_delay().nanos();
+  std::int64_t const cap = kMaxServerRetryDelay.count();
+  if (seconds < 0 || (seconds == 0 && nanos <= 0)) return std::chrono::milliseconds(0);
+  if (seconds >= cap / 1000) return kMaxServerRetryDelay;
+  std::int64_t const ms = seconds * 1000 + std::clamp(nanos, 0, 999999999) / 1000000;
+  return std::chrono::milliseconds(std::min(ms, cap));
+}
+
+// The status a call ends with when user code called by the retry loop
+// (on_retry, a clock, a random source, a scheduler) threw.
+inline grpc::Status callback_threw(char const* what, std::exception_ptr error) {
+  std::string reason = "unknown exception";
+  try {
+    std::rethrow_exception(std::move(error));
+  } catch (std::exception const& e) {
+    reason = e.what();
+  } catch (...) {
+  }
+  return grpc::Status(grpc::StatusCode::UNKNOWN, std::string("stubkit: ") + what + " threw: " + reason);
 }
 
 }  // namespace detail
@@ -300,11 +329,17 @@ struct RetryDecision {
   bool retry = false;
   std::chrono::milliseconds delay{0};  ///< wait this long first, when retrying
   std::string stop_reason;             ///< why not, when not retrying
+  /// Set when the call must end with this status rather than the attempt's
+  /// (a callback of the plan threw).
+  std::optional<grpc::Status> status;
 };
 
 /// The retry rules of one call, applied attempt by attempt: shared by the
 /// blocking loop (run_with_retries) and the asynchronous interceptor.
-/// Not thread-safe; one per call.
+/// Not thread-safe; one per call. It calls the plan's user code (clock,
+/// random source, on_retry): its drivers call it with no lock held.
+/// Exceptions from that code never escape: next_attempt_deadline returns
+/// the status to end the call with, after_attempt a decision carrying it.
 class RetryState {
  public:
   explicit RetryState(RetryPlan plan)
@@ -312,13 +347,20 @@ class RetryState {
 
   RetryPlan const& plan() const { return plan_; }
 
-  /// The deadline of the next attempt: the call's, or sooner with a per-attempt timeout.
-  std::optional<std::chrono::system_clock::time_point> next_attempt_deadline() {
+  /// The deadline of the next attempt: the call's, or sooner with a
+  /// per-attempt timeout. Fails only when the plan's clock threw.
+  std::variant<std::optional<std::chrono::system_clock::time_point>, grpc::Status> next_attempt_deadline() {
     auto const per_attempt = plan_.policy.per_attempt_timeout;
     auto deadline = plan_.deadline;
     own_deadline_ = false;
     if (per_attempt.count() > 0) {
-      auto const mine = plan_.clock.read() + per_attempt;
+      std::chrono::system_clock::time_point now;
+      try {
+        now = plan_.clock.read();
+      } catch (...) {
+        return detail::callback_threw("the retry clock", std::current_exception());
+      }
+      auto const mine = detail::saturating_add(now, per_attempt);
       if (!deadline || mine < *deadline) {
         deadline = mine;
         own_deadline_ = true;
@@ -329,12 +371,24 @@ class RetryState {
 
   /// Records attempt `attempt`'s outcome and says whether to try again.
   RetryDecision after_attempt(int attempt, AttemptOutcome const& outcome) {
+    try {
+      return decide(attempt, outcome);
+    } catch (...) {
+      RetryDecision stop{false, {}, "a retry callback threw", {}};
+      stop.status =
+          detail::callback_threw("a retry callback (clock, random01 or on_retry)", std::current_exception());
+      return stop;
+    }
+  }
+
+ private:
+  RetryDecision decide(int attempt, AttemptOutcome const& outcome) {
     auto const code = outcome.status.error_code();
     if (code == grpc::StatusCode::OK) {
       if (plan_.throttle) plan_.throttle->on_success();
       return {};
     }
-    auto stop = [](std::string reason) { return RetryDecision{false, {}, std::move(reason)}; };
+    auto stop = [](std::string reason) { return RetryDecision{false, {}, std::move(reason), {}}; };
     bool const retryable =
         plan_.policy.retryable(code) || (code == grpc::StatusCode::DEADLINE_EXCEEDED && own_deadline_);
     if (!retryable) return stop("status " + code_name(code) + " is not retryable");
@@ -351,14 +405,13 @@ class RetryState {
     } else {
       delay = backoff_.next();
     }
-    if (plan_.deadline && plan_.clock.read() + delay >= *plan_.deadline) {
+    if (plan_.deadline && detail::saturating_add(plan_.clock.read(), delay) >= *plan_.deadline) {
       return stop("the deadline would pass before the next attempt");
     }
     if (plan_.on_retry) plan_.on_retry(RetryEvent{attempt, outcome.status, delay});
-    return RetryDecision{true, delay, {}};
+    return RetryDecision{true, delay, {}, {}};
   }
 
- private:
   RetryPlan plan_;
   Backoff backoff_;
   bool own_deadline_ = false;
@@ -374,15 +427,27 @@ grpc::Status run_with_retries(RetryPlan const& plan, Attempt&& attempt, RetryRep
   r = RetryReport{};
   RetryState state(plan);
   for (int n = 1;; ++n) {
-    AttemptOutcome const outcome = attempt(n, state.next_attempt_deadline());
+    auto deadline = state.next_attempt_deadline();
+    if (auto* failed = std::get_if<grpc::Status>(&deadline)) {
+      r.stop_reason = "the retry clock threw";
+      return r.last_status = *failed;
+    }
+    AttemptOutcome const outcome =
+        attempt(n, std::get<std::optional<std::chrono::system_clock::time_point>>(deadline));
     r.attempts = n;
     r.last_status = outcome.status;
     RetryDecision const decision = state.after_attempt(n, outcome);
     if (!decision.retry) {
       r.stop_reason = decision.stop_reason;
-      return outcome.status;
+      if (decision.status) r.last_status = *decision.status;
+      return r.last_status;
     }
-    plan.clock.wait(decision.delay);
+    try {
+      plan.clock.wait(decision.delay);
+    } catch (...) {
+      r.stop_reason = "the retry sleeper threw";
+      return r.last_status = detail::callback_threw("the retry sleeper", std::current_exception());
+    }
     r.total_delay += decision.delay;
   }
 }
@@ -407,10 +472,14 @@ inline std::string native_retry_service_config(std::string const& service, Retry
   for (auto code : policy.retryable_codes) {
     codes += (codes.empty() ? "\"" : ", \"") + code_name(code) + "\"";
   }
-  // gRPC accepts 2 to 5 attempts.
-  int const attempts = std::clamp(policy.max_attempts, 2, 5);
-  return "{\"methodConfig\": [{\"name\": [{\"service\": \"" + service + "\"}], \"retryPolicy\": {" +
-         "\"maxAttempts\": " + std::to_string(attempts) + ", \"initialBackoff\": \"" +
+  std::string const name = "{\"methodConfig\": [{\"name\": [{\"service\": \"" + service + "\"}]";
+  // One attempt (RetryPolicy::none()) means no retryPolicy at all: gRPC
+  // accepts maxAttempts of 2 to 5 only, and 2 would retry.
+  if (policy.max_attempts <= 1) return name + "}]}";
+  // gRPC caps attempts at 5 whatever the config says.
+  int const attempts = std::min(policy.max_attempts, 5);
+  return name + ", \"retryPolicy\": {" + "\"maxAttempts\": " + std::to_string(attempts) +
+         ", \"initialBackoff\": \"" +
          seconds(std::max(policy.initial_backoff, std::chrono::milliseconds(1))) + "\", \"maxBackoff\": \"" +
          seconds(std::max(policy.max_backoff, std::chrono::milliseconds(1))) +
          "\", \"backoffMultiplier\": " + std::to_string(policy.multiplier) + ", \"retryableStatusCodes\": [" +
@@ -478,7 +547,13 @@ Result<Response> call(Stub& stub,
       declared_idempotent(detail::method_for_types<Request, Response>()) || has_idempotency_key(request));
   plan.deadline = options.deadline;
   if (options.timeout.count() > 0) {
-    auto const by_timeout = options.clock.read() + options.timeout;
+    std::chrono::system_clock::time_point now;
+    try {
+      now = options.clock.read();
+    } catch (...) {
+      return Error::from(detail::callback_threw("the retry clock", std::current_exception()));
+    }
+    auto const by_timeout = detail::saturating_add(now, options.timeout);
     if (!plan.deadline || by_timeout < *plan.deadline) plan.deadline = by_timeout;
   }
   plan.throttle = options.throttle;
