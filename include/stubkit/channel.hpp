@@ -63,7 +63,9 @@ struct ChannelOptions {
   /// the server's receive limit decides.
   int max_send_message_size = -1;
   /// stubkit's retries on every unary call (the retry interceptor); gRPC's
-  /// native retries are then turned off so attempts never multiply.
+  /// native retries are then turned off so attempts never multiply. An
+  /// unusable policy makes make_channel throw std::invalid_argument (check
+  /// RetryPolicy::problem() first to avoid the exception).
   std::optional<RetryInterceptorOptions> retry;
   /// A fixed bearer token sent as `authorization: Bearer <token>` on every call.
   std::string bearer_token;
@@ -129,6 +131,8 @@ inline std::string service_config_json(ChannelOptions const& options) {
 
 /// A channel to `target` (anything gRPC resolves: "host:port", "dns:///",
 /// "ipv4:a:p1,b:p2", "unix:/path", "xds:///") configured by `options`.
+/// Throws std::invalid_argument when `options.retry` holds an unusable
+/// policy: a bad policy is refused where it is accepted, not at the first call.
 inline std::shared_ptr<grpc::Channel> make_channel(std::string const& target,
                                                    ChannelOptions const& options = {}) {
   grpc::ChannelArguments args;

@@ -18,18 +18,51 @@
 // hijacks the original call and hands it the last attempt's response,
 // status and metadata.
 //
+// Ownership rule. stubkit never destroys a gRPC object (channel,
+// ClientContext, Alarm, generic stub, completion queue) on a gRPC-owned
+// thread, and releases nothing after it has told the caller the call has
+// finished. Every gRPC object of a retried call (the attempts' contexts,
+// the generic stub, the alarms) belongs to the interceptor, which belongs to
+// the caller's ClientContext: they die when, and on the thread where, the
+// caller destroys that context, and before the context's own reference to
+// the channel is released. gRPC's callbacks hold only the interceptor's
+// address, which stays valid because the caller's call cannot complete
+// until the interceptor hands it the result (the last thing it does), and
+// the scheduler's `done` holds only a small shared token that touches no
+// gRPC object. So the caller may drop its stub and channel the instant a
+// call returns. (Dropping the last reference to a channel on a gRPC
+// callback thread tears down the callback completion queue under the
+// thread polling it; gRPC then aborts in grpc_cq_internal_unref.)
+//
+// Cancellation. TryCancel() on the caller's context ends the call with
+// CANCELLED whatever it is doing: before the first batch (the call is then
+// never attempted), during an attempt (the attempt is cancelled), between an
+// attempt's end and the wait, during the wait (the alarm is cancelled) or
+// inside a custom `schedule` (the call ends at once; a later `done` does
+// nothing). A cancelled call is never attempted again.
+//
+// Threads and locks. The fields the cancel path reads are under the
+// interceptor's mutex; the rest is touched by one thread at a time, in
+// order: the thread that starts an attempt, then the attempt's callback
+// (gRPC orders them), then the alarm's. User code (on_retry, `schedule`, the
+// clock and random source, interceptors after this one) is never called with
+// the mutex held; when it throws, the call ends with UNKNOWN and a message
+// saying which callback threw.
+//
 // What it covers: unary methods known to the generated descriptor pool
 // (proto methods of linked generated code), called through the sync, async
 // (completion queue) or callback stub API. Calls that cannot be retried
 // (not idempotent, no request_id) pass through untouched, so they cost what
-// an empty interceptor costs. Streaming calls are left alone.
+// an empty interceptor costs. Streaming calls are left alone. Per call,
+// disable_retries() and set_max_attempts() change the channel's policy.
 //
 // Limits: attempts carry the caller's deadline, metadata, credentials and
 // compression; wait_for_ready, authority override and parent-call
-// propagation cannot be copied to attempts through gRPC's public API. Do
-// not call a retried method with grpc::GenericStub and a ByteBuffer
-// response on the same channel: the interceptor fills responses as the
-// generated message type.
+// propagation (ClientContext::FromServerContext) cannot be read from a
+// ClientContext through gRPC's public API, so attempts do not carry them.
+// The response is handed over as the generated message type: a call made
+// with grpc::GenericStub and a ByteBuffer response to a retried method must
+// use disable_retries() (the interceptor cannot tell the two apart).
 #ifndef STUBKIT_RETRY_INTERCEPTOR_HPP
 #define STUBKIT_RETRY_INTERCEPTOR_HPP
 
@@ -39,34 +72,62 @@
 #include <grpcpp/impl/codegen/proto_utils.h>
 #include <grpcpp/support/client_interceptor.h>
 #include <grpcpp/support/proto_buffer_reader.h>
-#include <grpcpp/support/proto_buffer_writer.h>
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <shared_mutex>
+#include <stdexcept>
 #include <string>
-#include <unordered_map>
+#include <string_view>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "google/protobuf/descriptor.h"
+#include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/message.h"
+#include "google/protobuf/wire_format_lite.h"
+#include "stubkit/detail/time.hpp"
 #include "stubkit/retry.hpp"
 
 namespace stubkit {
+
+/// The metadata key of per-call retry control on a retrying channel (see
+/// disable_retries and set_max_attempts). The interceptor removes it: it is
+/// never sent on a call it retries.
+inline constexpr char const* kRetryControlKey = "stubkit-retry";
+
+/// Turns the channel's retries off for the one call made with `ctx`: it is
+/// attempted once, as on a plain channel.
+///
+///   grpc::ClientContext ctx;
+///   stubkit::disable_retries(ctx);
+///   stub->GetUser(&ctx, request, &user);
+inline void disable_retries(grpc::ClientContext& ctx) { ctx.AddMetadata(kRetryControlKey, "off"); }
+
+/// At most `max_attempts` attempts (the first included; values below 1
+/// count as 1) for the one call made with `ctx`, instead of the policy's.
+/// Idempotency rules still apply.
+inline void set_max_attempts(grpc::ClientContext& ctx, int max_attempts) {
+  ctx.AddMetadata(kRetryControlKey, "attempts=" + std::to_string(max_attempts < 1 ? 1 : max_attempts));
+}
 
 /// Configuration of the retry interceptor of one channel.
 struct RetryInterceptorOptions {
   RetryPolicy policy = RetryPolicy::standard();
   /// Shared by every call on the channel; nullptr = no throttling.
   std::shared_ptr<RetryThrottle> throttle = std::make_shared<RetryThrottle>();
-  /// Called before each retry; may run on a gRPC thread.
+  /// Called before each retry, on a gRPC thread, with no stubkit lock held.
   std::function<void(RetryEvent const&)> on_retry;
-  /// Waits `delay`, then runs `done` (or runs it early when cancelled);
-  /// empty = a grpc::Alarm. Tests inject one that does not wait.
+  /// Waits `delay`, then runs `done`, on any thread; empty = a grpc::Alarm.
+  /// Tests inject one that does not wait. A call cancelled during the wait
+  /// ends at once; `done` may still be run later and then does nothing.
   std::function<void(std::chrono::milliseconds delay, std::function<void()> done)> schedule;
   /// Clock and randomness of retry decisions.
   RetryClock clock;
@@ -74,195 +135,133 @@ struct RetryInterceptorOptions {
 
 namespace detail {
 
-// The state of one retried call, shared by the interceptor (owned by the
-// caller's ClientContext) and the callbacks of its attempts, so it lives as
-// long as either needs it.
-class RetryCall : public std::enable_shared_from_this<RetryCall> {
+// What the interceptor knows about a method, looked up once per method.
+struct RetryMethod {
+  bool known = false;                // in the generated descriptor pool
+  bool declared_idempotent = false;  // NO_SIDE_EFFECTS or IDEMPOTENT
+  int request_id_field = 0;          // number of a string `request_id` field of the request, 0 = none
+};
+
+// Method facts by full method name ("/pkg.Service/Method"). Names, not the
+// addresses gRPC passes: a generic stub's name lives only as long as its
+// call, so an address can later name another method. Bounded: past
+// kMaxEntries names (a client calling ever new generic methods) facts are
+// computed per call instead of stored. Thread-safe.
+class MethodTable {
  public:
-  RetryCall(RetryPlan plan, std::string method, std::shared_ptr<grpc::ChannelInterface> channel,
-            grpc::ByteBuffer request, std::vector<std::pair<std::string, std::string>> metadata,
-            std::shared_ptr<grpc::CallCredentials> credentials, grpc_compression_algorithm compression,
-            std::function<void(std::chrono::milliseconds, std::function<void()>)> schedule,
-            std::function<void()> on_done)
-      : state_(std::move(plan)),
-        method_(std::move(method)),
-        stub_(std::move(channel)),
-        request_(std::move(request)),
-        metadata_(std::move(metadata)),
-        credentials_(std::move(credentials)),
-        compression_(compression),
-        schedule_(std::move(schedule)),
-        on_done_(std::move(on_done)) {}
+  static constexpr std::size_t kMaxEntries = 4096;
 
-  void start() { start_attempt(); }
-
-  // The caller cancelled: stop the attempt in flight or the wait.
-  void cancel() {
-    grpc::ClientContext* in_flight = nullptr;
-    grpc::Alarm* waiting = nullptr;
+  RetryMethod lookup(std::string_view name) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (done_) return;
-      cancelled_ = true;
-      if (!attempts_.empty() && attempt_running_) in_flight = attempts_.back().get();
-      if (!alarms_.empty() && alarm_waiting_) waiting = alarms_.back().get();
+      std::shared_lock<std::shared_mutex> lock(mu_);
+      auto it = methods_.find(name);
+      if (it != methods_.end()) return it->second;
     }
-    if (in_flight != nullptr) in_flight->TryCancel();
-    if (waiting != nullptr) waiting->Cancel();
+    RetryMethod const method = describe(name);
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    if (methods_.size() < kMaxEntries) methods_.emplace(std::string(name), method);
+    return method;
   }
 
-  // The final result; read only after on_done ran.
-  grpc::Status const& status() const { return status_; }
-  grpc::ByteBuffer& response() { return response_; }
-  std::vector<std::pair<std::string, std::string>> const& initial_metadata() const {
-    return initial_metadata_;
+  std::size_t size() const {
+    std::shared_lock<std::shared_mutex> lock(mu_);
+    return methods_.size();
   }
-  std::vector<std::pair<std::string, std::string>> const& trailing_metadata() const {
-    return trailing_metadata_;
+
+  static RetryMethod describe(std::string_view name) {
+    RetryMethod method;
+    auto const* descriptor = find_method(name);
+    if (descriptor == nullptr) return method;
+    method.known = true;
+    method.declared_idempotent = declared_idempotent(descriptor);
+    auto const* field = descriptor->input_type()->FindFieldByName("request_id");
+    if (field != nullptr && !field->is_repeated() &&
+        field->type() == google::protobuf::FieldDescriptor::TYPE_STRING) {
+      method.request_id_field = field->number();
+    }
+    return method;
   }
 
  private:
-  void start_attempt() {
-    grpc::ClientContext* ctx = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (cancelled_) {
-        status_ = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the caller during retries");
-        done_ = true;
-      } else {
-        ++attempt_;
-        attempts_.push_back(std::make_unique<grpc::ClientContext>());
-        ctx = attempts_.back().get();
-        if (auto deadline = state_.next_attempt_deadline()) ctx->set_deadline(*deadline);
-        for (auto const& [key, value] : metadata_) ctx->AddMetadata(key, value);
-        if (attempt_ > 1) ctx->AddMetadata(kPreviousAttemptsKey, std::to_string(attempt_ - 1));
-        if (credentials_) ctx->set_credentials(credentials_);
-        ctx->set_compression_algorithm(compression_);
-        attempt_response_.Clear();
-        attempt_running_ = true;
-      }
-    }
-    // on_done re-enters the interceptor: never call it under our lock.
-    if (ctx == nullptr) return on_done_();
-    auto self = shared_from_this();
-    stub_.UnaryCall(ctx, method_, grpc::StubOptions(), &request_, &attempt_response_,
-                    [self, ctx](grpc::Status status) { self->on_attempt_done(ctx, std::move(status)); });
-  }
-
-  void on_attempt_done(grpc::ClientContext* ctx, grpc::Status status) {
-    AttemptOutcome outcome{std::move(status), std::nullopt};
-    if (!outcome.status.ok()) outcome.pushback_ms = parse_pushback(ctx->GetServerTrailingMetadata());
-    RetryDecision decision;
-    bool finished = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      attempt_running_ = false;
-      decision = state_.after_attempt(attempt_, outcome);
-      if (!decision.retry || cancelled_) {
-        // A cancel that raced the end of a failed attempt still reports
-        // CANCELLED, as gRPC does for a cancelled call.
-        if (cancelled_ && !outcome.status.ok()) {
-          outcome.status =
-              grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the caller during retries");
-        }
-        status_ = std::move(outcome.status);
-        response_ = attempt_response_;
-        copy(ctx->GetServerInitialMetadata(), &initial_metadata_);
-        copy(ctx->GetServerTrailingMetadata(), &trailing_metadata_);
-        done_ = finished = true;
-      }
-    }
-    if (finished) return on_done_();
-    wait_then_retry(decision.delay);
-  }
-
-  void wait_then_retry(std::chrono::milliseconds delay) {
-    // The timer holds only a weak reference: a strong one would keep the
-    // call alive through its own member (a cycle).
-    std::weak_ptr<RetryCall> weak = shared_from_this();
-    auto resume = [weak] {
-      if (auto self = weak.lock()) {
-        {
-          std::lock_guard<std::mutex> lock(self->mu_);
-          self->alarm_waiting_ = false;
-        }
-        self->start_attempt();
-      }
-    };
-    if (schedule_) return schedule_(delay, resume);
-    std::lock_guard<std::mutex> lock(mu_);
-    alarms_.push_back(std::make_unique<grpc::Alarm>());
-    alarm_waiting_ = true;
-    // A cancelled alarm fires at once (ok = false); start_attempt then sees
-    // the cancellation.
-    alarms_.back()->Set(std::chrono::system_clock::now() + delay, [resume](bool) { resume(); });
-  }
-
-  static void copy(std::multimap<grpc::string_ref, grpc::string_ref> const& from,
-                   std::vector<std::pair<std::string, std::string>>* to) {
-    to->clear();
-    for (auto const& [key, value] : from)
-      to->emplace_back(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
-  }
-
-  std::mutex mu_;
-  RetryState state_;
-  std::string const method_;
-  grpc::GenericStub stub_;
-  grpc::ByteBuffer request_;
-  std::vector<std::pair<std::string, std::string>> const metadata_;
-  std::shared_ptr<grpc::CallCredentials> const credentials_;
-  grpc_compression_algorithm const compression_;
-  std::function<void(std::chrono::milliseconds, std::function<void()>)> const schedule_;
-  std::function<void()> const on_done_;
-
-  int attempt_ = 0;
-  bool attempt_running_ = false;
-  bool cancelled_ = false;
-  bool done_ = false;
-  bool alarm_waiting_ = false;
-  std::vector<std::unique_ptr<grpc::ClientContext>> attempts_;  // kept: TryCancel stays safe
-  grpc::ByteBuffer attempt_response_;
-  // Kept, like attempts_: cancel() may hold a pointer to the last one while
-  // it fires and the next wait starts.
-  std::vector<std::unique_ptr<grpc::Alarm>> alarms_;
-
-  grpc::Status status_;
-  grpc::ByteBuffer response_;
-  std::vector<std::pair<std::string, std::string>> initial_metadata_;
-  std::vector<std::pair<std::string, std::string>> trailing_metadata_;
+  mutable std::shared_mutex mu_;
+  std::map<std::string, RetryMethod, std::less<>> methods_;
 };
 
-// What the factory knows about a method, looked up once per method.
-struct RetryMethod {
-  google::protobuf::MethodDescriptor const* descriptor = nullptr;
-  bool declared_idempotent = false;
-  bool has_request_id = false;  // the request type has a string request_id field
+// Whether the serialized message holds a non-empty length-delimited field
+// `number` at its top level (the last occurrence wins, as protobuf parses
+// it). Reads the wire format, so it works whatever type the caller's
+// message has (generated or ByteBuffer); malformed bytes give false.
+inline bool has_nonempty_field(grpc::ByteBuffer const& message, int number) {
+  using google::protobuf::internal::WireFormatLite;
+  grpc::ByteBuffer copy(message);  // shares the slices; the reader consumes its own
+  grpc::ProtoBufferReader reader(&copy);
+  google::protobuf::io::CodedInputStream input(&reader);
+  bool found = false;
+  while (std::uint32_t const tag = input.ReadTag()) {
+    if (WireFormatLite::GetTagFieldNumber(tag) == number &&
+        WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+      std::uint32_t length = 0;
+      if (!input.ReadVarint32(&length) || !input.Skip(static_cast<int>(length))) return false;
+      found = length > 0;
+    } else if (!WireFormatLite::SkipField(&input, tag)) {
+      return false;
+    }
+  }
+  return input.ConsumedEntireMessage() && found;
+}
+
+// What a call's `stubkit-retry` metadata asks for.
+struct RetryControl {
+  bool off = false;
+  std::optional<int> max_attempts;
+  std::string problem;  // a value this version does not understand
 };
 
+inline RetryControl parse_retry_control(std::string_view value) {
+  RetryControl control;
+  constexpr std::string_view kAttempts = "attempts=";
+  if (value == "off") {
+    control.off = true;
+  } else if (value.substr(0, kAttempts.size()) == kAttempts && value.size() > kAttempts.size() &&
+             value.size() <= kAttempts.size() + 4 &&
+             value.find_first_not_of("0123456789", kAttempts.size()) == std::string_view::npos) {
+    control.max_attempts = std::max(1, std::stoi(std::string(value.substr(kAttempts.size()))));
+  } else {
+    control.problem = std::string("metadata '") + kRetryControlKey + "' has the unknown value '" +
+                      std::string(value.substr(0, 64)) + "' (expected 'off' or 'attempts=N', N up to 9999)";
+  }
+  return control;
+}
+
+// One retried call: the attempts, the waits and the hand-over of the result.
+// Owned by the caller's ClientContext (through gRPC's ClientRpcInfo); see
+// "Ownership rule" at the top of this file.
 class RetryInterceptor final : public grpc::experimental::Interceptor {
  public:
   RetryInterceptor(grpc::experimental::ClientRpcInfo* info, RetryMethod method,
                    RetryInterceptorOptions const& options)
       : info_(info), method_(method), options_(options) {}
 
+  // The attempts' contexts, the alarms and the generic stub are destroyed
+  // here, on the thread that destroys the caller's context.
+  ~RetryInterceptor() override = default;
+
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
-    if (passthrough_) return methods->Proceed();
-    if (!started_) {
-      if (!methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
-        return methods->Proceed();
-      }
-      started_ = true;
+    // The cancel batch can come from any thread, at any time, even before
+    // the first batch (a context cancelled before its call began).
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_CANCEL)) {
+      on_cancel();
+      return methods->Proceed();
+    }
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      // The first batch: only it carries the initial metadata.
       if (!begin(methods)) {
-        passthrough_ = true;
+        std::lock_guard<std::mutex> lock(mu_);
+        phase_ = Phase::kPassThrough;
         return methods->Proceed();
       }
       return;  // held until the attempts are done; then Hijack()
-    }
-    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_CANCEL)) {
-      if (call_) call_->cancel();
-      return methods->Proceed();
     }
     bool const receives =
         methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_RECV_INITIAL_METADATA) ||
@@ -272,15 +271,19 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     // gRPC shows a receive batch to this interceptor twice: on its way down,
     // and, the call being hijacked, once more to have it filled. The first
     // batch is only seen the second way (after Hijack()).
-    bool second_visit;
+    bool second_visit = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      second_visit = methods == first_ || forwarded_.erase(methods) > 0;
-      if (!second_visit) {
-        forwarded_.insert(methods);
-        if (!finished_) {
-          held_ = methods;  // async and callback callers: proceeds once the result exists
-          return;
+      if (phase_ == Phase::kPassThrough) {
+        second_visit = false;
+      } else {
+        second_visit = methods == first_ || forwarded_.erase(methods) > 0;
+        if (!second_visit) {
+          forwarded_.insert(methods);
+          if (phase_ != Phase::kFinished) {
+            held_ = methods;  // async and callback callers: proceeds once the result exists
+            return;
+          }
         }
       }
     }
@@ -289,152 +292,333 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   }
 
  private:
-  // Takes the request and starts the attempts; false = do not retry this call.
+  enum class Phase {
+    kNotStarted,   // before the first batch
+    kPassThrough,  // not retried: every batch goes on untouched
+    kAttempt,      // an attempt is in flight (attempts_.back())
+    kDeciding,     // an attempt ended; its callback decides what next
+    kWaiting,      // waiting before the next attempt (an alarm or the user's schedule)
+    kFinished,     // the result is final; the caller's call is being completed
+  };
+
+  // The user's scheduler holds this, not the interceptor: `done` may run
+  // after the call ended (it was cancelled during the wait), when the
+  // interceptor is gone. Touches no gRPC object.
+  struct WaitToken {
+    std::mutex mu;
+    RetryInterceptor* owner;  // null once the wait is over (done ran, or the cancel claimed it)
+    explicit WaitToken(RetryInterceptor* o) : owner(o) {}
+    RetryInterceptor* claim() {
+      std::lock_guard<std::mutex> lock(mu);
+      return std::exchange(owner, nullptr);
+    }
+  };
+
+  // Takes the request and starts the attempts; false = do not retry this
+  // call (it goes on untouched).
   bool begin(grpc::experimental::InterceptorBatchMethods* methods) {
     using grpc::experimental::InterceptionHookPoints;
-    if (!methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_MESSAGE)) return false;
-    bool idempotent = method_.declared_idempotent;
-    if (!idempotent && method_.has_request_id) {
-      if (auto const* message = static_cast<google::protobuf::Message const*>(methods->GetSendMessage())) {
-        idempotent = has_idempotency_key(*message);
-      } else if (auto* serialized = methods->GetSerializedSendMessage()) {  // async callers
-        std::unique_ptr<google::protobuf::Message> request(
-            google::protobuf::MessageFactory::generated_factory()
-                ->GetPrototype(method_.descriptor->input_type())
-                ->New());
-        grpc::ByteBuffer copy(*serialized);
-        idempotent =
-            grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(&copy, request.get())
-                .ok() &&
-            has_idempotency_key(*request);
-      }
+    auto* send_metadata = methods->GetSendInitialMetadata();
+    std::optional<RetryControl> control;
+    if (auto it = send_metadata->find(kRetryControlKey); it != send_metadata->end()) {
+      control = parse_retry_control(it->second);
+      send_metadata->erase(it);
     }
-    if (!idempotent) return false;
-    auto* serialized = methods->GetSerializedSendMessage();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cancelled_) return false;  // gRPC ends the call CANCELLED; never attempted
+    }
+    if (control && control->off) return false;
+    if (!methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_MESSAGE)) return false;
+    grpc::ByteBuffer* serialized = methods->GetSerializedSendMessage();
     if (serialized == nullptr) return false;
+
+    first_ = methods;
+    if (control && !control->problem.empty()) {
+      // Refused before anything is sent: a typo must not silently retry.
+      finish_early(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, control->problem));
+      return true;
+    }
+    bool const idempotent =
+        method_.declared_idempotent ||
+        (method_.request_id_field != 0 && has_nonempty_field(*serialized, method_.request_id_field));
+    if (!idempotent) {
+      first_ = nullptr;
+      return false;
+    }
 
     RetryPlan plan;
     plan.policy = options_.policy;
+    if (control && control->max_attempts) plan.policy.max_attempts = *control->max_attempts;
     plan.idempotent = true;
-    auto* ctx = info_->client_context();
+    grpc::ClientContext* ctx = info_->client_context();
     if (ctx->deadline() != std::chrono::system_clock::time_point::max()) plan.deadline = ctx->deadline();
     plan.throttle = options_.throttle;
     plan.on_retry = options_.on_retry;
     plan.clock = options_.clock;
+    state_.emplace(std::move(plan));
 
-    std::vector<std::pair<std::string, std::string>> metadata;
-    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
-      for (auto const& kv : *methods->GetSendInitialMetadata()) metadata.push_back(kv);
-    }
-    first_ = methods;
-    std::shared_ptr<grpc::ChannelInterface> channel = methods->GetInterceptedChannel();
-    call_ = std::make_shared<RetryCall>(std::move(plan), info_->method(), std::move(channel), *serialized,
-                                        std::move(metadata), ctx->credentials(), ctx->compression_algorithm(),
-                                        options_.schedule, [this] { finish(); });
-    call_->start();
+    metadata_.assign(send_metadata->begin(), send_metadata->end());
+    credentials_ = ctx->credentials();
+    compression_ = ctx->compression_algorithm();
+    request_ = *serialized;
+    stub_ = std::make_unique<grpc::GenericStub>(
+        std::shared_ptr<grpc::ChannelInterface>(methods->GetInterceptedChannel()));
+    start_attempt();
     return true;
+  }
+
+  // Starts the next attempt, or ends the call when it was cancelled.
+  void start_attempt() {
+    auto deadline = state_->next_attempt_deadline();
+    if (auto* failed = std::get_if<grpc::Status>(&deadline)) return finish_early(*failed);
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    if (auto const& when = std::get<0>(deadline)) ctx->set_deadline(*when);
+    for (auto const& [key, value] : metadata_) ctx->AddMetadata(key, value);
+    if (attempt_ > 0) ctx->AddMetadata(kPreviousAttemptsKey, std::to_string(attempt_));
+    if (credentials_) ctx->set_credentials(credentials_);
+    ctx->set_compression_algorithm(compression_);
+    attempt_response_.Clear();
+    grpc::ClientContext* const attempt = ctx.get();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!cancelled_) {
+        ++attempt_;
+        attempts_.push_back(std::move(ctx));  // kept until the caller's context dies: TryCancel stays safe
+        phase_ = Phase::kAttempt;
+      }
+    }
+    if (ctx) return finish_early(cancelled_status());  // not published: the caller cancelled first
+    stub_->UnaryCall(attempt, info_->method(), grpc::StubOptions(), &request_, &attempt_response_,
+                     [this, attempt](grpc::Status status) { on_attempt_done(attempt, std::move(status)); });
+  }
+
+  // An attempt ended (on a gRPC thread): decide, then wait, retry or finish.
+  void on_attempt_done(grpc::ClientContext* attempt, grpc::Status status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      phase_ = Phase::kDeciding;
+    }
+    AttemptOutcome outcome{std::move(status), std::nullopt};
+    if (!outcome.status.ok()) outcome.pushback_ms = parse_pushback(attempt->GetServerTrailingMetadata());
+    RetryDecision decision = state_->after_attempt(attempt_, outcome);  // user code: no lock held
+    std::shared_ptr<WaitToken> token;
+    bool finished = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!decision.retry || cancelled_) {
+        if (decision.status) {
+          outcome.status = std::move(*decision.status);
+        } else if (cancelled_ && !outcome.status.ok()) {
+          // A cancel that raced the end of a failed attempt still reports
+          // CANCELLED, as gRPC does for a cancelled call.
+          outcome.status = cancelled_status();
+        }
+        status_ = std::move(outcome.status);
+        if (status_.ok()) response_ = attempt_response_;
+        copy(attempt->GetServerInitialMetadata(), &initial_metadata_);
+        copy(attempt->GetServerTrailingMetadata(), &trailing_metadata_);
+        phase_ = Phase::kFinished;
+        finished = true;
+      } else {
+        phase_ = Phase::kWaiting;
+        if (options_.schedule) {
+          token = wait_token_ = std::make_shared<WaitToken>(this);
+        } else {
+          // Set under the lock, so the cancel path never cancels an alarm
+          // that is not set (gRPC forbids it); the callback runs on gRPC's
+          // executor, never inside Set. A cancelled alarm fires at once
+          // with ok = false; the next attempt then sees the cancel.
+          alarms_.push_back(std::make_unique<grpc::Alarm>());
+          alarms_.back()->Set(detail::saturating_add(std::chrono::system_clock::now(), decision.delay),
+                              [this](bool) { start_attempt(); });
+        }
+      }
+    }
+    if (finished) return complete();
+    if (!token) return;  // the alarm owns the call now
+    // The user's scheduler, with no lock held. `done` keeps only the token.
+    auto done = [token] {
+      if (RetryInterceptor* self = token->claim()) self->start_attempt();
+    };
+    try {
+      options_.schedule(decision.delay, std::move(done));
+    } catch (...) {
+      // Unless `done` already ran (and so owns the call now), end it here.
+      if (RetryInterceptor* self = token->claim()) {
+        self->finish_early(callback_threw("the retry schedule", std::current_exception()));
+      }
+    }
+  }
+
+  // The caller cancelled: stop what is in flight. The call then ends through
+  // the path that owns it (the attempt's callback, the alarm's), or here
+  // when a user scheduler holds it.
+  void on_cancel() {
+    grpc::ClientContext* in_flight = nullptr;
+    grpc::Alarm* alarm = nullptr;
+    std::shared_ptr<WaitToken> token;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cancelled_) return;
+      cancelled_ = true;
+      switch (phase_) {
+        case Phase::kAttempt:
+          in_flight = attempts_.back().get();
+          break;
+        case Phase::kWaiting:
+          if (wait_token_) {
+            token = wait_token_;
+          } else if (!alarms_.empty()) {
+            alarm = alarms_.back().get();
+          }
+          break;
+        default:  // not started, passing through, deciding (sees the flag) or finished
+          break;
+      }
+    }
+    // gRPC objects are called with no stubkit lock held (the cancel reaches
+    // interceptors after this one, which are user code). They stay alive:
+    // the caller's call, which owns them, cannot complete before this
+    // interceptor completes it.
+    if (in_flight != nullptr) in_flight->TryCancel();
+    if (alarm != nullptr) alarm->Cancel();
+    if (token && token->claim() != nullptr) {
+      // The user's scheduler may never run `done`: end the call from a gRPC
+      // thread rather than from inside the caller's TryCancel.
+      wake_ = std::make_unique<grpc::Alarm>();
+      wake_->Set(std::chrono::system_clock::now(), [this](bool) { finish_early(cancelled_status()); });
+    }
+  }
+
+  // Ends the call with `status` without (further) attempts.
+  void finish_early(grpc::Status status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      status_ = std::move(status);
+      phase_ = Phase::kFinished;
+    }
+    complete();
   }
 
   // The attempts are over: hijack the caller's call and hand it the result.
   // Nothing of `this` is touched after the batches proceed: the caller may
   // then destroy its context, and this interceptor with it.
-  void finish() {
+  void complete() {
     grpc::experimental::InterceptorBatchMethods* held;
-    grpc::experimental::InterceptorBatchMethods* first;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      finished_ = true;
-      held = held_;
-      held_ = nullptr;
-      first = first_;
+      held = std::exchange(held_, nullptr);
     }
+    grpc::experimental::InterceptorBatchMethods* const first = first_;
     first->Hijack();                       // gRPC re-enters Intercept for the first batch's receive ops
     if (held != nullptr) held->Proceed();  // and then asks for the held batch's
   }
 
   void fill(grpc::experimental::InterceptorBatchMethods* methods) {
     using grpc::experimental::InterceptionHookPoints;
-    auto call = call_;
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_RECV_INITIAL_METADATA)) {
       auto* map = methods->GetRecvInitialMetadata();
-      for (auto const& [key, value] : call->initial_metadata()) map->emplace(key, value);
+      for (auto const& [key, value] : initial_metadata_) map->emplace(key, value);
     }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_RECV_MESSAGE)) {
       auto* message = static_cast<google::protobuf::Message*>(methods->GetRecvMessage());
       bool parsed = false;
-      if (call->status().ok() && message != nullptr) {
-        parsed = grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(
-                     &call->response(), message)
-                     .ok();
+      if (status_.ok() && message != nullptr) {
+        parsed =
+            grpc::GenericDeserialize<grpc::ProtoBufferReader, google::protobuf::Message>(&response_, message)
+                .ok();
       }
       if (!parsed) methods->FailHijackedRecvMessage();
     }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_RECV_STATUS)) {
       auto* map = methods->GetRecvTrailingMetadata();
-      for (auto const& [key, value] : call->trailing_metadata()) map->emplace(key, value);
-      *methods->GetRecvStatus() = call->status();
+      for (auto const& [key, value] : trailing_metadata_) map->emplace(key, value);
+      *methods->GetRecvStatus() = status_;
     }
     methods->Proceed();
   }
 
-  grpc::experimental::ClientRpcInfo* info_;
+  static grpc::Status cancelled_status() {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the caller during retries");
+  }
+
+  static void copy(std::multimap<grpc::string_ref, grpc::string_ref> const& from,
+                   std::vector<std::pair<std::string, std::string>>* to) {
+    to->clear();
+    for (auto const& [key, value] : from)
+      to->emplace_back(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+  }
+
+  grpc::experimental::ClientRpcInfo* const info_;
   RetryMethod const method_;
   RetryInterceptorOptions const& options_;
-  bool passthrough_ = false;
-  bool started_ = false;
+
+  // Under mu_: what the cancel path and the receive batches read.
   std::mutex mu_;
-  bool finished_ = false;
+  Phase phase_ = Phase::kNotStarted;
+  bool cancelled_ = false;
   std::set<grpc::experimental::InterceptorBatchMethods*> forwarded_;
-  grpc::experimental::InterceptorBatchMethods* first_ = nullptr;
   grpc::experimental::InterceptorBatchMethods* held_ = nullptr;
-  std::shared_ptr<RetryCall> call_;
+  std::vector<std::unique_ptr<grpc::ClientContext>> attempts_;
+  std::vector<std::unique_ptr<grpc::Alarm>>
+      alarms_;  // kept, like attempts_: the cancel path may hold the last
+  std::shared_ptr<WaitToken> wait_token_;
+
+  // The attempt driver's: written in begin(), then by one thread at a time
+  // (see "Threads and locks" above).
+  grpc::experimental::InterceptorBatchMethods* first_ = nullptr;
+  std::optional<RetryState> state_;
+  std::vector<std::pair<std::string, std::string>> metadata_;
+  std::shared_ptr<grpc::CallCredentials> credentials_;
+  grpc_compression_algorithm compression_ = GRPC_COMPRESS_NONE;
+  grpc::ByteBuffer request_;
+  std::unique_ptr<grpc::GenericStub> stub_;
+  std::unique_ptr<grpc::Alarm> wake_;
+  int attempt_ = 0;
+  grpc::ByteBuffer attempt_response_;
+
+  // The result; final once phase_ is kFinished, read by fill().
+  grpc::Status status_;
+  grpc::ByteBuffer response_;
+  std::vector<std::pair<std::string, std::string>> initial_metadata_;
+  std::vector<std::pair<std::string, std::string>> trailing_metadata_;
 };
 
 }  // namespace detail
 
 /// Creates retry interceptors for the calls of one channel; see the top of
 /// this file. Thread-safe; must outlive the channel (gRPC owns it when
-/// passed to CreateCustomChannelWithInterceptors).
+/// passed to CreateCustomChannelWithInterceptors). Throws
+/// std::invalid_argument for an unusable policy (check
+/// RetryPolicy::problem() first to avoid the exception).
 class RetryInterceptorFactory final : public grpc::experimental::ClientInterceptorFactoryInterface {
  public:
-  explicit RetryInterceptorFactory(RetryInterceptorOptions options = {}) : options_(std::move(options)) {}
+  explicit RetryInterceptorFactory(RetryInterceptorOptions options = {}) : options_(std::move(options)) {
+    if (auto problem = options_.policy.problem(); !problem.empty()) {
+      throw std::invalid_argument("stubkit::retry_interceptor: invalid RetryPolicy: " + problem);
+    }
+  }
 
   grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo* info) override {
     if (info->type() != grpc::experimental::ClientRpcInfo::Type::UNARY) return nullptr;
-    detail::RetryMethod const method = lookup(info->method());
-    if (method.descriptor == nullptr || (!method.declared_idempotent && !method.has_request_id))
-      return nullptr;
+    detail::RetryMethod const method = methods_.lookup(info->method());
+    if (!method.known || (!method.declared_idempotent && method.request_id_field == 0)) return nullptr;
     return new detail::RetryInterceptor(info, method, options_);
   }
 
- private:
-  // Method names are the generated stubs' static strings: cache by address.
-  detail::RetryMethod lookup(char const* name) {
-    {
-      std::shared_lock<std::shared_mutex> lock(mu_);
-      auto it = methods_.find(name);
-      if (it != methods_.end()) return it->second;
-    }
-    detail::RetryMethod method;
-    method.descriptor = find_method(name);
-    if (method.descriptor != nullptr) {
-      method.declared_idempotent = declared_idempotent(method.descriptor);
-      auto const* field = method.descriptor->input_type()->FindFieldByName("request_id");
-      method.has_request_id = field != nullptr && !field->is_repeated() &&
-                              field->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_STRING;
-    }
-    std::unique_lock<std::shared_mutex> lock(mu_);
-    methods_.emplace(name, method);
-    return method;
-  }
+  /// How many method names the factory has facts for (bounded by
+  /// detail::MethodTable::kMaxEntries).
+  std::size_t methods_known() const { return methods_.size(); }
 
+ private:
   RetryInterceptorOptions const options_;
-  std::shared_mutex mu_;
-  std::unordered_map<char const*, detail::RetryMethod> methods_;
+  detail::MethodTable methods_;
 };
 
 /// A retry interceptor factory, ready for CreateCustomChannelWithInterceptors
-/// or InProcessChannelWithInterceptors.
+/// or InProcessChannelWithInterceptors. Throws std::invalid_argument for an
+/// unusable policy.
 inline std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface> retry_interceptor(
     RetryInterceptorOptions options = {}) {
   return std::make_unique<RetryInterceptorFactory>(std::move(options));

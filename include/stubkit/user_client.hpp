@@ -94,14 +94,16 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
         : stub(s),
           options(std::move(o)),
           backoff(options.policy, options.clock.random01),
-          last_sequence(options.after_sequence) {}
+          last_sequence(options.after_sequence),
+          policy_problem(options.policy.problem()) {}
     myservice::v1::UserService::StubInterface& stub;
     ResumableWatchOptions options;
     Backoff backoff;
     std::int64_t last_sequence;
     int connections = 0;
     int failures_in_a_row = 0;
-    std::mutex mu;  // guards ctx against cancel()
+    std::string policy_problem;  // an unusable policy ends the range at once with INVALID_ARGUMENT
+    std::mutex mu;               // guards ctx against cancel()
     bool cancelled = false;
     std::unique_ptr<grpc::ClientContext> ctx;
     std::unique_ptr<grpc::ClientReaderInterface<UserEvent>> reader;
@@ -115,6 +117,13 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
   void advance() {
     auto& s = *state_;
     s.current.reset();
+    if (!s.policy_problem.empty()) {
+      s.current.emplace(
+          Error(grpc::StatusCode::INVALID_ARGUMENT, "invalid RetryPolicy: " + s.policy_problem));
+      s.policy_problem.clear();
+      s.done = true;
+      return;
+    }
     while (!s.done) {
       if (!s.reader && !connect()) return;
       UserEvent event;
