@@ -4,11 +4,15 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -190,6 +194,107 @@ TEST_SUITE("channel") {
     CHECK_MESSAGE(status.ok(), status.error_message());
     CHECK(server.faults().calls("GetUser") == 2);
     CHECK(asked == 2);  // once per attempt
+  }
+
+  TEST_CASE("tokens go in plaintext only to this machine unless the caller opts in") {
+    using stubkit::detail::is_local_target;
+    for (char const* local : {"localhost:50051", "127.0.0.1:1", "127.5.0.9:80", "[::1]:50051", "::1",
+                              "ipv4:127.0.0.1:1,127.0.0.2:2", "ipv6:[::1]:5", "dns:///localhost:50051",
+                              "unix:/tmp/socket", "unix-abstract:name"}) {
+      CHECK_MESSAGE(is_local_target(local), local);
+    }
+    for (char const* remote :
+         {"10.0.0.1:50051", "example.com:443", "ipv4:127.0.0.1:1,10.0.0.2:2", "dns:///api.example.com:443",
+          "xds:///service", "127.0.0.1.example.com:1", "[2001:db8::1]:50051", ""}) {
+      CHECK_FALSE_MESSAGE(is_local_target(remote), remote);
+    }
+
+    stubkit::ChannelOptions options;
+    options.bearer_token = "s3cret-value";
+    try {
+      stubkit::make_channel("10.0.0.1:50051", options);
+      FAIL("make_channel sent a token in plaintext to a remote target");
+    } catch (std::invalid_argument const& e) {
+      CHECK(std::string(e.what()).find("plaintext") != std::string::npos);
+      CHECK(std::string(e.what()).find("s3cret") == std::string::npos);  // the token is never shown
+    }
+    options.allow_insecure_token = true;
+    CHECK(stubkit::make_channel("10.0.0.1:50051", options) != nullptr);
+    options.allow_insecure_token = false;
+    options.tls = stubkit::TlsOptions{};
+    CHECK(stubkit::make_channel("10.0.0.1:50051", options) != nullptr);
+  }
+
+  TEST_CASE("a token provider that throws or blocks fails the call, and nothing is sent") {
+    stubkit::testing::EmbeddedServerOptions server_options = tcp_options();
+    server_options.service.token = "t0ken";
+    stubkit::testing::EmbeddedServer server(server_options);
+    server.service().preload(1);
+    User user;
+    SUBCASE("throws: UNAUTHENTICATED, naming the provider") {
+      stubkit::ChannelOptions options;
+      options.token_provider = []() -> std::string { throw std::runtime_error("vault unreachable"); };
+      auto stub = UserService::NewStub(stubkit::make_channel(server.address(), options));
+      auto status = stub->GetUser(context().get(), get_request("u00000001"), &user);
+      CHECK(status.error_code() == StatusCode::UNAUTHENTICATED);
+      CHECK(status.error_message().find("vault unreachable") != std::string::npos);
+    }
+    SUBCASE("blocks: DEADLINE_EXCEEDED at the call's deadline, UNAUTHENTICATED after token_timeout") {
+      std::mutex mu;
+      std::condition_variable cv;
+      bool release = false;
+      stubkit::ChannelOptions options;
+      options.token_timeout = 300ms;
+      options.token_provider = [&] {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait_for(lock, 20s, [&] { return release; });
+        return std::string("t0ken");
+      };
+      {
+        auto stub = UserService::NewStub(stubkit::make_channel(server.address(), options));
+        auto const start = std::chrono::steady_clock::now();
+        auto status = stub->GetUser(context(200ms).get(), get_request("u00000001"), &user);
+        CHECK(status.error_code() == StatusCode::DEADLINE_EXCEEDED);
+        CHECK(status.error_message().find("token provider") != std::string::npos);
+        grpc::ClientContext no_deadline;
+        status = stub->GetUser(&no_deadline, get_request("u00000001"), &user);
+        CHECK(status.error_code() == StatusCode::UNAUTHENTICATED);
+        CHECK(std::chrono::steady_clock::now() - start < 10s);
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          release = true;
+        }
+        cv.notify_all();
+      }  // the channel waits for its provider's thread here
+    }
+    CHECK(server.faults().calls("GetUser") == 0);
+  }
+
+  TEST_CASE("a token with an expiry is kept until shortly before it; an expired one is fetched again") {
+    stubkit::testing::EmbeddedServerOptions server_options = tcp_options();
+    server_options.service.token = "t0ken";
+    stubkit::testing::EmbeddedServer server(server_options);
+    server.service().preload(1);
+    std::atomic<int> asked{0};
+    stubkit::ChannelOptions options;
+    options.expiring_token_provider = [&] {
+      ++asked;
+      return stubkit::BearerToken{"t0ken", std::chrono::system_clock::now() + 1h};
+    };
+    auto stub = UserService::NewStub(stubkit::make_channel(server.address(), options));
+    User user;
+    for (int i = 0; i < 5; ++i) CHECK(stub->GetUser(context().get(), get_request("u00000001"), &user).ok());
+    CHECK(asked == 1);
+
+    asked = 0;  // now tokens arrive already expired: never reused
+    options.expiring_token_provider = [&] {
+      ++asked;
+      return stubkit::BearerToken{"t0ken", std::chrono::system_clock::now() - 1s};
+    };
+    auto expired = UserService::NewStub(stubkit::make_channel(server.address(), options));
+    for (int i = 0; i < 3; ++i)
+      CHECK(expired->GetUser(context().get(), get_request("u00000001"), &user).ok());
+    CHECK(asked == 3);
   }
 
   TEST_CASE("a 5 MB request fails under gRPC's default 4 MB limit and passes when both sides raise it") {

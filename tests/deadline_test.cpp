@@ -10,6 +10,7 @@
 #include <optional>
 #include <thread>
 
+#include "stubkit/retry_interceptor.hpp"
 #include "support.hpp"
 
 using namespace stubkit_tests;
@@ -24,6 +25,7 @@ class Front final : public UserService::Service {
  public:
   explicit Front(std::shared_ptr<grpc::Channel> backend)
       : backend_(UserService::NewStub(std::move(backend))) {}
+  Front(Front const&) = delete;
 
   grpc::Status GetUser(grpc::ServerContext* ctx, myservice::v1::GetUserRequest const* request,
                        User* response) override {
@@ -57,13 +59,22 @@ class Front final : public UserService::Service {
 };
 
 struct Chain {
-  Chain() : front(backend.server.channel()) {
+  // The front calls the back end on a plain channel, or on a retrying one.
+  explicit Chain(bool retrying = false)
+      : front(retrying ? backend.server.channel(retry_interceptors()) : backend.server.channel()) {
     grpc::ServerBuilder builder;
     builder.RegisterService(&front);
     server = builder.BuildAndStart();
     stub = UserService::NewStub(server->InProcessChannel({}));
   }
   ~Chain() { server->Shutdown(std::chrono::system_clock::now() + 1s); }
+
+  static std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>
+  retry_interceptors() {
+    std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+    interceptors.push_back(stubkit::retry_interceptor());
+    return interceptors;
+  }
 
   ServerFixture backend;
   Front front;
@@ -105,8 +116,11 @@ TEST_SUITE("deadline") {
     CHECK(chain.backend.server.service().cancelled_calls() == 1);
   }
 
-  TEST_CASE("cancelling the client's call cancels the downstream call") {
-    Chain chain;
+  TEST_CASE("cancelling the client's call cancels the downstream call, also through the retry interceptor") {
+    bool retrying = false;
+    SUBCASE("plain channel") { retrying = false; }
+    SUBCASE("retrying channel: attempts keep the parent call") { retrying = true; }
+    Chain chain(retrying);
     chain.backend.server.faults().add_latency("GetUser", 10s);
     auto ctx = context(30s);
     std::thread canceller([&] {
@@ -114,6 +128,7 @@ TEST_SUITE("deadline") {
       ctx->TryCancel();
     });
     User user;
+    auto const start = std::chrono::steady_clock::now();
     auto status = chain.stub->GetUser(ctx.get(), get_request("ada"), &user);
     canceller.join();
     CHECK(status.error_code() == StatusCode::CANCELLED);
@@ -121,6 +136,8 @@ TEST_SUITE("deadline") {
       std::this_thread::sleep_for(2ms);
     }
     CHECK(chain.backend.server.service().cancelled_calls() == 1);
+    CHECK(std::chrono::steady_clock::now() - start < 5s);  // not the back end's 10 s
+    CHECK(chain.backend.server.faults().calls("GetUser") == 1);
   }
 
   TEST_CASE("less than min_remaining left fails with Insufficient time and no downstream call") {

@@ -56,25 +56,33 @@ struct SentKeys {
   std::mutex mu;
   std::vector<std::string> keys;
 
+  std::vector<std::string> methods;  // the method name each call had when its status arrived
+
   class Interceptor final : public grpc::experimental::Interceptor {
    public:
-    explicit Interceptor(SentKeys* sink) : sink_(sink) {}
+    Interceptor(SentKeys* sink, grpc::experimental::ClientRpcInfo* info) : sink_(sink), info_(info) {}
     void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-      if (methods->QueryInterceptionHookPoint(
-              grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      using grpc::experimental::InterceptionHookPoints;
+      if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
         std::lock_guard<std::mutex> lock(sink_->mu);
         for (auto const& kv : *methods->GetSendInitialMetadata()) sink_->keys.push_back(kv.first);
+      }
+      if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_STATUS)) {
+        std::lock_guard<std::mutex> lock(sink_->mu);
+        sink_->methods.push_back(info_->method());  // still valid: the name must outlive the call
       }
       methods->Proceed();
     }
 
    private:
     SentKeys* sink_;
+    grpc::experimental::ClientRpcInfo* info_;
   };
   struct Factory final : grpc::experimental::ClientInterceptorFactoryInterface {
     explicit Factory(SentKeys* sink) : sink_(sink) {}
-    grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo*) override {
-      return new Interceptor(sink_);
+    grpc::experimental::Interceptor* CreateClientInterceptor(
+        grpc::experimental::ClientRpcInfo* info) override {
+      return new Interceptor(sink_, info);
     }
     SentKeys* sink_;
   };
@@ -301,6 +309,135 @@ TEST_SUITE("retry_interceptor") {
     ctx->TryCancel();
     reader->Finish();
   }
+  TEST_CASE("reactor calls are retried, their receive batch held until the result exists") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    Recorded recorded;
+    auto stub = UserService::NewStub(f.server.channel(with(recorded.options())));
+
+    struct Reactor final : grpc::ClientUnaryReactor {
+      std::promise<grpc::Status> done;
+      void OnDone(grpc::Status const& s) override { done.set_value(s); }
+    };
+    auto run = [&](grpc::ClientContext* ctx, User* user) {
+      Reactor reactor;
+      auto request = get_request("ada");
+      stub->async()->GetUser(ctx, &request, user, &reactor);
+      reactor.StartCall();
+      auto future = reactor.done.get_future();
+      REQUIRE(future.wait_for(10s) == std::future_status::ready);
+      return future.get();
+    };
+
+    f.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
+    User user;
+    auto ok = run(context().get(), &user);
+    CHECK(ok.ok());
+    CHECK(user.email() == "ada@example.com");
+    CHECK(f.server.faults().calls("GetUser") == 3);
+
+    f.server.faults().fail_next("GetUser", 10, StatusCode::UNAVAILABLE, "down");
+    User none;
+    auto const start = std::chrono::steady_clock::now();
+    auto failed = run(context(30s).get(), &none);
+    CHECK(failed.error_code() == StatusCode::UNAVAILABLE);
+    CHECK(std::chrono::steady_clock::now() - start < kPromptly);  // not the deadline
+    CHECK(none.id().empty());
+
+    auto typo = context();
+    typo->AddMetadata(stubkit::kRetryControlKey, "sometimes");
+    CHECK(run(typo.get(), &none).error_code() == StatusCode::INVALID_ARGUMENT);
+  }
+
+  TEST_CASE("completion-queue calls with ReadInitialMetadata then Finish are retried, in either order") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    Recorded recorded;
+    auto options = recorded.options();
+    options.throttle = nullptr;  // the failing rounds would close it
+    auto stub = UserService::NewStub(f.server.channel(with(options)));
+    for (bool wait_for_metadata_first : {false, true}) {
+      CAPTURE(wait_for_metadata_first);
+      for (int failures : {1, 10}) {
+        CAPTURE(failures);
+        f.server.faults().clear();
+        f.server.faults().fail_next("GetUser", failures, StatusCode::UNAVAILABLE);
+        grpc::CompletionQueue cq;
+        auto ctx = context(30s);
+        auto const start = std::chrono::steady_clock::now();
+        auto reader = stub->AsyncGetUser(ctx.get(), get_request("ada"), &cq);
+        reader->ReadInitialMetadata(reinterpret_cast<void*>(1));
+        void* tag = nullptr;
+        bool ok = false;
+        if (wait_for_metadata_first) {
+          REQUIRE(cq.Next(&tag, &ok));
+          CHECK(tag == reinterpret_cast<void*>(1));
+        }
+        User user;
+        grpc::Status status;
+        reader->Finish(&user, &status, reinterpret_cast<void*>(2));
+        for (;;) {
+          REQUIRE(cq.Next(&tag, &ok));
+          if (tag == reinterpret_cast<void*>(2)) break;
+        }
+        if (failures == 1) {
+          CHECK(status.ok());
+          CHECK(user.email() == "ada@example.com");
+        } else {
+          CHECK(status.error_code() == StatusCode::UNAVAILABLE);  // the last attempt's, not OK or a timeout
+          CHECK(user.id().empty());
+        }
+        CHECK(std::chrono::steady_clock::now() - start < kPromptly);
+        cq.Shutdown();
+        while (cq.Next(&tag, &ok)) {
+        }
+      }
+    }
+  }
+
+  TEST_CASE("a factory before this one that declines a call does not make attempts recurse") {
+    struct Declines final : grpc::experimental::ClientInterceptorFactoryInterface {
+      grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo*) override {
+        return nullptr;
+      }
+    };
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    Recorded recorded;
+    SentKeys later;
+    Interceptors interceptors;
+    interceptors.push_back(std::make_unique<Declines>());
+    interceptors.push_back(stubkit::retry_interceptor(recorded.options()));
+    interceptors.push_back(std::make_unique<SentKeys::Factory>(&later));
+    auto stub = UserService::NewStub(f.server.channel(std::move(interceptors)));
+    f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
+    User user;
+    auto status = stub->GetUser(context().get(), get_request("ada"), &user);
+    REQUIRE_MESSAGE(status.ok(), status.error_message());
+    CHECK(f.server.faults().calls("GetUser") == 2);
+    std::lock_guard<std::mutex> lock(later.mu);
+    // Each attempt passed the later interceptor once, and kept its method name.
+    CHECK(later.methods == std::vector<std::string>(2, "/myservice.v1.UserService/GetUser"));
+  }
+
+  TEST_CASE("attempts keep the caller's wait_for_ready") {
+    // Nothing listens on port 1: fail-fast attempts end UNAVAILABLE at once,
+    // waiting ones wait for the deadline.
+    stubkit::RetryInterceptorOptions options;
+    options.policy.max_attempts = 2;
+    options.policy.initial_backoff = 1ms;
+    auto stub = UserService::NewStub(grpc::experimental::CreateCustomChannelWithInterceptors(
+        "127.0.0.1:1", grpc::InsecureChannelCredentials(), grpc::ChannelArguments(), with(options)));
+    User user;
+    auto fail_fast = context(2s);
+    CHECK(stub->GetUser(fail_fast.get(), get_request("ada"), &user).error_code() == StatusCode::UNAVAILABLE);
+    auto waiting = context(300ms);
+    waiting->set_wait_for_ready(true);
+    CHECK(stubkit::detail::waits_for_ready(*waiting));
+    CHECK(stub->GetUser(waiting.get(), get_request("ada"), &user).error_code() ==
+          StatusCode::DEADLINE_EXCEEDED);
+  }
+
   TEST_CASE("a context cancelled before its call began is never attempted") {
     ServerFixture f;
     Recorded recorded;

@@ -15,15 +15,23 @@
 #include <grpcpp/support/client_interceptor.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "stubkit/detail/time.hpp"
 #include "stubkit/retry.hpp"
 #include "stubkit/retry_interceptor.hpp"
 #include "stubkit/status.hpp"
@@ -38,6 +46,13 @@ struct TlsOptions {
   std::string client_private_key;
   /// Expect this name in the server's certificate instead of the target's host.
   std::string server_name_override;
+};
+
+/// A bearer token and until when it may be sent (time_point::max() = no
+/// expiry known).
+struct BearerToken {
+  std::string value;
+  std::chrono::system_clock::time_point valid_until = std::chrono::system_clock::time_point::max();
 };
 
 /// Everything make_channel can set. Defaults follow the reference client:
@@ -69,9 +84,25 @@ struct ChannelOptions {
   std::optional<RetryInterceptorOptions> retry;
   /// A fixed bearer token sent as `authorization: Bearer <token>` on every call.
   std::string bearer_token;
-  /// Or a provider, asked on every call (and every retry attempt), so it can
-  /// refresh; it wins over bearer_token. Never logged by stubkit.
+  /// Or a provider, asked for every call (and every retry attempt), so it
+  /// can refresh; it wins over bearer_token. Never logged by stubkit.
   std::function<std::string()> token_provider;
+  /// Or a provider that says how long its token is valid: the token is kept
+  /// and sent until `token_refresh_margin` before it expires, and refreshed
+  /// in the background from then on. Wins over both above.
+  std::function<BearerToken()> expiring_token_provider;
+  std::chrono::milliseconds token_refresh_margin{30000};
+  /// Providers run on a thread of the channel's, never on the caller's or
+  /// gRPC's: a call waits for its token until its deadline (then
+  /// DEADLINE_EXCEEDED) or, without one, this long (then UNAUTHENTICATED).
+  /// A provider that throws fails the calls waiting for it with
+  /// UNAUTHENTICATED. A provider still running when the channel is
+  /// destroyed is waited for.
+  std::chrono::milliseconds token_timeout{10000};
+  /// Bearer tokens go only to loopback or unix-socket targets unless the
+  /// channel uses TLS: over plaintext to anywhere else make_channel throws
+  /// std::invalid_argument, unless this is set.
+  bool allow_insecure_token = false;
   /// TLS; unset = plaintext.
   std::optional<TlsOptions> tls;
   /// Further interceptors, run after stubkit's.
@@ -81,37 +112,223 @@ struct ChannelOptions {
 
 namespace detail {
 
+// Whether every address of `target` is on this machine: a unix socket,
+// localhost, 127.0.0.0/8 or ::1 (with or without a scheme such as dns:///,
+// ipv4: or ipv6:). Anything else counts as remote.
+inline bool is_local_target(std::string_view target) {
+  auto starts = [&](std::string_view prefix) { return target.substr(0, prefix.size()) == prefix; };
+  if (starts("unix:") || starts("unix-abstract:")) return true;
+  auto local_host = [](std::string_view address) {
+    std::string_view host = address;
+    if (!host.empty() && host.front() == '[') {
+      host = host.substr(1, host.find(']') == std::string_view::npos ? host.size() : host.find(']') - 1);
+    } else if (host.find(':') != host.rfind(':')) {
+      // a bare IPv6 address (no port)
+    } else if (auto colon = host.rfind(':'); colon != std::string_view::npos) {
+      host = host.substr(0, colon);
+    }
+    return host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1" ||
+           (host.substr(0, 4) == "127." && host.find_first_not_of("0123456789.") == std::string_view::npos);
+  };
+  std::string_view list = target;
+  if (starts("ipv4:") || starts("ipv6:")) {
+    list = target.substr(5);
+  } else if (starts("dns:")) {
+    list = target.substr(target.rfind('/') == std::string_view::npos ? 4 : target.rfind('/') + 1);
+  } else if (target.find("://") != std::string_view::npos || starts("xds:")) {
+    return false;
+  }
+  if (list.empty()) return false;
+  for (std::size_t start = 0; start <= list.size();) {
+    std::size_t const comma = std::min(list.find(',', start), list.size());
+    if (!local_host(list.substr(start, comma - start))) return false;
+    start = comma + 1;
+  }
+  return true;
+}
+
+// Where a channel's calls get their bearer token. The provider runs on one
+// thread of this object's, started at the first need and joined on
+// destruction, so user code never runs on gRPC's threads or under a lock,
+// and a slow provider delays only the calls that wait for it, each at most
+// until its deadline. Thread-safe.
+class TokenSource {
+ public:
+  explicit TokenSource(std::function<BearerToken()> provider, std::chrono::milliseconds refresh_margin)
+      : provider_(std::move(provider)), margin_(refresh_margin) {}
+
+  ~TokenSource() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (worker_.joinable()) worker_.join();
+  }
+
+  TokenSource(TokenSource const&) = delete;
+  TokenSource& operator=(TokenSource const&) = delete;
+
+  // The token to send, waiting at most until `deadline`; an error status
+  // when there is none. `no_deadline_wait` bounds calls without a deadline.
+  std::variant<std::string, grpc::Status> get(std::chrono::system_clock::time_point deadline,
+                                              std::chrono::milliseconds no_deadline_wait) {
+    bool const bounded = deadline != std::chrono::system_clock::time_point::max();
+    auto const now = std::chrono::system_clock::now();
+    auto const until = bounded ? deadline : saturating_add(now, no_deadline_wait);
+    std::unique_lock<std::mutex> lock(mu_);
+    if (cached_ && now < saturating_add(cached_->valid_until, -margin_)) return cached_->value;
+    if (cached_ && now < cached_->valid_until) {
+      request_fetch();  // still good: send it, and refresh in the background
+      return cached_->value;
+    }
+    std::uint64_t const mine = request_fetch();
+    if (!cv_.wait_until(lock, until, [&] { return finished_ >= mine; })) {
+      if (bounded) {
+        return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                            "the bearer token provider did not answer before the call's deadline");
+      }
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          "the bearer token provider did not answer within " +
+                              std::to_string(no_deadline_wait.count()) + " ms");
+    }
+    if (!failure_.ok()) return failure_;
+    return cached_ ? cached_->value : std::string();
+  }
+
+ private:
+  // Asks the worker for a token (once for all callers waiting now) and
+  // returns the number of the fetch that will answer. Called under mu_.
+  std::uint64_t request_fetch() {
+    if (!worker_.joinable()) worker_ = std::thread([this] { run(); });
+    if (requested_ <= started_) ++requested_;  // otherwise one is already queued
+    cv_.notify_all();
+    return requested_;
+  }
+
+  void run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return stopping_ || requested_ > started_; });
+      if (stopping_) return;
+      std::uint64_t const fetch = started_ = requested_;
+      lock.unlock();
+      std::optional<BearerToken> token;
+      grpc::Status failure;
+      try {
+        token = provider_();
+      } catch (...) {
+        failure = grpc::Status(
+            grpc::StatusCode::UNAUTHENTICATED,
+            callback_threw("the bearer token provider", std::current_exception()).error_message());
+      }
+      lock.lock();
+      failure_ = failure;  // the callers waiting for this fetch get it; a cached token stays usable
+      if (token) cached_ = std::move(token);
+      finished_ = fetch;
+      cv_.notify_all();
+    }
+  }
+
+  std::function<BearerToken()> const provider_;
+  std::chrono::milliseconds const margin_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<BearerToken> cached_;
+  grpc::Status failure_;
+  std::uint64_t requested_ = 0;  // fetches asked for
+  std::uint64_t started_ = 0;    // the last fetch begun
+  std::uint64_t finished_ = 0;   // the last fetch done
+  bool stopping_ = false;
+  std::thread worker_;
+};
+
 // Adds `authorization: Bearer <token>` to a call's initial metadata. An
 // interceptor, not call credentials: gRPC drops call credentials on
-// insecure channels (grpc/grpc#8142).
+// insecure channels (grpc/grpc#8142). When no token can be had, the call is
+// hijacked and ends with the source's status; nothing is sent.
 class BearerTokenInterceptor final : public grpc::experimental::Interceptor {
  public:
-  explicit BearerTokenInterceptor(std::function<std::string()> const& token) : token_(token) {}
+  BearerTokenInterceptor(grpc::experimental::ClientRpcInfo* info, TokenSource& source,
+                         std::chrono::milliseconds no_deadline_wait)
+      : info_(info), source_(source), no_deadline_wait_(no_deadline_wait) {}
+
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    if (methods->QueryInterceptionHookPoint(
-            grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+    using grpc::experimental::InterceptionHookPoints;
+    if (failure_) return fail(methods);
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
       auto* metadata = methods->GetSendInitialMetadata();
       if (metadata->find("authorization") == metadata->end()) {
-        std::string token = token_();
-        if (!token.empty()) metadata->emplace("authorization", "Bearer " + token);
+        auto token = source_.get(info_->client_context()->deadline(), no_deadline_wait_);
+        if (auto* status = std::get_if<grpc::Status>(&token)) {
+          failure_ = std::move(*status);
+          return methods->Hijack();  // gRPC comes back for the receive ops: fail()
+        }
+        auto& value = std::get<std::string>(token);
+        if (!value.empty()) metadata->emplace("authorization", "Bearer " + value);
       }
     }
     methods->Proceed();
   }
 
  private:
-  std::function<std::string()> const& token_;
+  void fail(grpc::experimental::InterceptorBatchMethods* methods) {
+    using grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_RECV_MESSAGE)) {
+      methods->FailHijackedRecvMessage();
+    }
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_RECV_STATUS)) {
+      *methods->GetRecvStatus() = *failure_;
+    }
+    methods->Proceed();
+  }
+
+  grpc::experimental::ClientRpcInfo* const info_;
+  TokenSource& source_;
+  std::chrono::milliseconds const no_deadline_wait_;
+  std::optional<grpc::Status> failure_;
+};
+
+// A fixed token: added to every call, no thread needed.
+class FixedTokenInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit FixedTokenInterceptor(std::string const& header) : header_(header) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      auto* metadata = methods->GetSendInitialMetadata();
+      if (metadata->find("authorization") == metadata->end()) metadata->emplace("authorization", header_);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  std::string const& header_;
+};
+
+class FixedTokenFactory final : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit FixedTokenFactory(std::string const& token) : header_("Bearer " + token) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo*) override {
+    return new FixedTokenInterceptor(header_);
+  }
+
+ private:
+  std::string const header_;
 };
 
 class BearerTokenFactory final : public grpc::experimental::ClientInterceptorFactoryInterface {
  public:
-  explicit BearerTokenFactory(std::function<std::string()> token) : token_(std::move(token)) {}
-  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo*) override {
-    return new BearerTokenInterceptor(token_);
+  BearerTokenFactory(std::function<BearerToken()> provider, std::chrono::milliseconds refresh_margin,
+                     std::chrono::milliseconds no_deadline_wait)
+      : source_(std::move(provider), refresh_margin), no_deadline_wait_(no_deadline_wait) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo* info) override {
+    return new BearerTokenInterceptor(info, source_, no_deadline_wait_);
   }
 
  private:
-  std::function<std::string()> const token_;
+  TokenSource source_;
+  std::chrono::milliseconds const no_deadline_wait_;
 };
 
 inline std::string service_config_json(ChannelOptions const& options) {
@@ -160,12 +377,26 @@ inline std::shared_ptr<grpc::Channel> make_channel(std::string const& target,
     disable_native_retries(args);
     interceptors.push_back(retry_interceptor(*options.retry));
   }
-  // After the retry interceptor, so every attempt asks the provider afresh.
-  if (options.token_provider) {
-    interceptors.push_back(std::make_unique<detail::BearerTokenFactory>(options.token_provider));
+  // After the retry interceptor, so every attempt asks for a token afresh.
+  bool const tokens =
+      options.expiring_token_provider || options.token_provider || !options.bearer_token.empty();
+  if (tokens && !options.tls && !options.allow_insecure_token && !detail::is_local_target(target)) {
+    throw std::invalid_argument("stubkit::make_channel: a bearer token would travel in plaintext to '" +
+                                target + "'; use TLS (ChannelOptions::tls) or set allow_insecure_token");
+  }
+  std::function<BearerToken()> provider = options.expiring_token_provider;
+  if (!provider && options.token_provider) {
+    // Asked for every call: a token that is stale at once.
+    provider = [ask = options.token_provider] {
+      return BearerToken{ask(), std::chrono::system_clock::time_point::min()};
+    };
+  }
+  if (provider) {
+    interceptors.push_back(std::make_unique<detail::BearerTokenFactory>(
+        std::move(provider), options.token_refresh_margin, options.token_timeout));
   } else if (!options.bearer_token.empty()) {
-    interceptors.push_back(
-        std::make_unique<detail::BearerTokenFactory>([token = options.bearer_token] { return token; }));
+    // A fixed token needs no thread: a source is only for providers.
+    interceptors.push_back(std::make_unique<detail::FixedTokenFactory>(options.bearer_token));
   }
   if (options.extra_interceptors) {
     for (auto& extra : options.extra_interceptors()) interceptors.push_back(std::move(extra));

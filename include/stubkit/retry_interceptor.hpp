@@ -32,7 +32,10 @@
 // gRPC object. So the caller may drop its stub and channel the instant a
 // call returns. (Dropping the last reference to a channel on a gRPC
 // callback thread tears down the callback completion queue under the
-// thread polling it; gRPC then aborts in grpc_cq_internal_unref.)
+// thread polling it; gRPC then aborts in grpc_cq_internal_unref.) A
+// callback-API caller that destroys its context inside its completion
+// callback destroys these objects on that gRPC thread, but never the
+// channel: the context's own reference to it outlives them.
 //
 // Cancellation. TryCancel() on the caller's context ends the call with
 // CANCELLED whatever it is doing: before the first batch (the call is then
@@ -55,12 +58,17 @@
 // (not idempotent, no request_id) pass through untouched, so they cost what
 // an empty interceptor costs. Streaming calls are left alone. Per call,
 // disable_retries() and set_max_attempts() change the channel's policy.
+// Put this interceptor first in the channel's list (make_channel does): in
+// gRPC 1.51 attempts start at the wrong interceptor when a factory before
+// it returns nullptr for a call, so interceptors before it could run twice.
 //
-// Limits: attempts carry the caller's deadline, metadata, credentials and
-// compression; wait_for_ready, authority override and parent-call
-// propagation (ClientContext::FromServerContext) cannot be read from a
-// ClientContext through gRPC's public API, so attempts do not carry them.
-// The response is handed over as the generated message type: a call made
+// Attempts keep the caller's call semantics: deadline, metadata,
+// credentials, compression, and (read through detail/client_context_access,
+// as gRPC 1.51 has no getters for them) wait_for_ready, the authority
+// override and the parent call of ClientContext::FromServerContext, so a
+// downstream call of a server handler is cancelled with its upstream call.
+//
+// Limits: the response is handed over as the generated message type: a call made
 // with grpc::GenericStub and a ByteBuffer response to a retried method must
 // use disable_retries() (the interceptor cannot tell the two apart).
 #ifndef STUBKIT_RETRY_INTERCEPTOR_HPP
@@ -73,6 +81,7 @@
 #include <grpcpp/support/client_interceptor.h>
 #include <grpcpp/support/proto_buffer_reader.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -80,7 +89,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <shared_mutex>
 #include <stdexcept>
 #include <string>
@@ -93,6 +101,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/message.h"
 #include "google/protobuf/wire_format_lite.h"
+#include "stubkit/detail/client_context_access.hpp"
 #include "stubkit/detail/time.hpp"
 #include "stubkit/retry.hpp"
 
@@ -111,11 +120,11 @@ inline constexpr char const* kRetryControlKey = "stubkit-retry";
 ///   stub->GetUser(&ctx, request, &user);
 inline void disable_retries(grpc::ClientContext& ctx) { ctx.AddMetadata(kRetryControlKey, "off"); }
 
-/// At most `max_attempts` attempts (the first included; values below 1
-/// count as 1) for the one call made with `ctx`, instead of the policy's.
-/// Idempotency rules still apply.
+/// At most `max_attempts` attempts (the first included; clamped to 1..100)
+/// for the one call made with `ctx`, instead of the policy's. Idempotency
+/// rules still apply.
 inline void set_max_attempts(grpc::ClientContext& ctx, int max_attempts) {
-  ctx.AddMetadata(kRetryControlKey, "attempts=" + std::to_string(max_attempts < 1 ? 1 : max_attempts));
+  ctx.AddMetadata(kRetryControlKey, "attempts=" + std::to_string(std::clamp(max_attempts, 1, 100)));
 }
 
 /// Configuration of the retry interceptor of one channel.
@@ -223,12 +232,14 @@ inline RetryControl parse_retry_control(std::string_view value) {
   if (value == "off") {
     control.off = true;
   } else if (value.substr(0, kAttempts.size()) == kAttempts && value.size() > kAttempts.size() &&
-             value.size() <= kAttempts.size() + 4 &&
-             value.find_first_not_of("0123456789", kAttempts.size()) == std::string_view::npos) {
+             value.size() <= kAttempts.size() + 3 &&
+             value.find_first_not_of("0123456789", kAttempts.size()) == std::string_view::npos &&
+             std::stoi(std::string(value.substr(kAttempts.size()))) <= 100) {
     control.max_attempts = std::max(1, std::stoi(std::string(value.substr(kAttempts.size()))));
   } else {
     control.problem = std::string("metadata '") + kRetryControlKey + "' has the unknown value '" +
-                      std::string(value.substr(0, 64)) + "' (expected 'off' or 'attempts=N', N up to 9999)";
+                      std::string(value.substr(0, 64)) +
+                      "' (expected 'off' or 'attempts=N', N from 1 to 100)";
   }
   return control;
 }
@@ -240,7 +251,17 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
  public:
   RetryInterceptor(grpc::experimental::ClientRpcInfo* info, RetryMethod method,
                    RetryInterceptorOptions const& options)
-      : info_(info), method_(method), options_(options) {}
+      : info_(info), method_name_(info->method()), method_(method), options_(options) {}
+
+  // True on a thread that is creating one of this interceptor's attempts.
+  // gRPC 1.51 starts an attempt's interceptors at a position counted in
+  // created interceptors, not factories: if a factory before this one
+  // returned nullptr for the call, the attempt would reach this factory
+  // again and recurse without end. The factory declines while this is set.
+  static bool& creating_attempt() {
+    thread_local bool creating = false;
+    return creating;
+  }
 
   // The attempts' contexts, the alarms and the generic stub are destroyed
   // here, on the thread that destroys the caller's context.
@@ -248,47 +269,42 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
+    auto has = [methods](InterceptionHookPoints point) { return methods->QueryInterceptionHookPoint(point); };
     // The cancel batch can come from any thread, at any time, even before
     // the first batch (a context cancelled before its call began).
-    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_CANCEL)) {
+    if (has(InterceptionHookPoints::PRE_SEND_CANCEL)) {
       on_cancel();
       return methods->Proceed();
     }
-    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+    if (has(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
       // The first batch: only it carries the initial metadata.
-      if (!begin(methods)) {
-        std::lock_guard<std::mutex> lock(mu_);
-        phase_ = Phase::kPassThrough;
-        return methods->Proceed();
-      }
-      return;  // held until the attempts are done; then Hijack()
+      if (!begin(methods)) pass_through(methods);
+      return;  // when retried: held until the attempts are done, then Hijack()
     }
-    bool const receives =
-        methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_RECV_INITIAL_METADATA) ||
-        methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_RECV_MESSAGE) ||
-        methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_RECV_STATUS);
-    if (!receives) return methods->Proceed();
-    // gRPC shows a receive batch to this interceptor twice: on its way down,
-    // and, the call being hijacked, once more to have it filled. The first
-    // batch is only seen the second way (after Hijack()).
-    bool second_visit = false;
+    // Receive hook points are set only when gRPC brings a batch back to the
+    // interceptor that hijacked the call, to have its receive ops filled.
+    if (has(InterceptionHookPoints::PRE_RECV_INITIAL_METADATA) ||
+        has(InterceptionHookPoints::PRE_RECV_MESSAGE) || has(InterceptionHookPoints::PRE_RECV_STATUS)) {
+      return fill(methods);
+    }
+    // Results on their way up: nothing to do.
+    if (has(InterceptionHookPoints::POST_RECV_INITIAL_METADATA) ||
+        has(InterceptionHookPoints::POST_RECV_MESSAGE) || has(InterceptionHookPoints::POST_RECV_STATUS) ||
+        has(InterceptionHookPoints::POST_SEND_MESSAGE)) {
+      return methods->Proceed();
+    }
+    // A later batch on its way down (receive-only batches show no hook
+    // point): callback reactors and ReadInitialMetadata/Finish send them.
+    // Until the call is hijacked it must not reach gRPC's core (the call
+    // never started there); after, Proceed() brings it back to be filled.
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (phase_ == Phase::kPassThrough) {
-        second_visit = false;
-      } else {
-        second_visit = methods == first_ || forwarded_.erase(methods) > 0;
-        if (!second_visit) {
-          forwarded_.insert(methods);
-          if (phase_ != Phase::kFinished) {
-            held_ = methods;  // async and callback callers: proceeds once the result exists
-            return;
-          }
-        }
+      if (phase_ != Phase::kPassThrough && !hijacked_) {
+        held_.push_back(methods);
+        return;
       }
     }
-    if (!second_visit) return methods->Proceed();
-    fill(methods);
+    methods->Proceed();
   }
 
  private:
@@ -313,6 +329,19 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
       return std::exchange(owner, nullptr);
     }
   };
+
+  // This call is not retried: it goes on untouched, with any batch that
+  // arrived before that was known.
+  void pass_through(grpc::experimental::InterceptorBatchMethods* first) {
+    std::vector<grpc::experimental::InterceptorBatchMethods*> held;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      phase_ = Phase::kPassThrough;
+      held.swap(held_);
+    }
+    first->Proceed();
+    for (auto* batch : held) batch->Proceed();
+  }
 
   // Takes the request and starts the attempts; false = do not retry this
   // call (it goes on untouched).
@@ -378,6 +407,7 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     if (attempt_ > 0) ctx->AddMetadata(kPreviousAttemptsKey, std::to_string(attempt_));
     if (credentials_) ctx->set_credentials(credentials_);
     ctx->set_compression_algorithm(compression_);
+    copy_call_semantics(*info_->client_context(), *ctx);
     attempt_response_.Clear();
     grpc::ClientContext* const attempt = ctx.get();
     {
@@ -389,8 +419,22 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
       }
     }
     if (ctx) return finish_early(cancelled_status());  // not published: the caller cancelled first
-    stub_->UnaryCall(attempt, info_->method(), grpc::StubOptions(), &request_, &attempt_response_,
-                     [this, attempt](grpc::Status status) { on_attempt_done(attempt, std::move(status)); });
+    // Interceptors after this one run inside UnaryCall, and must not throw:
+    // gRPC 1.51 cannot clean up a call whose batch an exception interrupted
+    // (its callback completion queue then never shuts down). Should one
+    // throw anyway, the exception does not unwind into gRPC's threads
+    // (std::terminate); the caller's call ends here with UNKNOWN, as no
+    // callback of this attempt will follow.
+    creating_attempt() = true;
+    try {
+      stub_->UnaryCall(attempt, method_name_, grpc::StubOptions(), &request_, &attempt_response_,
+                       [this, attempt](grpc::Status status) { on_attempt_done(attempt, std::move(status)); });
+    } catch (...) {
+      creating_attempt() = false;
+      return finish_early(
+          callback_threw("an interceptor after the retry interceptor", std::current_exception()));
+    }
+    creating_attempt() = false;
   }
 
   // An attempt ended (on a gRPC thread): decide, then wait, retry or finish.
@@ -402,8 +446,12 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     AttemptOutcome outcome{std::move(status), std::nullopt};
     if (!outcome.status.ok()) outcome.pushback_ms = parse_pushback(attempt->GetServerTrailingMetadata());
     RetryDecision decision = state_->after_attempt(attempt_, outcome);  // user code: no lock held
+    // Copied before the wait is published: once a cancel can claim it, the
+    // call may complete and the channel (and its options) go away.
+    auto const schedule = options_.schedule;
     std::shared_ptr<WaitToken> token;
     bool finished = false;
+    bool fired_inline = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!decision.retry || cancelled_) {
@@ -422,33 +470,52 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
         finished = true;
       } else {
         phase_ = Phase::kWaiting;
-        if (options_.schedule) {
+        if (schedule) {
           token = wait_token_ = std::make_shared<WaitToken>(this);
         } else {
           // Set under the lock, so the cancel path never cancels an alarm
-          // that is not set (gRPC forbids it); the callback runs on gRPC's
-          // executor, never inside Set. A cancelled alarm fires at once
+          // that is not set (gRPC forbids it). gRPC runs the callback on its
+          // executor; should it ever run it inside Set (an executor without
+          // threads, as during shutdown), on_alarm defers to this thread
+          // instead of locking mu_ again. A cancelled alarm fires at once
           // with ok = false; the next attempt then sees the cancel.
           alarms_.push_back(std::make_unique<grpc::Alarm>());
+          arming() = this;
           alarms_.back()->Set(detail::saturating_add(std::chrono::system_clock::now(), decision.delay),
-                              [this](bool) { start_attempt(); });
+                              [this](bool) { on_alarm(); });
+          arming() = nullptr;
+          fired_inline = std::exchange(fired_inline_, false);
         }
       }
     }
     if (finished) return complete();
+    if (fired_inline) return start_attempt();
     if (!token) return;  // the alarm owns the call now
     // The user's scheduler, with no lock held. `done` keeps only the token.
     auto done = [token] {
       if (RetryInterceptor* self = token->claim()) self->start_attempt();
     };
     try {
-      options_.schedule(decision.delay, std::move(done));
+      schedule(decision.delay, std::move(done));
     } catch (...) {
       // Unless `done` already ran (and so owns the call now), end it here.
       if (RetryInterceptor* self = token->claim()) {
         self->finish_early(callback_threw("the retry schedule", std::current_exception()));
       }
     }
+  }
+
+  static RetryInterceptor*& arming() {
+    thread_local RetryInterceptor* interceptor = nullptr;
+    return interceptor;
+  }
+
+  void on_alarm() {
+    if (arming() == this) {
+      fired_inline_ = true;  // on the arming thread, inside Set: it starts the attempt
+      return;
+    }
+    start_attempt();
   }
 
   // The caller cancelled: stop what is in flight. The call then ends through
@@ -481,7 +548,13 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     // interceptors after this one, which are user code). They stay alive:
     // the caller's call, which owns them, cannot complete before this
     // interceptor completes it.
-    if (in_flight != nullptr) in_flight->TryCancel();
+    if (in_flight != nullptr) {
+      try {
+        in_flight->TryCancel();  // runs the interceptors after this one: user code
+      } catch (...) {
+        // The attempt ends either way; its callback completes the call.
+      }
+    }
     if (alarm != nullptr) alarm->Cancel();
     if (token && token->claim() != nullptr) {
       // The user's scheduler may never run `done`: end the call from a gRPC
@@ -502,21 +575,22 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   }
 
   // The attempts are over: hijack the caller's call and hand it the result.
-  // Nothing of `this` is touched after the batches proceed: the caller may
-  // then destroy its context, and this interceptor with it.
-  void complete() {
-    grpc::experimental::InterceptorBatchMethods* held;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      held = std::exchange(held_, nullptr);
-    }
-    grpc::experimental::InterceptorBatchMethods* const first = first_;
-    first->Hijack();                       // gRPC re-enters Intercept for the first batch's receive ops
-    if (held != nullptr) held->Proceed();  // and then asks for the held batch's
-  }
+  // gRPC re-enters Intercept at once with the first batch's receive ops
+  // (fill() does the rest); nothing of `this` is touched after that, as the
+  // caller may then destroy its context and this interceptor with it.
+  void complete() { first_->Hijack(); }
 
+  // Fills a batch's receive ops with the result. For the first batch (inside
+  // Hijack()) it also releases the batches held meanwhile: from here on,
+  // new batches go straight on, and gRPC brings each back to be filled.
   void fill(grpc::experimental::InterceptorBatchMethods* methods) {
     using grpc::experimental::InterceptionHookPoints;
+    std::vector<grpc::experimental::InterceptorBatchMethods*> held;
+    if (methods == first_) {
+      std::lock_guard<std::mutex> lock(mu_);
+      hijacked_ = true;
+      held.swap(held_);
+    }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_RECV_INITIAL_METADATA)) {
       auto* map = methods->GetRecvInitialMetadata();
       for (auto const& [key, value] : initial_metadata_) map->emplace(key, value);
@@ -536,7 +610,10 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
       for (auto const& [key, value] : trailing_metadata_) map->emplace(key, value);
       *methods->GetRecvStatus() = status_;
     }
+    // A sync caller may return, and destroy this, once its batch goes on:
+    // only locals from here.
     methods->Proceed();
+    for (auto* batch : held) batch->Proceed();
   }
 
   static grpc::Status cancelled_status() {
@@ -551,6 +628,9 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   }
 
   grpc::experimental::ClientRpcInfo* const info_;
+  // Owned: the attempts' calls keep a pointer to it (a generic stub's name
+  // is otherwise a temporary). Declared before attempts_, so it outlives them.
+  std::string const method_name_;
   RetryMethod const method_;
   RetryInterceptorOptions const& options_;
 
@@ -558,8 +638,8 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   std::mutex mu_;
   Phase phase_ = Phase::kNotStarted;
   bool cancelled_ = false;
-  std::set<grpc::experimental::InterceptorBatchMethods*> forwarded_;
-  grpc::experimental::InterceptorBatchMethods* held_ = nullptr;
+  bool hijacked_ = false;
+  std::vector<grpc::experimental::InterceptorBatchMethods*> held_;  // later batches, until hijacked
   std::vector<std::unique_ptr<grpc::ClientContext>> attempts_;
   std::vector<std::unique_ptr<grpc::Alarm>>
       alarms_;  // kept, like attempts_: the cancel path may hold the last
@@ -576,6 +656,7 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   std::unique_ptr<grpc::GenericStub> stub_;
   std::unique_ptr<grpc::Alarm> wake_;
   int attempt_ = 0;
+  bool fired_inline_ = false;  // see on_alarm
   grpc::ByteBuffer attempt_response_;
 
   // The result; final once phase_ is kFinished, read by fill().
@@ -602,6 +683,7 @@ class RetryInterceptorFactory final : public grpc::experimental::ClientIntercept
 
   grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo* info) override {
     if (info->type() != grpc::experimental::ClientRpcInfo::Type::UNARY) return nullptr;
+    if (detail::RetryInterceptor::creating_attempt()) return nullptr;  // an attempt of ours
     detail::RetryMethod const method = methods_.lookup(info->method());
     if (!method.known || (!method.declared_idempotent && method.request_id_field == 0)) return nullptr;
     return new detail::RetryInterceptor(info, method, options_);
