@@ -3,6 +3,7 @@
 #include "stubkit/channel.hpp"
 
 #include <doctest/doctest.h>
+#include <stdlib.h>  // mkdtemp
 
 #include <atomic>
 #include <condition_variable>
@@ -323,8 +324,12 @@ TEST_SUITE("channel") {
   TEST_CASE("TLS: the right CA connects, a wrong CA fails with UNAVAILABLE") {
     // Certificates made now with the openssl CLI: a CA, a server certificate
     // for 127.0.0.1 signed by it, and an unrelated CA.
-    std::string const dir = "tls-test-certs";
-    std::string const script = "set -e; rm -rf " + dir + "; mkdir " + dir + "; cd " + dir +
+    // A directory of this run's own: suites may run side by side in one
+    // working directory (scripts/stress_loop.sh does).
+    char dir_template[] = "/tmp/stubkit-tls-XXXXXX";
+    REQUIRE(mkdtemp(dir_template) != nullptr);
+    std::string const dir = dir_template;
+    std::string const script = "set -e; cd " + dir +
                                "; openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca "
                                "-keyout ca.key -out ca.pem 2>/dev/null"
                                "; openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other-ca "
@@ -360,6 +365,7 @@ TEST_SUITE("channel") {
     auto plaintext = UserService::NewStub(stubkit::make_channel(server.address()))
                          ->GetUser(context(2s).get(), get_request("u00000001"), &user);
     CHECK(plaintext.error_code() == StatusCode::UNAVAILABLE);
+    std::system(("rm -rf " + dir).c_str());
   }
 
   TEST_CASE("wait_until_serving says what did not happen") {
