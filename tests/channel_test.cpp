@@ -372,10 +372,14 @@ TEST_SUITE("channel") {
     stubkit::testing::EmbeddedServer server(tcp_options());
     server.health().SetServingStatus("myservice.v1.UserService", false);
     auto channel = stubkit::make_channel(server.address());
-    // Long enough for a slow (sanitized) build to connect and ask at least once.
+    // Connected first, so the 1.5 s below are all for asking: with every
+    // CPU busy (scripts/stress_loop.sh), connecting alone once took them all
+    // and the error was "did not connect" instead of the health state.
+    REQUIRE(channel->WaitForConnected(std::chrono::system_clock::now() + 30s));
     auto not_serving = stubkit::wait_until_serving(*channel, "myservice.v1.UserService", 1500ms);
     REQUIRE_FALSE(not_serving.ok());
-    CHECK(not_serving.error().message().find("NOT_SERVING") != std::string::npos);
+    CHECK_MESSAGE(not_serving.error().message().find("NOT_SERVING") != std::string::npos,
+                  not_serving.error().message());
     auto unknown = stubkit::wait_until_serving(*channel, "no.such.Service", 1500ms);
     CHECK(unknown.error().message().find("unknown to the health service") != std::string::npos);
 
