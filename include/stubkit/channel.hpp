@@ -420,7 +420,7 @@ inline std::shared_ptr<grpc::Channel> make_channel(std::string const& target,
 inline Result<grpc::health::v1::HealthCheckResponse> wait_until_serving(grpc::Channel& channel,
                                                                         std::string const& service,
                                                                         std::chrono::milliseconds timeout) {
-  auto const deadline = std::chrono::system_clock::now() + timeout;
+  auto const deadline = detail::saturating_add(std::chrono::system_clock::now(), timeout);
   if (!channel.WaitForConnected(deadline)) {
     return Error(grpc::StatusCode::UNAVAILABLE, "the channel did not connect within " +
                                                     std::to_string(timeout.count()) + " ms (state " +
@@ -430,25 +430,30 @@ inline Result<grpc::health::v1::HealthCheckResponse> wait_until_serving(grpc::Ch
       std::shared_ptr<grpc::ChannelInterface>(&channel, [](grpc::ChannelInterface*) {}));
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
-  grpc::Status last;
-  std::string last_state = "no answer";
+  // What the health service last said (or how asking it last failed). A
+  // Check cut short by our own deadline does not replace an answer: the
+  // answer is what the caller needs to hear.
+  std::string last_answer;
   while (std::chrono::system_clock::now() < deadline) {
     grpc::ClientContext ctx;
     ctx.set_deadline(deadline);
     grpc::health::v1::HealthCheckResponse response;
-    last = health->Check(&ctx, request, &response);
-    if (last.ok() && response.status() == grpc::health::v1::HealthCheckResponse::SERVING) return response;
-    if (last.ok()) last_state = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
-    if (last.error_code() == grpc::StatusCode::NOT_FOUND) last_state = "unknown to the health service";
+    grpc::Status const status = health->Check(&ctx, request, &response);
+    if (status.ok() && response.status() == grpc::health::v1::HealthCheckResponse::SERVING) return response;
+    bool const cut_short = status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
+                           std::chrono::system_clock::now() >= deadline;
+    if (status.ok()) {
+      last_answer = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
+    } else if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
+      last_answer = "unknown to the health service";
+    } else if (!cut_short || last_answer.empty()) {
+      last_answer = code_name(status.error_code()) + " " + status.error_message();
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return Error(grpc::StatusCode::UNAVAILABLE,
                "service '" + service + "' was not SERVING within " + std::to_string(timeout.count()) +
-                   " ms (last: " +
-                   (last.ok() || last.error_code() == grpc::StatusCode::NOT_FOUND
-                        ? last_state
-                        : code_name(last.error_code()) + " " + last.error_message()) +
-                   ")");
+                   " ms (last: " + (last_answer.empty() ? "no answer" : last_answer) + ")");
 }
 
 }  // namespace stubkit
