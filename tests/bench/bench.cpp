@@ -287,7 +287,7 @@ int main(int argc, char** argv) {
             std::to_string(calls) + " GetUser (retryable, no faults): retry interceptor vs none (" + where +
                 ")",
             rounds, [&] { get_users(*retried, calls, false); }, [&] { get_users(*plain, calls, false); },
-            1.02));
+            tcp ? 1.03 : 1.20));
         int round = 0;
         rows.push_back(compare(
             "B4",
