@@ -107,6 +107,19 @@ stubkit::RetryInterceptorOptions long_waits() {
   return options;
 }
 
+// Over TCP with `args` (gRPC's own retries configured or not), a GetUser
+// that meets two UNAVAILABLE faults ends UNAVAILABLE after one attempt.
+void check_one_attempt_over_tcp(stubkit::testing::EmbeddedServer& server,
+                                grpc::ChannelArguments const& args) {
+  auto stub = UserService::NewStub(
+      grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args));
+  server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
+  User user;
+  CHECK(stub->GetUser(context().get(), get_request("u00000001"), &user).error_code() ==
+        StatusCode::UNAVAILABLE);
+  CHECK(server.faults().calls("GetUser") == 1);
+}
+
 // A cancel must end a call this fast: far below the waits it interrupts
 // (60 s), far above scheduling noise (the figures are in docs/reliability.md).
 constexpr auto kPromptly = 5s;
@@ -496,26 +509,27 @@ TEST_SUITE("retry_interceptor") {
   TEST_CASE("a throwing on_retry, schedule or clock ends the call with UNKNOWN naming it") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
-    User user;
+    // One call after one UNAVAILABLE fault: UNKNOWN naming `text`, after `attempts` attempts.
+    auto check = [&f](stubkit::RetryInterceptorOptions const& options, char const* text, int attempts) {
+      auto stub = UserService::NewStub(f.server.channel(with(options)));
+      f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
+      auto const before = f.server.faults().calls("GetUser");
+      User user;
+      auto status = stub->GetUser(context().get(), get_request("ada"), &user);
+      CHECK(status.error_code() == StatusCode::UNKNOWN);
+      CHECK_MESSAGE(status.error_message().find(text) != std::string::npos, status.error_message());
+      CHECK(f.server.faults().calls("GetUser") - before == attempts);
+      f.server.faults().clear();
+    };
     SUBCASE("on_retry") {
       stubkit::RetryInterceptorOptions options;
       options.on_retry = [](stubkit::RetryEvent const&) { throw std::runtime_error("observer broke"); };
-      auto stub = UserService::NewStub(f.server.channel(with(options)));
-      f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
-      auto status = stub->GetUser(context().get(), get_request("ada"), &user);
-      CHECK(status.error_code() == StatusCode::UNKNOWN);
-      CHECK(status.error_message().find("observer broke") != std::string::npos);
-      CHECK(f.server.faults().calls("GetUser") == 1);
+      check(options, "observer broke", 1);
     }
     SUBCASE("schedule") {
       stubkit::RetryInterceptorOptions options;
       options.schedule = [](std::chrono::milliseconds, std::function<void()>) { throw std::bad_alloc(); };
-      auto stub = UserService::NewStub(f.server.channel(with(options)));
-      f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
-      auto status = stub->GetUser(context().get(), get_request("ada"), &user);
-      CHECK(status.error_code() == StatusCode::UNKNOWN);
-      CHECK(status.error_message().find("retry schedule threw") != std::string::npos);
-      CHECK(f.server.faults().calls("GetUser") == 1);
+      check(options, "retry schedule threw", 1);
     }
     SUBCASE("clock") {
       stubkit::RetryInterceptorOptions options;
@@ -523,11 +537,7 @@ TEST_SUITE("retry_interceptor") {
       options.clock.now = []() -> std::chrono::system_clock::time_point {
         throw std::logic_error("no time");
       };
-      auto stub = UserService::NewStub(f.server.channel(with(options)));
-      auto status = stub->GetUser(context().get(), get_request("ada"), &user);
-      CHECK(status.error_code() == StatusCode::UNKNOWN);
-      CHECK(status.error_message().find("no time") != std::string::npos);
-      CHECK(f.server.faults().calls("GetUser") == 0);
+      check(options, "no time", 0);
     }
   }
 
@@ -691,13 +701,7 @@ TEST_SUITE("retry_native") {
     grpc::ChannelArguments args;
     args.SetServiceConfigJSON(stubkit::native_retry_service_config("myservice.v1.UserService", {}));
     stubkit::disable_native_retries(args);
-    auto stub = UserService::NewStub(
-        grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args));
-    server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
-    User user;
-    CHECK(stub->GetUser(context().get(), get_request("u00000001"), &user).error_code() ==
-          StatusCode::UNAVAILABLE);
-    CHECK(server.faults().calls("GetUser") == 1);
+    check_one_attempt_over_tcp(server, args);
   }
 
   TEST_CASE("the service config JSON carries the policy") {
@@ -724,12 +728,6 @@ TEST_SUITE("retry_native") {
     grpc::ChannelArguments args;
     args.SetServiceConfigJSON(
         stubkit::native_retry_service_config("myservice.v1.UserService", stubkit::RetryPolicy::none()));
-    auto stub = UserService::NewStub(
-        grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args));
-    server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
-    User user;
-    CHECK(stub->GetUser(context().get(), get_request("u00000001"), &user).error_code() ==
-          StatusCode::UNAVAILABLE);
-    CHECK(server.faults().calls("GetUser") == 1);
+    check_one_attempt_over_tcp(server, args);
   }
 }

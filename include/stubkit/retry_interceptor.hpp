@@ -689,10 +689,6 @@ class RetryInterceptorFactory final : public grpc::experimental::ClientIntercept
     return new detail::RetryInterceptor(info, method, options_);
   }
 
-  /// How many method names the factory has facts for (bounded by
-  /// detail::MethodTable::kMaxEntries).
-  std::size_t methods_known() const { return methods_.size(); }
-
  private:
   RetryInterceptorOptions const options_;
   detail::MethodTable methods_;
