@@ -7,11 +7,13 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/support/proto_buffer_writer.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <future>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "stubkit/channel.hpp"
@@ -124,10 +126,38 @@ void check_one_attempt_over_tcp(stubkit::testing::EmbeddedServer& server,
 // (60 s), far above scheduling noise (the figures are in docs/reliability.md).
 constexpr auto kPromptly = 5s;
 
-// Calls GetUser("ada") with a 120 s deadline while another thread cancels
-// the call once `ready()` holds; the call must end CANCELLED, promptly,
-// after exactly one attempt.
+// The two ways the interceptor runs attempts: a sync-API caller's on its
+// own (blocked) thread, the callback and completion-queue APIs' on gRPC's
+// threads. Every cancel window is checked with both.
+enum class Api { kSync, kCallback };
+
+Api caller_api() {
+  Api api = Api::kSync;
+  SUBCASE("sync caller: attempts on the caller's thread") { api = Api::kSync; }
+  SUBCASE("callback caller: attempts on gRPC's threads") { api = Api::kCallback; }
+  return api;
+}
+
+// GetUser(id) through `api`, waiting at most 20 s for a callback's result.
+grpc::Status get_user(Api api, UserService::Stub& stub, grpc::ClientContext* ctx, std::string const& id,
+                      User* user) {
+  auto const request = get_request(id);
+  if (api == Api::kSync) return stub.GetUser(ctx, request, user);
+  std::promise<grpc::Status> done;
+  stub.async()->GetUser(ctx, &request, user, [&](grpc::Status s) { done.set_value(std::move(s)); });
+  auto future = done.get_future();
+  if (future.wait_for(20s) != std::future_status::ready) {
+    FAIL_CHECK("a callback call did not end in 20 s");
+    ctx->TryCancel();  // `done` must outlive the call: wait for its end
+  }
+  return future.get();
+}
+
+// Calls GetUser("ada") through the caller API of this subcase with a 120 s
+// deadline while another thread cancels the call once `ready()` holds; the
+// call must end CANCELLED, promptly, after exactly one attempt.
 void check_cancel_ends_call(ServerFixture& f, UserService::Stub& stub, std::function<bool()> const& ready) {
+  Api const api = caller_api();
   auto ctx = context(120s);
   auto const start = std::chrono::steady_clock::now();
   auto cancel = std::async(std::launch::async, [&] {
@@ -136,7 +166,7 @@ void check_cancel_ends_call(ServerFixture& f, UserService::Stub& stub, std::func
     ctx->TryCancel();
   });
   User user;
-  auto status = stub.GetUser(ctx.get(), get_request("ada"), &user);
+  auto status = get_user(api, stub, ctx.get(), "ada", &user);
   cancel.wait();
   CHECK(status.error_code() == StatusCode::CANCELLED);
   CHECK(std::chrono::steady_clock::now() - start < kPromptly);
@@ -448,13 +478,14 @@ TEST_SUITE("retry_interceptor") {
   }
 
   TEST_CASE("a context cancelled before its call began is never attempted") {
+    Api const api = caller_api();
     ServerFixture f;
     Recorded recorded;
     auto stub = UserService::NewStub(f.server.channel(with(recorded.options())));
     auto ctx = context();
     ctx->TryCancel();
     User user;
-    auto status = stub->GetUser(ctx.get(), get_request("ada"), &user);
+    auto status = get_user(api, *stub, ctx.get(), "ada", &user);
     CHECK(status.error_code() == StatusCode::CANCELLED);
     CHECK(f.server.faults().calls("GetUser") == 0);
   }
@@ -467,6 +498,7 @@ TEST_SUITE("retry_interceptor") {
   }
 
   TEST_CASE("a cancel between an attempt's end and its backoff wait is not lost") {
+    Api const api = caller_api();
     ServerFixture f;
     auto options = long_waits();
     grpc::ClientContext* caller = nullptr;
@@ -479,7 +511,7 @@ TEST_SUITE("retry_interceptor") {
     caller = ctx.get();
     auto const start = std::chrono::steady_clock::now();
     User user;
-    auto status = stub->GetUser(ctx.get(), get_request("ada"), &user);
+    auto status = get_user(api, *stub, ctx.get(), "ada", &user);
     CHECK(status.error_code() == StatusCode::CANCELLED);
     CHECK(std::chrono::steady_clock::now() - start < kPromptly);
     CHECK(f.server.faults().calls("GetUser") == 1);
@@ -504,6 +536,118 @@ TEST_SUITE("retry_interceptor") {
     stub.reset();
     parked();  // the call and its interceptor are gone: nothing may happen
     CHECK(f.server.faults().calls("GetUser") == 1);
+  }
+
+  TEST_CASE("a sync caller's attempts and waits run on its own thread; other callers' on gRPC's") {
+    Api const api = caller_api();
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    std::mutex mu;
+    std::vector<std::thread::id> retried_on;
+    stubkit::RetryInterceptorOptions options;
+    options.policy.initial_backoff = 1ms;
+    options.on_retry = [&](stubkit::RetryEvent const&) {
+      std::lock_guard<std::mutex> lock(mu);
+      retried_on.push_back(std::this_thread::get_id());
+    };
+    auto stub = UserService::NewStub(f.server.channel(with(options)));
+    f.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
+    User user;
+    auto status = get_user(api, *stub, context().get(), "ada", &user);
+    REQUIRE_MESSAGE(status.ok(), status.error_message());
+    CHECK(user.email() == "ada@example.com");
+    std::lock_guard<std::mutex> lock(mu);
+    REQUIRE(retried_on.size() == 2);
+    for (auto const& id : retried_on) CHECK((id == std::this_thread::get_id()) == (api == Api::kSync));
+  }
+
+  TEST_CASE("the sync API is told apart from the callback and completion-queue APIs") {
+    // Records is_blocking_call() of every call's first batch.
+    struct Probe {
+      std::mutex mu;
+      std::vector<bool> blocking;
+      struct Interceptor final : grpc::experimental::Interceptor {
+        explicit Interceptor(Probe* probe) : probe_(probe) {}
+        void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+          if (methods->QueryInterceptionHookPoint(
+                  grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+            std::lock_guard<std::mutex> lock(probe_->mu);
+            probe_->blocking.push_back(stubkit::detail::is_blocking_call(methods));
+          }
+          methods->Proceed();
+        }
+        Probe* probe_;
+      };
+      struct Factory final : grpc::experimental::ClientInterceptorFactoryInterface {
+        explicit Factory(Probe* probe) : probe_(probe) {}
+        grpc::experimental::Interceptor* CreateClientInterceptor(
+            grpc::experimental::ClientRpcInfo*) override {
+          return new Interceptor(probe_);
+        }
+        Probe* probe_;
+      };
+    } probe;
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    Interceptors interceptors;
+    interceptors.push_back(std::make_unique<Probe::Factory>(&probe));
+    auto stub = UserService::NewStub(f.server.channel(std::move(interceptors)));
+    User user;
+    CHECK(get_user(Api::kSync, *stub, context().get(), "ada", &user).ok());
+    CHECK(get_user(Api::kCallback, *stub, context().get(), "ada", &user).ok());
+    grpc::CompletionQueue cq;
+    auto ctx = context();
+    auto reader = stub->AsyncGetUser(ctx.get(), get_request("ada"), &cq);
+    grpc::Status status;
+    reader->Finish(&user, &status, &status);
+    void* tag = nullptr;
+    bool ok = false;
+    REQUIRE(cq.Next(&tag, &ok));
+    CHECK(status.ok());
+    cq.Shutdown();
+    while (cq.Next(&tag, &ok)) {
+    }
+    std::lock_guard<std::mutex> lock(probe.mu);
+    CHECK(probe.blocking == std::vector<bool>{true, false, false});
+  }
+
+  TEST_CASE("a sync call whose custom schedule holds the wait ends at its deadline") {
+    ServerFixture f;
+    std::mutex mu;
+    std::function<void()> parked;  // never run by the scheduler itself
+    stubkit::RetryInterceptorOptions options;
+    options.schedule = [&](std::chrono::milliseconds, std::function<void()> done) {
+      std::lock_guard<std::mutex> lock(mu);
+      parked = std::move(done);
+    };
+    auto stub = UserService::NewStub(f.server.channel(with(options)));
+    f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
+    auto const start = std::chrono::steady_clock::now();
+    User user;
+    auto status = stub->GetUser(context(300ms).get(), get_request("ada"), &user);
+    CHECK(status.error_code() == StatusCode::DEADLINE_EXCEEDED);
+    CHECK(std::chrono::steady_clock::now() - start < kPromptly);
+    stub.reset();
+    std::lock_guard<std::mutex> lock(mu);
+    REQUIRE(parked);
+    parked();  // late: the call is gone, nothing happens
+    CHECK(f.server.faults().calls("GetUser") == 1);
+  }
+
+  TEST_CASE("attempts keep the caller's compression, asked for once") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    Recorded recorded;
+    SentKeys sent;
+    auto stub = UserService::NewStub(f.server.channel(with(recorded.options(), sent)));
+    f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
+    auto ctx = context();
+    ctx->set_compression_algorithm(GRPC_COMPRESS_GZIP);
+    User user;
+    REQUIRE(stub->GetUser(ctx.get(), get_request("ada"), &user).ok());
+    std::lock_guard<std::mutex> lock(sent.mu);
+    // Two attempts, each asking for gzip exactly once.
+    CHECK(std::count(sent.keys.begin(), sent.keys.end(), "grpc-internal-encoding-request") == 2);
   }
 
   TEST_CASE("a throwing on_retry, schedule or clock ends the call with UNKNOWN naming it") {

@@ -13,10 +13,21 @@
 // (the sync API then reports "No message returned"). So for a call that may
 // be retried, the interceptor takes the request at the first batch, runs
 // the attempts itself on the rest of the interceptor chain
-// (GetInterceptedChannel, with a generic stub and callbacks, so no caller
-// thread is blocked), waits between them with grpc::Alarm, and finally
-// hijacks the original call and hands it the last attempt's response,
-// status and metadata.
+// (GetInterceptedChannel, with a generic stub), waits between them with
+// grpc::Alarm, and finally hijacks the original call and hands it the last
+// attempt's response, status and metadata. Where the attempts run depends
+// on the caller's API:
+// - sync API (the caller's thread is blocked until the call ends anyway):
+//   on the caller's thread, inside the first batch's interception, on a
+//   completion queue of the call's own. No gRPC thread is involved and no
+//   thread hop is added, which is most of what a retryable call costs
+//   (docs/benchmarks.md, B4). A custom `schedule` that holds a wait past
+//   the call's deadline ends it then with DEADLINE_EXCEEDED.
+// - callback and completion-queue APIs (the caller must not be blocked):
+//   with callbacks on gRPC's threads.
+// gRPC 1.51 does not say which API made a call; detail::is_blocking_call
+// asks gRPC core (see client_context_access.hpp) and falls back to the
+// callback path when it cannot tell.
 //
 // Ownership rule. stubkit never destroys a gRPC object (channel,
 // ClientContext, Alarm, generic stub, completion queue) on a gRPC-owned
@@ -389,12 +400,78 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
 
     metadata_.assign(send_metadata->begin(), send_metadata->end());
     credentials_ = ctx->credentials();
-    compression_ = ctx->compression_algorithm();
     request_ = *serialized;
     stub_ = std::make_unique<grpc::GenericStub>(
         std::shared_ptr<grpc::ChannelInterface>(methods->GetInterceptedChannel()));
-    start_attempt();
+    if (is_blocking_call(methods)) {
+      run_blocking();
+    } else {
+      start_attempt();
+    }
     return true;
+  }
+
+  // The attempts of a sync-API call, on its caller's thread, which is
+  // blocked until the call ends anyway: no gRPC callback thread, no thread
+  // hop per attempt. Everything waits on one completion queue of this call:
+  // the attempt's end, the backoff alarm, the wake-up of a user `schedule`
+  // or of a cancel. Once the result is final the queue is drained, and only
+  // then is the caller's call completed (inside this Intercept, so the
+  // caller cannot destroy anything before that returns).
+  void run_blocking() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      blocking_ = true;
+      cq_.emplace();
+    }
+    start_attempt();
+    // A user `schedule` holding the wait past the call's deadline ends it
+    // then (an alarm never waits past it: RetryState does not retry when
+    // the delay would cross the deadline).
+    auto limit = state_->plan().deadline.value_or(std::chrono::system_clock::time_point::max());
+    while (!blocking_done_) {
+      void* tag = nullptr;
+      bool ok = false;
+      auto const next = cq_->AsyncNext(&tag, &ok, limit);
+      if (next == grpc::CompletionQueue::GOT_EVENT) {
+        if (tag == &attempt_status_) {
+          on_attempt_done(attempts_.back().get(), std::exchange(attempt_status_, grpc::Status()));
+        } else {
+          start_attempt();  // an alarm: the wait is over, or was cancelled
+        }
+      } else if (next == grpc::CompletionQueue::TIMEOUT) {
+        limit = std::chrono::system_clock::time_point::max();  // from now on, wait for what is in flight
+        std::shared_ptr<WaitToken> token;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (phase_ == Phase::kWaiting) token = wait_token_;
+        }
+        if (token && token->claim() != nullptr) {
+          finish_early(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                    "deadline exceeded while the retry schedule held the call"));
+        }
+      } else {
+        break;  // shut down: cannot happen before the drain below
+      }
+    }
+    cq_->Shutdown();
+    void* tag = nullptr;
+    bool ok = false;
+    while (cq_->Next(&tag, &ok)) {
+    }
+    first_->Hijack();
+  }
+
+  // A blocking call's driver waits on cq_: post it an event now (the
+  // schedule's `done`, or a cancel that claimed the wait).
+  void wake() {
+    grpc::Alarm* alarm = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      alarms_.push_back(std::make_unique<grpc::Alarm>());
+      alarm = alarms_.back().get();
+    }
+    alarm->Set(&*cq_, std::chrono::system_clock::now(), alarm);
   }
 
   // Starts the next attempt, or ends the call when it was cancelled.
@@ -406,7 +483,8 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     for (auto const& [key, value] : metadata_) ctx->AddMetadata(key, value);
     if (attempt_ > 0) ctx->AddMetadata(kPreviousAttemptsKey, std::to_string(attempt_));
     if (credentials_) ctx->set_credentials(credentials_);
-    ctx->set_compression_algorithm(compression_);
+    // Compression needs nothing more: the caller's choice is a metadata
+    // entry, copied above (set_compression_algorithm would add it twice).
     copy_call_semantics(*info_->client_context(), *ctx);
     attempt_response_.Clear();
     grpc::ClientContext* const attempt = ctx.get();
@@ -427,10 +505,20 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     // callback of this attempt will follow.
     creating_attempt() = true;
     try {
-      stub_->UnaryCall(attempt, method_name_, grpc::StubOptions(), &request_, &attempt_response_,
-                       [this, attempt](grpc::Status status) { on_attempt_done(attempt, std::move(status)); });
+      if (blocking_) {
+        reader_ = stub_->PrepareUnaryCall(attempt, method_name_, request_, &*cq_);
+        reader_->StartCall();
+        reader_->Finish(&attempt_response_, &attempt_status_, &attempt_status_);
+      } else {
+        stub_->UnaryCall(
+            attempt, method_name_, grpc::StubOptions(), &request_, &attempt_response_,
+            [this, attempt](grpc::Status status) { on_attempt_done(attempt, std::move(status)); });
+      }
     } catch (...) {
       creating_attempt() = false;
+      // A batch that did start ends now, so the blocking driver's drain
+      // cannot wait on it.
+      if (blocking_ && reader_) attempt->TryCancel();
       return finish_early(
           callback_threw("an interceptor after the retry interceptor", std::current_exception()));
     }
@@ -472,6 +560,11 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
         phase_ = Phase::kWaiting;
         if (schedule) {
           token = wait_token_ = std::make_shared<WaitToken>(this);
+        } else if (blocking_) {
+          // The driver waits for the alarm on cq_; a cancel cancels it.
+          alarms_.push_back(std::make_unique<grpc::Alarm>());
+          alarms_.back()->Set(&*cq_, detail::saturating_add(std::chrono::system_clock::now(), decision.delay),
+                              alarms_.back().get());
         } else {
           // Set under the lock, so the cancel path never cancels an alarm
           // that is not set (gRPC forbids it). gRPC runs the callback on its
@@ -493,7 +586,7 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     if (!token) return;  // the alarm owns the call now
     // The user's scheduler, with no lock held. `done` keeps only the token.
     auto done = [token] {
-      if (RetryInterceptor* self = token->claim()) self->start_attempt();
+      if (RetryInterceptor* self = token->claim()) self->resume();
     };
     try {
       schedule(decision.delay, std::move(done));
@@ -503,6 +596,12 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
         self->finish_early(callback_threw("the retry schedule", std::current_exception()));
       }
     }
+  }
+
+  // The wait of a user `schedule` is over: go on with the next attempt.
+  void resume() {
+    if (blocking_) return wake();  // on the caller's thread, which waits on cq_
+    start_attempt();
   }
 
   static RetryInterceptor*& arming() {
@@ -557,8 +656,10 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     }
     if (alarm != nullptr) alarm->Cancel();
     if (token && token->claim() != nullptr) {
-      // The user's scheduler may never run `done`: end the call from a gRPC
+      // The user's scheduler may never run `done`. A blocking call's driver
+      // sees the cancel when woken; otherwise end the call from a gRPC
       // thread rather than from inside the caller's TryCancel.
+      if (blocking_) return wake();
       wake_ = std::make_unique<grpc::Alarm>();
       wake_->Set(std::chrono::system_clock::now(), [this](bool) { finish_early(cancelled_status()); });
     }
@@ -577,8 +678,15 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   // The attempts are over: hijack the caller's call and hand it the result.
   // gRPC re-enters Intercept at once with the first batch's receive ops
   // (fill() does the rest); nothing of `this` is touched after that, as the
-  // caller may then destroy its context and this interceptor with it.
-  void complete() { first_->Hijack(); }
+  // caller may then destroy its context and this interceptor with it. A
+  // blocking call's driver does this itself, once its queue is drained.
+  void complete() {
+    if (blocking_) {
+      blocking_done_ = true;
+      return;
+    }
+    first_->Hijack();
+  }
 
   // Fills a batch's receive ops with the result. For the first batch (inside
   // Hijack()) it also releases the batches held meanwhile: from here on,
@@ -634,6 +742,10 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   RetryMethod const method_;
   RetryInterceptorOptions const& options_;
 
+  // A blocking call's completion queue (see run_blocking). Declared before
+  // the attempts and alarms that use it, so it outlives them.
+  std::optional<grpc::CompletionQueue> cq_;
+
   // Under mu_: what the cancel path and the receive batches read.
   std::mutex mu_;
   Phase phase_ = Phase::kNotStarted;
@@ -651,12 +763,17 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   std::optional<RetryState> state_;
   std::vector<std::pair<std::string, std::string>> metadata_;
   std::shared_ptr<grpc::CallCredentials> credentials_;
-  grpc_compression_algorithm compression_ = GRPC_COMPRESS_NONE;
   grpc::ByteBuffer request_;
   std::unique_ptr<grpc::GenericStub> stub_;
   std::unique_ptr<grpc::Alarm> wake_;
   int attempt_ = 0;
-  bool fired_inline_ = false;  // see on_alarm
+  bool fired_inline_ = false;   // see on_alarm
+  bool blocking_ = false;       // a sync-API call: attempts run in run_blocking
+  bool blocking_done_ = false;  // its result is final
+  // The blocking driver's attempt in flight; destroyed before the attempt's
+  // context, whose call holds its memory.
+  std::unique_ptr<grpc::ClientAsyncResponseReader<grpc::ByteBuffer>> reader_;
+  grpc::Status attempt_status_;
   grpc::ByteBuffer attempt_response_;
 
   // The result; final once phase_ is kFinished, read by fill().

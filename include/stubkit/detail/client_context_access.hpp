@@ -3,7 +3,9 @@
 // parent call of ClientContext::FromServerContext (whose cancellation, and
 // optionally deadline, gRPC propagates). Without them a retried call would
 // quietly change meaning: fail fast where the caller asked to wait, or keep
-// running after the server call it serves was cancelled.
+// running after the server call it serves was cancelled. And one fact about
+// an intercepted call gRPC does not expose: whether its caller is blocked
+// waiting for it (the sync API), so its attempts may run on that thread.
 //
 // The members are reached through pointers to members named in explicit
 // template instantiations, where C++ does not check access
@@ -15,9 +17,18 @@
 #ifndef STUBKIT_DETAIL_CLIENT_CONTEXT_ACCESS_HPP
 #define STUBKIT_DETAIL_CLIENT_CONTEXT_ACCESS_HPP
 
+#include <grpc/grpc.h>
 #include <grpcpp/client_context.h>
+#include <grpcpp/completion_queue.h>
+#include <grpcpp/impl/codegen/interceptor_common.h>
 
 #include <string>
+
+// gRPC core's own answer to "what kind of completion queue is this" (next,
+// pluck or callback). Exported by libgrpc but declared in no public header;
+// declared weak, so a gRPC without it links and is_blocking_call() then
+// answers false (the interceptor's portable path).
+grpc_cq_completion_type grpc_get_cq_completion_type(grpc_completion_queue* cq) __attribute__((weak));
 
 namespace stubkit::detail {
 
@@ -48,11 +59,17 @@ struct PropagationMember {
   friend type member(PropagationMember);
 };
 
+struct BatchCallMember {
+  using type = grpc::internal::Call* grpc::internal::InterceptorBatchMethodsImpl::*;
+  friend type member(BatchCallMember);
+};
+
 template struct ExposeMember<WaitForReadyMember, &grpc::ClientContext::wait_for_ready_>;
 template struct ExposeMember<WaitForReadySetMember, &grpc::ClientContext::wait_for_ready_explicitly_set_>;
 template struct ExposeMember<AuthorityMember, &grpc::ClientContext::authority_>;
 template struct ExposeMember<ParentCallMember, &grpc::ClientContext::propagate_from_call_>;
 template struct ExposeMember<PropagationMember, &grpc::ClientContext::propagation_options_>;
+template struct ExposeMember<BatchCallMember, &grpc::internal::InterceptorBatchMethodsImpl::call_>;
 
 /// Gives `attempt` (a fresh context, before its call starts) the caller's
 /// wait_for_ready, authority and parent call. The parent call is gRPC's
@@ -70,6 +87,19 @@ inline void copy_call_semantics(grpc::ClientContext& caller, grpc::ClientContext
 /// Whether `ctx` asked to wait for a ready channel (for tests and logs).
 inline bool waits_for_ready(grpc::ClientContext& ctx) {
   return ctx.*member(WaitForReadySetMember{}) && ctx.*member(WaitForReadyMember{});
+}
+
+/// Whether the call of an intercepted batch is a blocking one: made through
+/// the sync API, whose caller waits on a pluck completion queue of its own
+/// until the call ends. Its interceptors may then block that thread. False
+/// for the async (next) and callback APIs, and when it cannot be told.
+inline bool is_blocking_call(grpc::experimental::InterceptorBatchMethods* methods) {
+  if (&grpc_get_cq_completion_type == nullptr) return false;
+  auto* batch = dynamic_cast<grpc::internal::InterceptorBatchMethodsImpl*>(methods);
+  if (batch == nullptr) return false;
+  grpc::internal::Call* call = batch->*member(BatchCallMember{});
+  if (call == nullptr || call->cq() == nullptr || call->cq()->cq() == nullptr) return false;
+  return grpc_get_cq_completion_type(call->cq()->cq()) == GRPC_CQ_PLUCK;
 }
 
 }  // namespace stubkit::detail
