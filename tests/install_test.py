@@ -49,7 +49,9 @@ shutil.copy(app, cmake_project / "app.cpp")
     "find_package(stubkit 0.1 REQUIRED)\n"
     "add_executable(app app.cpp)\n"
     "target_link_libraries(app PRIVATE stubkit::stubkit)\n")
-run("cmake", "-S", cmake_project, "-B", work / "cmake-build", f"-DCMAKE_PREFIX_PATH={prefix}")
+# Ninja, which the build already needs: Debian's cmake does not pull in
+# make, and a minimal machine has none.
+run("cmake", "-G", "Ninja", "-S", cmake_project, "-B", work / "cmake-build", f"-DCMAKE_PREFIX_PATH={prefix}")
 run("cmake", "--build", work / "cmake-build")
 run(work / "cmake-build" / "app")
 print("install: the installed stubkit builds and runs with pkg-config and with CMake")
