@@ -56,9 +56,11 @@
 // nothing). A cancelled call is never attempted again.
 //
 // Threads and locks. The fields the cancel path reads are under the
-// interceptor's mutex; the rest is touched by one thread at a time, in
-// order: the thread that starts an attempt, then the attempt's callback
-// (gRPC orders them), then the alarm's. User code (on_retry, `schedule`, the
+// interceptor's mutex (the alarm list too: a cancel or a `done` may add a
+// wake-up alarm from its own thread); the rest is touched by one thread at a
+// time, in order: a sync caller's own thread throughout, or else the thread
+// that starts an attempt, then the attempt's callback (gRPC orders them),
+// then the alarm's. User code (on_retry, `schedule`, the
 // clock and random source, interceptors after this one) is never called with
 // the mutex held; when it throws, the call ends with UNKNOWN and a message
 // saying which callback threw.
@@ -71,7 +73,9 @@
 // disable_retries() and set_max_attempts() change the channel's policy.
 // Put this interceptor first in the channel's list (make_channel does): in
 // gRPC 1.51 attempts start at the wrong interceptor when a factory before
-// it returns nullptr for a call, so interceptors before it could run twice.
+// it returns nullptr for a call, so interceptors before it could run twice;
+// and an interceptor before it that let a sync call's first batch go on
+// from another thread would have that thread run the call's attempts.
 //
 // Attempts keep the caller's call semantics: deadline, metadata,
 // credentials, compression, and (read through detail/client_context_access,
@@ -143,11 +147,14 @@ struct RetryInterceptorOptions {
   RetryPolicy policy = RetryPolicy::standard();
   /// Shared by every call on the channel; nullptr = no throttling.
   std::shared_ptr<RetryThrottle> throttle = std::make_shared<RetryThrottle>();
-  /// Called before each retry, on a gRPC thread, with no stubkit lock held.
+  /// Called before each retry, with no stubkit lock held: on a sync
+  /// caller's own thread, on a gRPC thread for other callers.
   std::function<void(RetryEvent const&)> on_retry;
-  /// Waits `delay`, then runs `done`, on any thread; empty = a grpc::Alarm.
-  /// Tests inject one that does not wait. A call cancelled during the wait
-  /// ends at once; `done` may still be run later and then does nothing.
+  /// Arranges for `done` to run after `delay`, on any thread; empty = a
+  /// grpc::Alarm. Tests inject one that does not wait. It is called where
+  /// on_retry is, so it must not block: start a timer, or run `done` at
+  /// once. A call cancelled during the wait ends at once (a sync call also
+  /// at its deadline); `done` may still be run later and then does nothing.
   std::function<void(std::chrono::milliseconds delay, std::function<void()> done)> schedule;
   /// Clock and randomness of retry decisions.
   RetryClock clock;
@@ -425,14 +432,26 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
       cq_.emplace();
     }
     start_attempt();
-    // A user `schedule` holding the wait past the call's deadline ends it
-    // then (an alarm never waits past it: RetryState does not retry when
-    // the delay would cross the deadline).
-    auto limit = state_->plan().deadline.value_or(std::chrono::system_clock::time_point::max());
+    auto const deadline = state_->plan().deadline.value_or(std::chrono::system_clock::time_point::max());
     while (!blocking_done_) {
+      // A user `schedule` holding the wait past the call's deadline ends it
+      // then. Attempts end by their own deadlines, and an alarm never waits
+      // past the call's (RetryState does not retry across it).
+      std::shared_ptr<WaitToken> token;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (phase_ == Phase::kWaiting) token = wait_token_;
+      }
       void* tag = nullptr;
       bool ok = false;
-      auto const next = cq_->AsyncNext(&tag, &ok, limit);
+      grpc::CompletionQueue::NextStatus next = grpc::CompletionQueue::SHUTDOWN;
+      try {
+        // The post-receive hooks of interceptors after this one run in here.
+        next = cq_->AsyncNext(&tag, &ok, token ? deadline : std::chrono::system_clock::time_point::max());
+      } catch (...) {
+        finish_early(callback_threw("an interceptor after the retry interceptor", std::current_exception()));
+        break;
+      }
       if (next == grpc::CompletionQueue::GOT_EVENT) {
         if (tag == &attempt_status_) {
           on_attempt_done(attempts_.back().get(), std::exchange(attempt_status_, grpc::Status()));
@@ -440,26 +459,35 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
           start_attempt();  // an alarm: the wait is over, or was cancelled
         }
       } else if (next == grpc::CompletionQueue::TIMEOUT) {
-        limit = std::chrono::system_clock::time_point::max();  // from now on, wait for what is in flight
-        std::shared_ptr<WaitToken> token;
-        {
-          std::lock_guard<std::mutex> lock(mu_);
-          if (phase_ == Phase::kWaiting) token = wait_token_;
-        }
         if (token && token->claim() != nullptr) {
           finish_early(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                                     "deadline exceeded while the retry schedule held the call"));
-        }
+        }  // else a `done` or a cancel claimed the wait first: its wake-up is on its way
       } else {
         break;  // shut down: cannot happen before the drain below
       }
     }
-    cq_->Shutdown();
-    void* tag = nullptr;
-    bool ok = false;
-    while (cq_->Next(&tag, &ok)) {
-    }
+    drain();
     first_->Hijack();
+  }
+
+  // Shuts cq_ down and takes what is left in it. Core's shutdown, not
+  // CompletionQueue::Shutdown(): an interceptor that threw inside an
+  // attempt's batch left grpcpp's count of batches in flight one too high,
+  // and the C++ call would then never shut the queue down (the drain would
+  // wait for ever). Nothing begins on cq_ any more: the result is final,
+  // and every wait that could still post to it was claimed.
+  void drain() {
+    grpc_completion_queue_shutdown(cq_->cq());
+    for (;;) {
+      void* tag = nullptr;
+      bool ok = false;
+      try {
+        if (!cq_->Next(&tag, &ok)) return;
+      } catch (...) {
+        // A late hook of an interceptor after this one threw: the result is final already.
+      }
+    }
   }
 
   // A blocking call's driver waits on cq_: post it an event now (the
@@ -476,6 +504,13 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
 
   // Starts the next attempt, or ends the call when it was cancelled.
   void start_attempt() {
+    bool cancelled = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled = cancelled_;
+    }
+    // A cancelled call ends without reading the clock or building a context.
+    if (cancelled) return finish_early(cancelled_status());
     auto deadline = state_->next_attempt_deadline();
     if (auto* failed = std::get_if<grpc::Status>(&deadline)) return finish_early(*failed);
     auto ctx = std::make_unique<grpc::ClientContext>();
@@ -496,13 +531,18 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
         phase_ = Phase::kAttempt;
       }
     }
-    if (ctx) return finish_early(cancelled_status());  // not published: the caller cancelled first
-    // Interceptors after this one run inside UnaryCall, and must not throw:
-    // gRPC 1.51 cannot clean up a call whose batch an exception interrupted
-    // (its callback completion queue then never shuts down). Should one
-    // throw anyway, the exception does not unwind into gRPC's threads
-    // (std::terminate); the caller's call ends here with UNKNOWN, as no
-    // callback of this attempt will follow.
+    if (ctx) {      // not published: the caller cancelled first
+      ctx.reset();  // a gRPC object: gone before the caller hears the call has ended
+      return finish_early(cancelled_status());
+    }
+    // Interceptors after this one run inside UnaryCall (or StartCall and
+    // Finish), and must not throw: gRPC 1.51 cannot clean up a call whose
+    // batch an exception interrupted (it keeps a reference to the call, and
+    // on the callback path its completion queue never shuts down). Should
+    // one throw anyway, the exception does not unwind into gRPC's threads
+    // (std::terminate) nor out of a sync caller's stub call; the caller's
+    // call ends here with UNKNOWN, as no completion of this attempt will
+    // follow. (run_blocking catches what their receive hooks throw.)
     creating_attempt() = true;
     try {
       if (blocking_) {
@@ -767,8 +807,11 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   std::unique_ptr<grpc::GenericStub> stub_;
   std::unique_ptr<grpc::Alarm> wake_;
   int attempt_ = 0;
-  bool fired_inline_ = false;   // see on_alarm
-  bool blocking_ = false;       // a sync-API call: attempts run in run_blocking
+  bool fired_inline_ = false;  // see on_alarm
+  // A sync-API call: attempts run in run_blocking. Set under mu_ before the
+  // first attempt, never changed after; other threads read it only after
+  // taking mu_ (on_cancel) or claiming a wait token created after it (done).
+  bool blocking_ = false;
   bool blocking_done_ = false;  // its result is final
   // The blocking driver's attempt in flight; destroyed before the attempt's
   // context, whose call holds its memory.

@@ -92,11 +92,17 @@ inline bool waits_for_ready(grpc::ClientContext& ctx) {
 /// Whether the call of an intercepted batch is a blocking one: made through
 /// the sync API, whose caller waits on a pluck completion queue of its own
 /// until the call ends. Its interceptors may then block that thread. False
-/// for the async (next) and callback APIs, and when it cannot be told.
+/// for the async (next) and callback APIs, for any batch but a call's first
+/// (PRE_SEND_INITIAL_METADATA), and when it cannot be told. What it reads
+/// is the queue's kind: a caller that made a pluck queue itself (through
+/// gRPC's C API) and used it with the async API is taken for a sync caller.
 inline bool is_blocking_call(grpc::experimental::InterceptorBatchMethods* methods) {
+  using grpc::experimental::InterceptionHookPoints;
   if (&grpc_get_cq_completion_type == nullptr) return false;
-  auto* batch = dynamic_cast<grpc::internal::InterceptorBatchMethodsImpl*>(methods);
-  if (batch == nullptr) return false;
+  // Only InterceptorBatchMethodsImpl carries a call's first batch (cancel
+  // batches are another class): the cast is sound, and needs no RTTI.
+  if (!methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) return false;
+  auto* batch = static_cast<grpc::internal::InterceptorBatchMethodsImpl*>(methods);
   grpc::internal::Call* call = batch->*member(BatchCallMember{});
   if (call == nullptr || call->cq() == nullptr || call->cq()->cq() == nullptr) return false;
   return grpc_get_cq_completion_type(call->cq()->cq()) == GRPC_CQ_PLUCK;
