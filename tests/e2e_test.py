@@ -6,56 +6,21 @@ Usage: e2e_test.py USER_SERVER QUICKSTART PROTO_DIR
 Runs with Debian's /usr/bin/python3 (python3-grpcio). Exits non-zero on failure.
 """
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
+
+from peers import check, failures, run, start_server, stop_server
 
 USER_SERVER, QUICKSTART, PROTO_DIR = sys.argv[1:4]
 HERE = os.path.dirname(os.path.abspath(__file__))
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-
-
-def start_server(*flags):
-    proc = subprocess.Popen([USER_SERVER, "--port", "0", *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().strip()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise SystemExit(f"user_server did not start: {line!r} {proc.stderr.read()}")
-    return proc, line[len("listening on "):]
-
-
-def stop_server(proc):
-    start = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = "hung"
-    rest = proc.stdout.read()
-    return rc, time.monotonic() - start, rest
-
-
-def run(*cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
-
-
 # Bad flags: a usage message and exit status 2.
 for bad in (["--port", "70000"], ["--nope", "1"], ["--port"], ["--heartbeat", "soon"]):
     r = run(USER_SERVER, *bad)
     check(r.returncode == 2 and "usage:" in r.stderr, f"user_server {' '.join(bad)} exits 2 with usage")
 
 # The quickstart against a running user_server.
-proc, target = start_server("--heartbeat", "200ms")
+proc, target = start_server(USER_SERVER, "--heartbeat", "200ms")
 r = run(QUICKSTART, "--target", target)
 print(r.stdout)
 check(r.returncode == 0 and "quickstart: done" in r.stdout, "quickstart --target succeeds")
@@ -85,7 +50,7 @@ check(took < 10, f"user_server shuts down promptly ({took:.2f}s)")
 check(rest == "", "user_server prints only the 'listening on' line on stdout")
 
 # A token-protected server: calls need the token.
-proc, target = start_server("--token", "t0ken", "--preload", "3")
+proc, target = start_server(USER_SERVER, "--token", "t0ken", "--preload", "3")
 r = run(QUICKSTART, "--target", target)
 check(r.returncode == 1 and "UNAUTHENTICATED" in r.stdout, "quickstart without the token is UNAUTHENTICATED")
 check("t0ken" not in r.stdout + r.stderr, "the token never appears in output")
@@ -95,7 +60,7 @@ check("list: 6 users" in r.stdout, "preloaded users are listed")
 stop_server(proc)
 
 # A port already in use is a clear error, not a silently shared port.
-proc, target = start_server()
+proc, target = start_server(USER_SERVER)
 r = run(USER_SERVER, "--port", target.rsplit(":", 1)[1])
 check(r.returncode == 1 and "cannot start" in r.stderr, "user_server on a taken port fails clearly")
 stop_server(proc)

@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "grpc/health/v1/health.pb.h"
 #include "stubkit/testing/user_service.hpp"
 
 namespace stubkit::testing {
@@ -187,6 +188,12 @@ class EmbeddedServer {
     std::call_once(once, [] {
       grpc::EnableDefaultHealthCheckService(true);
       grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+      // gRPC's default health service is built on its own messages, which
+      // server reflection (reading protobuf's generated pool) cannot see:
+      // tools such as grpcurl and buf curl then list grpc.health.v1.Health
+      // but cannot describe or call it. Touching a generated health message
+      // links grpc/health/v1/health.proto's descriptors into the pool.
+      (void)grpc::health::v1::HealthCheckRequest::descriptor();
     });
   }
 
