@@ -148,13 +148,12 @@ class Tour {
     std::cout << "watch: stream open (first event: " << event.type() << ")\n";
     std::thread change([&] { rename(id, "Ada, Countess of Lovelace"); });
     bool seen = false;
-    while (!seen && reader->Read(&event)) {
-      if (event.type() == "heartbeat") continue;
+    while (!seen && reader->Read(&event)) seen = event.type() != "heartbeat";
+    change.join();  // it prints too: the event's line waits until it is done
+    if (seen) {
       std::cout << "watch: " << event.type() << " " << event.user().id() << " (sequence " << event.sequence()
                 << ")\n";
-      seen = true;
     }
-    change.join();
     ctx->TryCancel();
     auto const status = reader->Finish();
     if (!seen) {
