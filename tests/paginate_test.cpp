@@ -438,6 +438,40 @@ TEST_SUITE("paginate_e2e") {
     for (auto const& id : seen) CHECK_MESSAGE(seen.count(id) == 1, id);
   }
 
+  TEST_CASE("a range given its stub as a smart pointer owns it; a null one is refused") {
+    ServerFixture f;
+    f.server.service().preload(7);
+    // The stubs exist only inside the ranges: the listings still run.
+    auto owned_unique =
+        stubkit::paginate(UserService::NewStub(f.server.channel()), &Stub::ListUsers, request_with(3));
+    std::shared_ptr<Stub> shared = UserService::NewStub(f.server.channel());
+    auto owned_shared = stubkit::paginate_pages(shared, &Stub::ListUsers, request_with(3));
+    std::weak_ptr<Stub> watch = shared;
+    shared.reset();
+    CHECK_FALSE(watch.expired());  // the page range holds it
+    std::size_t users = 0;
+    for (auto& user : owned_unique) {
+      REQUIRE(user.ok());
+      ++users;
+    }
+    CHECK(users == 7);
+    std::size_t pages = 0;
+    for (auto& page : owned_shared) {
+      REQUIRE(page.ok());
+      ++pages;
+    }
+    CHECK(pages == 3);
+    std::unique_ptr<Stub> none;
+    CHECK_THROWS_AS(stubkit::paginate(std::move(none), &Stub::ListUsers, request_with(3)),
+                    std::invalid_argument);
+    // What may be passed, and what does not compile (a temporary stub: see
+    // tests/compile_fail/paginate_temporary_stub.cpp).
+    static_assert(stubkit::detail::is_stub_arg_v<Stub&, Stub>);
+    static_assert(stubkit::detail::is_stub_arg_v<std::unique_ptr<Stub>, Stub>);
+    static_assert(stubkit::detail::is_stub_arg_v<std::shared_ptr<Stub> const&, UserService::StubInterface>);
+    static_assert(!stubkit::detail::is_stub_arg_v<std::shared_ptr<int>, Stub>);
+  }
+
   TEST_CASE("a tampered token is INVALID_ARGUMENT naming page_token") {
     ServerFixture f;
     f.server.service().preload(10);

@@ -45,6 +45,26 @@ TEST_SUITE("stream") {
     CHECK(ids == std::vector<std::string>{"a", "b", "c"});
   }
 
+  TEST_CASE("a stream range outlives the stub that opened it") {
+    ServerFixture f;
+    // The call is opened at once and holds its channel: the stub, gone at
+    // the end of this statement, is not needed again.
+    auto events = stubkit::read_stream(*myservice::v1::UserService::NewStub(f.server.channel()),
+                                       &myservice::v1::UserService::Stub::WatchUsers,
+                                       myservice::v1::WatchUsersRequest{});
+    std::thread writer([&] {
+      wait_for_streams(f.server, 1);
+      REQUIRE(f.create("a").ok());
+    });
+    auto it = events.begin();
+    while (it != events.end() && (*it).ok() && (*it)->type() == "heartbeat") ++it;
+    writer.join();
+    REQUIRE(it != events.end());
+    REQUIRE((*it).ok());
+    CHECK((*it)->type() == "created");
+    CHECK((*it)->user().id() == "a");
+  }
+
   TEST_CASE("heartbeats come through when asked for") {
     stubkit::testing::EmbeddedServerOptions options;
     options.service.heartbeat_interval = 5ms;

@@ -37,6 +37,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <unordered_set>
@@ -242,16 +243,76 @@ class Pager {
   bool done_ = false;
 };
 
-template <typename Request, typename Stub, typename Class, typename Response>
+// What paginate accepts as its stub, for a method of `Class`: a stub (or a
+// StubInterface) by name, which must outlive the range, or a
+// std::shared_ptr / std::unique_ptr to one, which the range then owns.
+template <typename T, typename Class>
+struct StubArg {
+  using Stub = std::remove_cv_t<std::remove_reference_t<T>>;
+  static constexpr bool owning = false;
+  static constexpr bool unique = false;
+  static constexpr bool value = std::is_base_of_v<Class, Stub>;
+};
+template <typename P, typename Class>
+struct StubArg<std::shared_ptr<P>, Class> {
+  using Stub = P;
+  static constexpr bool owning = true;
+  static constexpr bool unique = false;
+  static constexpr bool value = std::is_base_of_v<Class, P>;
+};
+template <typename P, typename D, typename Class>
+struct StubArg<std::unique_ptr<P, D>, Class> {
+  using Stub = P;
+  static constexpr bool owning = true;
+  static constexpr bool unique = true;
+  static constexpr bool value = std::is_base_of_v<Class, P>;
+};
+template <typename T, typename Class>
+using StubArgOf = StubArg<std::remove_cv_t<std::remove_reference_t<T>>, Class>;
+template <typename T, typename Class>
+inline constexpr bool is_stub_arg_v = StubArgOf<T, Class>::value;
+
+template <typename Stub, typename Class, typename Request, typename Response>
 PageFetch<Request, Response> stub_fetch(Stub& stub,
                                         grpc::Status (Class::*method)(grpc::ClientContext*, Request const&,
                                                                       Response*)) {
-  static_assert(std::is_base_of_v<Class, Stub>, "the method must belong to the stub");
   return [&stub, method](grpc::ClientContext& ctx, Request const& request) -> Result<Response> {
     Response response;
     grpc::Status status = (stub.*method)(&ctx, request, &response);
     return to_result(status, std::move(response));
   };
+}
+
+template <typename Stub, typename Class, typename Request, typename Response>
+PageFetch<Request, Response> owned_stub_fetch(std::shared_ptr<Stub> stub,
+                                              grpc::Status (Class::*method)(grpc::ClientContext*,
+                                                                            Request const&, Response*)) {
+  return
+      [stub = std::move(stub), method](grpc::ClientContext& ctx, Request const& request) -> Result<Response> {
+        Response response;
+        grpc::Status status = ((*stub).*method)(&ctx, request, &response);
+        return to_result(status, std::move(response));
+      };
+}
+
+// The fetch of a paginate call on `stub`; refuses, at compile time, a
+// temporary stub, which the range would outlive.
+template <typename T, typename Class, typename Request, typename Response>
+PageFetch<Request, Response> fetch_from(T&& stub, grpc::Status (Class::*method)(grpc::ClientContext*,
+                                                                                Request const&, Response*)) {
+  using Arg = StubArgOf<T, Class>;
+  static_assert(Arg::owning || std::is_lvalue_reference_v<T>,
+                "paginate keeps its stub for the whole listing: a temporary stub would be gone before the "
+                "first page. Pass a stub that outlives the range, or a std::shared_ptr / std::unique_ptr "
+                "to it, which the range then owns");
+  static_assert(!Arg::unique || !std::is_lvalue_reference_v<T>,
+                "pass a std::unique_ptr stub with std::move: the range takes it over");
+  if constexpr (Arg::owning) {
+    if (!stub) throw std::invalid_argument("stubkit::paginate: the stub pointer is null");
+    return owned_stub_fetch(std::shared_ptr<typename Arg::Stub>(std::forward<T>(stub)), method);
+  } else {
+    return stub_fetch(stub, method);
+  }
 }
 
 template <typename T>
@@ -375,22 +436,28 @@ class PageRange : public detail::LazyRange<PageRange<Request, Response>> {
 
 /// The items of a List method called on a generated stub (Stub or
 /// StubInterface), starting from `request` (its page_token resumes a
-/// listing). The response type must have PageTraits.
-template <typename Stub, typename Class, typename Request, typename Response>
-auto paginate(Stub& stub, grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
+/// listing). The response type must have PageTraits. `stub` is used for
+/// every page: pass one that outlives the range, or a std::shared_ptr or
+/// std::unique_ptr to it, which the range then owns
+/// (`paginate(UserService::NewStub(channel), ...)`). A temporary stub does
+/// not compile. Throws std::invalid_argument for a null pointer.
+template <typename Stub, typename Class, typename Request, typename Response,
+          typename = std::enable_if_t<detail::is_stub_arg_v<Stub, Class>>>
+auto paginate(Stub&& stub, grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
               Request request, PaginateOptions options = {}) {
   return ItemRange<Request, Response, detail::TraitsAccessor<Response>>(
-      detail::stub_fetch(stub, method), std::move(request), {}, std::move(options));
+      detail::fetch_from(std::forward<Stub>(stub), method), std::move(request), {}, std::move(options));
 }
 
 /// As above, naming the repeated field with `items`:
 /// `[](ListBooksResponse& r) { return r.mutable_books(); }`.
 template <typename Stub, typename Class, typename Request, typename Response, typename Accessor,
-          typename = std::enable_if_t<std::is_invocable_v<Accessor const&, Response&>>>
-auto paginate(Stub& stub, grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
+          typename = std::enable_if_t<detail::is_stub_arg_v<Stub, Class> &&
+                                      std::is_invocable_v<Accessor const&, Response&>>>
+auto paginate(Stub&& stub, grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
               Request request, Accessor items, PaginateOptions options = {}) {
-  return ItemRange<Request, Response, Accessor>(detail::stub_fetch(stub, method), std::move(request),
-                                                std::move(items), std::move(options));
+  return ItemRange<Request, Response, Accessor>(detail::fetch_from(std::forward<Stub>(stub), method),
+                                                std::move(request), std::move(items), std::move(options));
 }
 
 /// The items of a listing whose pages come from `fetch`, a callable
@@ -415,23 +482,27 @@ auto paginate(Fetch fetch, Request request, Accessor items, PaginateOptions opti
                                                 std::move(options));
 }
 
-/// The pages of a List method called on a generated stub.
-template <typename Stub, typename Class, typename Request, typename Response>
-auto paginate_pages(Stub& stub,
+/// The pages of a List method called on a generated stub (held as for
+/// paginate).
+template <typename Stub, typename Class, typename Request, typename Response,
+          typename = std::enable_if_t<detail::is_stub_arg_v<Stub, Class>>>
+auto paginate_pages(Stub&& stub,
                     grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
                     Request request, PaginateOptions options = {}) {
-  return PageRange<Request, Response>(detail::stub_fetch(stub, method), std::move(request),
-                                      detail::TraitsAccessor<Response>{}, std::move(options));
+  return PageRange<Request, Response>(detail::fetch_from(std::forward<Stub>(stub), method),
+                                      std::move(request), detail::TraitsAccessor<Response>{},
+                                      std::move(options));
 }
 
 /// The pages of a List method, naming the repeated field with `items`.
 template <typename Stub, typename Class, typename Request, typename Response, typename Accessor,
-          typename = std::enable_if_t<std::is_invocable_v<Accessor const&, Response&>>>
-auto paginate_pages(Stub& stub,
+          typename = std::enable_if_t<detail::is_stub_arg_v<Stub, Class> &&
+                                      std::is_invocable_v<Accessor const&, Response&>>>
+auto paginate_pages(Stub&& stub,
                     grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
                     Request request, Accessor items, PaginateOptions options = {}) {
-  return PageRange<Request, Response>(detail::stub_fetch(stub, method), std::move(request), std::move(items),
-                                      std::move(options));
+  return PageRange<Request, Response>(detail::fetch_from(std::forward<Stub>(stub), method),
+                                      std::move(request), std::move(items), std::move(options));
 }
 
 /// The pages of a listing whose pages come from `fetch` (see paginate).
