@@ -16,7 +16,8 @@ if work.exists():
     shutil.rmtree(work)
 work.mkdir(parents=True)
 prefix = work / "prefix"
-app = root / "tests" / "consumer" / "app.cpp"
+app = root / "tests" / "consumer" / "app.cpp"  # uses the embedded server
+sdk_app = root / "tests" / "consumer" / "sdk_only.cpp"  # the SDK alone
 
 
 def run(*cmd, **kw):
@@ -32,26 +33,43 @@ for expected in ("include/stubkit/stubkit.hpp", "include/myservice/v1/user.grpc.
     if not (prefix / expected).exists():
         sys.exit(f"not installed: {expected}")
 
-# pkg-config
+# pkg-config: the SDK alone must not bring gRPC's reflection library; the
+# embedded server's package adds it.
 env = dict(os.environ, PKG_CONFIG_PATH=str(libdir / "pkgconfig"))
-flags = subprocess.run(["pkg-config", "--cflags", "--libs", "stubkit"], env=env, check=True,
-                       capture_output=True, text=True).stdout.split()
-run("c++", "-std=c++17", app, "-o", work / "app-pkgconfig", *flags, "-pthread")
+
+
+def pkg_flags(package):
+    return subprocess.run(["pkg-config", "--cflags", "--libs", package], env=env, check=True,
+                          capture_output=True, text=True).stdout.split()
+
+
+if "-lgrpc++_reflection" in pkg_flags("stubkit"):
+    sys.exit("pkg-config stubkit hands out grpc++_reflection, which only stubkit-testing needs")
+run("c++", "-std=c++17", sdk_app, "-o", work / "sdk-pkgconfig", *pkg_flags("stubkit"), "-pthread")
+run(work / "sdk-pkgconfig")
+run("c++", "-std=c++17", app, "-o", work / "app-pkgconfig", *pkg_flags("stubkit-testing"), "-pthread")
 run(work / "app-pkgconfig")
 
-# CMake
+# CMake: stubkit::stubkit for the SDK, stubkit::testing with the embedded server.
 cmake_project = work / "cmake-project"
 cmake_project.mkdir()
 shutil.copy(app, cmake_project / "app.cpp")
+shutil.copy(sdk_app, cmake_project / "sdk_only.cpp")
 (cmake_project / "CMakeLists.txt").write_text(
     "cmake_minimum_required(VERSION 3.16)\n"
     "project(stubkit_cmake_consumer CXX)\n"
     "find_package(stubkit 0.1 REQUIRED)\n"
+    "add_executable(sdk_only sdk_only.cpp)\n"
+    "target_link_libraries(sdk_only PRIVATE stubkit::stubkit)\n"
     "add_executable(app app.cpp)\n"
-    "target_link_libraries(app PRIVATE stubkit::stubkit)\n")
+    "target_link_libraries(app PRIVATE stubkit::testing)\n")
 # Ninja, which the build already needs: Debian's cmake does not pull in
 # make, and a minimal machine has none.
 run("cmake", "-G", "Ninja", "-S", cmake_project, "-B", work / "cmake-build", f"-DCMAKE_PREFIX_PATH={prefix}")
 run("cmake", "--build", work / "cmake-build")
+if "grpc++_reflection" in (work / "cmake-build" / "build.ninja").read_text().split("build sdk_only:")[1].split("\nbuild ")[0]:
+    sys.exit("stubkit::stubkit links grpc++_reflection, which only stubkit::testing needs")
+run(work / "cmake-build" / "sdk_only")
 run(work / "cmake-build" / "app")
-print("install: the installed stubkit builds and runs with pkg-config and with CMake")
+print("install: the installed stubkit builds and runs with pkg-config and with CMake, with and without "
+      "the embedded server")
