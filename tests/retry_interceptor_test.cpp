@@ -49,6 +49,34 @@ struct Recorded {
   }
 };
 
+// Options whose scheduler never runs `done` by itself: the test runs it,
+// late, with run().
+struct Parked {
+  std::mutex mu;
+  std::function<void()> done;
+
+  stubkit::RetryInterceptorOptions options() {
+    stubkit::RetryInterceptorOptions o;
+    o.schedule = [this](std::chrono::milliseconds, std::function<void()> d) {
+      std::lock_guard<std::mutex> lock(mu);
+      done = std::move(d);
+    };
+    return o;
+  }
+  bool holding() {
+    std::lock_guard<std::mutex> lock(mu);
+    return static_cast<bool>(done);
+  }
+  void run() {
+    std::function<void()> d;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      d = done;
+    }
+    d();
+  }
+};
+
 Interceptors with(stubkit::RetryInterceptorOptions options) {
   Interceptors interceptors;
   interceptors.push_back(stubkit::retry_interceptor(std::move(options)));
@@ -533,21 +561,12 @@ TEST_SUITE("retry_interceptor") {
   TEST_CASE("a cancel inside a custom schedule ends the call; its late done does nothing") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
-    std::mutex mu;
-    std::function<void()> parked;  // the scheduler never runs it by itself
-    stubkit::RetryInterceptorOptions options;
-    options.schedule = [&](std::chrono::milliseconds, std::function<void()> done) {
-      std::lock_guard<std::mutex> lock(mu);
-      parked = std::move(done);
-    };
-    auto stub = UserService::NewStub(f.server.channel(with(options)));
+    Parked parked;
+    auto stub = UserService::NewStub(f.server.channel(with(parked.options())));
     f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
-    check_cancel_ends_call(f, *stub, [&] {
-      std::lock_guard<std::mutex> lock(mu);
-      return static_cast<bool>(parked);
-    });
+    check_cancel_ends_call(f, *stub, [&] { return parked.holding(); });
     stub.reset();
-    parked();  // the call and its interceptor are gone: nothing may happen
+    parked.run();  // the call and its interceptor are gone: nothing may happen
     CHECK(f.server.faults().calls("GetUser") == 1);
   }
 
@@ -687,14 +706,8 @@ TEST_SUITE("retry_interceptor") {
 
   TEST_CASE("a sync call whose custom schedule holds the wait ends at its deadline") {
     ServerFixture f;
-    std::mutex mu;
-    std::function<void()> parked;  // never run by the scheduler itself
-    stubkit::RetryInterceptorOptions options;
-    options.schedule = [&](std::chrono::milliseconds, std::function<void()> done) {
-      std::lock_guard<std::mutex> lock(mu);
-      parked = std::move(done);
-    };
-    auto stub = UserService::NewStub(f.server.channel(with(options)));
+    Parked parked;
+    auto stub = UserService::NewStub(f.server.channel(with(parked.options())));
     f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
     auto const start = std::chrono::steady_clock::now();
     User user;
@@ -702,9 +715,8 @@ TEST_SUITE("retry_interceptor") {
     CHECK(status.error_code() == StatusCode::DEADLINE_EXCEEDED);
     CHECK(std::chrono::steady_clock::now() - start < kPromptly);
     stub.reset();
-    std::lock_guard<std::mutex> lock(mu);
-    REQUIRE(parked);
-    parked();  // late: the call is gone, nothing happens
+    REQUIRE(parked.holding());
+    parked.run();  // late: the call is gone, nothing happens
     CHECK(f.server.faults().calls("GetUser") == 1);
   }
 
