@@ -13,13 +13,17 @@
 #include <thread>
 #include <vector>
 
+#include "example_args.hpp"
 #include "stubkit/channel.hpp"
 #include "stubkit/testing/embedded_server.hpp"
 
 using myservice::v1::UserService;
 using namespace std::chrono_literals;
 
-int main() {
+int main(int argc, char** argv) {
+  example::embedded_only(
+      argc, argv, "channels",
+      "one channel to several backends: load balancing, health checking, retries, a bearer token, limits");
   std::vector<std::unique_ptr<stubkit::testing::EmbeddedServer>> backends;
   std::string target = "ipv4:";
   for (int i = 0; i < 3; ++i) {

@@ -11,6 +11,7 @@
 #include <memory>
 #include <thread>
 
+#include "example_args.hpp"
 #include "myservice/v1/user.grpc.pb.h"
 #include "stubkit/deadline.hpp"
 #include "stubkit/testing/embedded_server.hpp"
@@ -44,7 +45,10 @@ grpc::Status get_user(UserService::Stub& stub, std::chrono::milliseconds timeout
   return stub.GetUser(&ctx, request, &user);
 }
 
-int main() {
+int main(int argc, char** argv) {
+  example::embedded_only(
+      argc, argv, "deadlines",
+      "passing a deadline on to downstream calls, and one time budget for a group of calls");
   stubkit::testing::EmbeddedServer backend;
   backend.service().preload(1);
   Front front(backend.channel());

@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 
+#include "example_args.hpp"
 #include "google/protobuf/util/time_util.h"
 #include "myservice/v1/user.grpc.pb.h"
 #include "stubkit/status.hpp"
@@ -49,7 +50,8 @@ void explain(stubkit::Error const& error) {
   }
 }
 
-int main() {
+int main(int argc, char** argv) {
+  example::embedded_only(argc, argv, "errors", "handling gRPC errors by type, with the details servers send");
   stubkit::testing::EmbeddedServer server;
   auto stub = UserService::NewStub(server.channel());
 

@@ -11,6 +11,7 @@
 #include <iostream>
 #include <string>
 
+#include "example_args.hpp"
 #include "myservice/v1/user.grpc.pb.h"
 #include "stubkit/paginate.hpp"
 #include "stubkit/testing/embedded_server.hpp"
@@ -19,7 +20,10 @@
 using myservice::v1::ListUsersRequest;
 using Stub = myservice::v1::UserService::Stub;
 
-int main() {
+int main(int argc, char** argv) {
+  example::embedded_only(
+      argc, argv, "pagination",
+      "listing every user page by page, bounding a listing, resuming it from a saved token");
   stubkit::testing::EmbeddedServer server;
   server.service().preload(250);
   auto stub = myservice::v1::UserService::NewStub(server.channel());

@@ -41,8 +41,14 @@ Flags parse_flags(int argc, char** argv) {
       flags.target = argv[++i];
     } else if (i + 1 < argc && flag == "--token") {
       flags.token = argv[++i];
+    } else if (flag == "--help" || flag == "-h") {
+      std::cout << "usage: quickstart [--target HOST:PORT] [--token T]\n"
+                   "  A tour of the UserService: create, get, list, update, watch. Without --target\n"
+                   "  it runs against an embedded, in-process server; --token sends a bearer token.\n";
+      std::exit(0);
     } else {
-      std::cerr << "usage: quickstart [--target HOST:PORT] [--token T]\n";
+      std::cerr << "quickstart: unknown or incomplete argument '" << flag
+                << "' (usage: quickstart [--target HOST:PORT] [--token T])\n";
       std::exit(2);
     }
   }

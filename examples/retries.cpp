@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "example_args.hpp"
 #include "myservice/v1/user.grpc.pb.h"
 #include "stubkit/retry.hpp"
 #include "stubkit/retry_interceptor.hpp"
@@ -19,7 +20,8 @@
 using myservice::v1::UserService;
 using namespace std::chrono_literals;
 
-int main() {
+int main(int argc, char** argv) {
+  example::embedded_only(argc, argv, "retries", "retrying safely, from a call site and from the channel");
   stubkit::testing::EmbeddedServer server;
   server.service().preload(1);
   auto stub = UserService::NewStub(server.channel());

@@ -11,6 +11,7 @@
 #include <string>
 #include <thread>
 
+#include "example_args.hpp"
 #include "stubkit/testing/embedded_server.hpp"
 #include "stubkit/user_client.hpp"
 
@@ -22,7 +23,8 @@ void create(stubkit::UserClient& client, std::string const& id) {
   (void)client.create_user(user);
 }
 
-int main() {
+int main(int argc, char** argv) {
+  example::embedded_only(argc, argv, "streaming", "server, client and bidirectional streams");
   stubkit::testing::EmbeddedServer server;
   stubkit::UserClient client(server.channel());
   bool ok = true;
