@@ -5,6 +5,7 @@
 //
 //   user_server [--host H] [--port P] [--preload N] [--token T] [--heartbeat D]
 //               [--max-page-size N] [--data PATH [--sync]] [--server-id ID]
+//               [--fault-metadata] [--tls-cert FILE --tls-key FILE]
 //
 // --port 0 (the default) picks a free port. When ready it prints exactly one
 // line "listening on HOST:PORT". D is a duration such as 5s or 250ms.
@@ -13,8 +14,10 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
 
@@ -27,6 +30,7 @@ namespace {
 constexpr char const* kUsage =
     "usage: user_server [--host H] [--port P] [--preload N] [--token T] [--heartbeat D]\n"
     "                   [--max-page-size N] [--data PATH [--sync]] [--server-id ID]\n"
+    "                   [--fault-metadata] [--tls-cert FILE --tls-key FILE]\n"
     "  --host H       address to bind (default 127.0.0.1)\n"
     "  --port P       TCP port, 0 picks a free one (default 0)\n"
     "  --preload N    create N users at start if there are none (default 0)\n"
@@ -36,7 +40,10 @@ constexpr char const* kUsage =
     "  --data PATH    keep users in the journal file PATH (created if missing);\n"
     "                 every write is in it before the reply (default: memory only)\n"
     "  --sync         with --data, also fdatasync before each reply\n"
-    "  --server-id ID send ID in the trailing metadata stubkit-server-id of every reply\n";
+    "  --server-id ID send ID in the trailing metadata stubkit-server-id of every reply\n"
+    "  --fault-metadata  let clients ask for failures and latency with the request\n"
+    "                 header stubkit-fault (see docs/embedded-server.md); testing only\n"
+    "  --tls-cert FILE, --tls-key FILE  serve TLS with this PEM certificate chain and key\n";
 
 [[noreturn]] void usage_error(std::string const& message) {
   std::cerr << "user_server: " << message << "\n" << kUsage;
@@ -53,7 +60,18 @@ struct Flags {
   std::string data;
   bool sync = false;
   std::string server_id;
+  bool fault_metadata = false;
+  std::string tls_cert;
+  std::string tls_key;
 };
+
+std::string read_file(std::string const& flag, std::string const& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream content;
+  content << in.rdbuf();
+  if (!in || content.str().empty()) usage_error(flag + ": cannot read '" + path + "'");
+  return content.str();
+}
 
 int parse_int(std::string_view flag, std::string_view text, int min, int max) {
   int value = 0;
@@ -76,6 +94,10 @@ Flags parse_flags(int argc, char** argv) {
       flags.sync = true;
       continue;
     }
+    if (flag == "--fault-metadata") {
+      flags.fault_metadata = true;
+      continue;
+    }
     if (i + 1 >= argc) usage_error("missing value after " + std::string(flag));
     std::string_view const value = argv[++i];
     if (flag == "--host") {
@@ -93,6 +115,10 @@ Flags parse_flags(int argc, char** argv) {
     } else if (flag == "--server-id") {
       if (value.empty()) usage_error("--server-id must not be empty");
       flags.server_id = std::string(value);
+    } else if (flag == "--tls-cert") {
+      flags.tls_cert = read_file("--tls-cert", std::string(value));
+    } else if (flag == "--tls-key") {
+      flags.tls_key = read_file("--tls-key", std::string(value));
     } else if (flag == "--max-page-size") {
       flags.max_page_size = parse_int(flag, value, 1, 1'000'000);
     } else if (flag == "--heartbeat") {
@@ -109,6 +135,7 @@ Flags parse_flags(int argc, char** argv) {
     }
   }
   if (flags.sync && flags.data.empty()) usage_error("--sync needs --data");
+  if (flags.tls_cert.empty() != flags.tls_key.empty()) usage_error("--tls-cert and --tls-key go together");
   return flags;
 }
 
@@ -133,6 +160,12 @@ int main(int argc, char** argv) {
   options.service.data_path = flags.data;
   options.service.sync_data = flags.sync;
   options.service.server_id = flags.server_id;
+  options.service.fault_metadata = flags.fault_metadata;
+  if (!flags.tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({flags.tls_key, flags.tls_cert});
+    options.credentials = grpc::SslServerCredentials(ssl);
+  }
   options.service.warn = [](std::string const& message) { std::cerr << "user_server: " << message << "\n"; };
   std::optional<stubkit::testing::EmbeddedServer> server;
   try {

@@ -15,7 +15,8 @@ from peers import check, failures, run, start_server, stop_server
 USER_SERVER, QUICKSTART, PROTO_DIR = sys.argv[1:4]
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Bad flags: a usage message and exit status 2.
-for bad in (["--port", "70000"], ["--nope", "1"], ["--port"], ["--heartbeat", "soon"]):
+for bad in (["--port", "70000"], ["--nope", "1"], ["--port"], ["--heartbeat", "soon"],
+            ["--tls-cert", "/nonexistent.pem"], ["--tls-cert", __file__], ["--fault-metadata", "--tls-key", __file__]):
     r = run(USER_SERVER, *bad)
     check(r.returncode == 2 and "usage:" in r.stderr, f"user_server {' '.join(bad)} exits 2 with usage")
 

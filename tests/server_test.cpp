@@ -276,6 +276,118 @@ TEST_SUITE("server") {
     CHECK(faults.calls("GetUser") == static_cast<std::int64_t>(n + 5));
   }
 
+  TEST_CASE("the stubkit-fault header is ignored unless the service honours it") {
+    ServerFixture f;  // fault_metadata off
+    REQUIRE(f.create("ada").ok());
+    auto ctx = context();
+    ctx->AddMetadata("stubkit-fault", "code=UNAVAILABLE");
+    myservice::v1::GetUserRequest request;
+    request.set_id("ada");
+    myservice::v1::User user;
+    CHECK(f.stub->GetUser(ctx.get(), request, &user).ok());
+  }
+
+  TEST_CASE("the stubkit-fault header fails the first N attempts, counted by either attempt header") {
+    stubkit::testing::EmbeddedServerOptions options;
+    options.service.fault_metadata = true;
+    ServerFixture f(options);
+    REQUIRE(f.create("ada").ok());
+    auto get = [&](std::string const& fault, std::string const& attempt_header = "",
+                   std::string const& n = "") {
+      auto ctx = context();
+      ctx->AddMetadata("stubkit-fault", fault);
+      if (!attempt_header.empty()) ctx->AddMetadata(attempt_header, n);
+      myservice::v1::GetUserRequest request;
+      request.set_id("ada");
+      myservice::v1::User user;
+      return f.stub->GetUser(ctx.get(), request, &user);
+    };
+    std::string const fault = "code=UNAVAILABLE, attempts=2";
+    CHECK(get(fault).error_code() == StatusCode::UNAVAILABLE);  // no header: the first attempt
+    CHECK(get(fault, "stubkit-previous-rpc-attempts", "1").error_code() == StatusCode::UNAVAILABLE);
+    CHECK(get(fault, "stubkit-previous-rpc-attempts", "2").ok());
+    CHECK(get(fault, "grpc-previous-rpc-attempts", "1").error_code() == StatusCode::UNAVAILABLE);
+    CHECK(get(fault, "grpc-previous-rpc-attempts", "2").ok());
+    // Without attempts= every attempt fails; codes by name or number.
+    CHECK(get("code=14", "stubkit-previous-rpc-attempts", "9").error_code() == StatusCode::UNAVAILABLE);
+    CHECK(get("code=RESOURCE_EXHAUSTED").error_code() == StatusCode::RESOURCE_EXHAUSTED);
+    auto pushback = get("code=UNAVAILABLE,retry-delay=1500ms");
+    auto retry = detail_of<google::rpc::RetryInfo>(pushback);
+    REQUIRE(retry);
+    CHECK(retry->retry_delay().seconds() == 1);
+    CHECK(retry->retry_delay().nanos() == 500'000'000);
+    // Planned faults still apply, and every call is counted.
+    f.server.faults().fail_next("GetUser", 1, StatusCode::INTERNAL);
+    CHECK(get("latency=0ms").error_code() == StatusCode::INTERNAL);
+    CHECK(f.server.faults().calls("GetUser") == 9);
+  }
+
+  TEST_CASE("stubkit-fault lost-reply does the work, then fails the call") {
+    stubkit::testing::EmbeddedServerOptions options;
+    options.service.fault_metadata = true;
+    ServerFixture f(options);
+    auto ctx = context();
+    ctx->AddMetadata("stubkit-fault", "code=UNAVAILABLE,lost-reply");
+    myservice::v1::CreateUserRequest request;
+    request.mutable_user()->set_id("ada");
+    myservice::v1::CreateUserResponse response;
+    CHECK(f.stub->CreateUser(ctx.get(), request, &response).error_code() == StatusCode::UNAVAILABLE);
+    CHECK(f.server.service().user_count() == 1);
+  }
+
+  TEST_CASE("stubkit-fault latency and close-stream-after") {
+    stubkit::testing::EmbeddedServerOptions options;
+    options.service.fault_metadata = true;
+    ServerFixture f(options);
+    auto slow = context(100ms);
+    slow->AddMetadata("stubkit-fault", "latency=10s");
+    myservice::v1::GetUserRequest get;
+    get.set_id("ada");
+    myservice::v1::User user;
+    CHECK(f.stub->GetUser(slow.get(), get, &user).error_code() == StatusCode::DEADLINE_EXCEEDED);
+
+    auto ctx = context();
+    ctx->AddMetadata("stubkit-fault", "close-stream-after=2");
+    auto reader = f.stub->WatchUsers(ctx.get(), {});
+    myservice::v1::UserEvent event;
+    REQUIRE(reader->Read(&event));  // heartbeat
+    REQUIRE(f.create("a").ok());
+    REQUIRE(f.create("b").ok());
+    int received = 1;
+    while (reader->Read(&event)) ++received;
+    CHECK(received == 2);
+    CHECK(reader->Finish().error_code() == StatusCode::UNAVAILABLE);
+  }
+
+  TEST_CASE("a malformed stubkit-fault header is INVALID_ARGUMENT naming the setting") {
+    stubkit::testing::EmbeddedServerOptions options;
+    options.service.fault_metadata = true;
+    ServerFixture f(options);
+    REQUIRE(f.create("ada").ok());
+    for (std::string const bad :
+         {"code=NOPE", "code=17", "code=OK", "attempts=-1", "attempts=x", "attempts=9999999", "latency=5",
+          "latency=5m", "latency=2000000s", "retry-delay=1s", "lost-reply", "frobnicate=1", "code"}) {
+      CAPTURE(bad);
+      auto ctx = context();
+      ctx->AddMetadata("stubkit-fault", bad);
+      myservice::v1::GetUserRequest request;
+      request.set_id("ada");
+      myservice::v1::User user;
+      auto status = f.stub->GetUser(ctx.get(), request, &user);
+      CHECK(status.error_code() == StatusCode::INVALID_ARGUMENT);
+      CHECK(status.error_message().find("stubkit-fault: '") == 0);
+    }
+    // A bad header leaves the plan as it was.
+    stubkit::testing::FaultInjector::Plan plan;
+    plan.latency = 7ms;
+    CHECK_FALSE(stubkit::testing::FaultInjector::apply_header("latency=1s,code=NOPE", 0, plan).ok());
+    CHECK(plan.latency == 7ms);
+    CHECK(stubkit::testing::FaultInjector::apply_header(" latency = 1s , , code = ABORTED ", 0, plan).ok());
+    CHECK(plan.latency == 1s);
+    REQUIRE(plan.failure);
+    CHECK(plan.failure->error_code() == StatusCode::ABORTED);
+  }
+
   TEST_CASE("over TCP the server listens on a picked port") {
     stubkit::testing::EmbeddedServer server(tcp_options());
     REQUIRE(server.port() > 0);

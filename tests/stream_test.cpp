@@ -152,6 +152,27 @@ TEST_SUITE("stream") {
     CHECK(events.connections() > 2);
   }
 
+  TEST_CASE("the resumable watch sends its metadata with every connection") {
+    stubkit::testing::EmbeddedServerOptions server_options;
+    server_options.service.fault_metadata = true;
+    ServerFixture f(server_options);
+    stubkit::UserClient client(f.server.channel());
+    for (int i = 0; i < 10; ++i) REQUIRE(f.create("user" + std::to_string(i)).ok());
+    stubkit::ResumableWatchOptions options;
+    options.clock.sleep = [](std::chrono::milliseconds) {};
+    options.policy.max_attempts = 5;
+    options.metadata.emplace_back("stubkit-fault", "close-stream-after=1");
+    options.after_sequence = 1;  // replay events 2..10
+    int events = 0;
+    auto watch = client.watch_users_resumable(options);
+    for (auto& event : watch) {
+      REQUIRE_MESSAGE(event.ok(), event.error().to_string());
+      if (++events == 9) break;
+    }
+    // One event per connection: the fault reached every one of them.
+    CHECK(watch.connections() == 9);
+  }
+
   TEST_CASE("the resumable watch gives up after max_attempts failed connections") {
     ServerFixture f;
     f.server.faults().fail_next("WatchUsers", 100, StatusCode::UNAVAILABLE, "down");
@@ -205,6 +226,29 @@ TEST_SUITE("stream") {
     for (int i = 0; i < 500 && f.server.faults().calls("BulkCreateUsers") == 0; ++i)
       std::this_thread::sleep_for(2ms);
     CHECK(f.server.faults().calls("BulkCreateUsers") == 1);
+  }
+
+  TEST_CASE("a chat session's initial metadata means the server relays to it") {
+    ServerFixture f;
+    stubkit::UserClient client(f.server.channel());
+    stubkit::StreamOptions options;
+    options.deadline = stubkit::Deadline::after(10s);  // a missing signal fails, not hangs
+    auto alice = client.chat(options);
+    auto bob = client.chat(options);
+    bob.wait_for_initial_metadata();  // no sleep, no server counter
+    myservice::v1::ChatMessage message;
+    message.set_sender("alice");
+    message.set_text("first");
+    REQUIRE(alice.write(message));
+    auto got = bob.read();
+    REQUIRE(got);
+    CHECK(got->text() == "first");
+    alice.writes_done();
+    bob.writes_done();
+    CHECK_FALSE(alice.read());
+    CHECK_FALSE(bob.read());
+    CHECK_FALSE(alice.finish());
+    CHECK_FALSE(bob.finish());
   }
 
   TEST_CASE("chat sessions read and write concurrently, half-close cleanly, and cancel") {

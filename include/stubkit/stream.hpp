@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -224,6 +225,16 @@ class BidiSession {
   }
 
   bool write(Request const& request) { return stream_->Write(request); }
+
+  /// Blocks until the server's initial metadata arrives, then returns it.
+  /// Call it before the first read(), never beside one. A server sends
+  /// initial metadata with its first message at the latest; some (the
+  /// embedded Chat) send it as soon as the stream is set up, which lets a
+  /// client know it is listening.
+  std::multimap<grpc::string_ref, grpc::string_ref> const& wait_for_initial_metadata() {
+    stream_->WaitForInitialMetadata();
+    return ctx_->GetServerInitialMetadata();
+  }
 
   /// The next message, or nullopt when the server closed its side.
   std::optional<Response> read() {

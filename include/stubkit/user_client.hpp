@@ -45,6 +45,8 @@ struct ResumableWatchOptions {
   bool include_heartbeats = false;
   /// Start after this sequence (0 = live events only).
   std::int64_t after_sequence = 0;
+  /// Metadata sent with every connection.
+  std::vector<std::pair<std::string, std::string>> metadata;
   /// Sleeps and randomness of the backoff (tests inject them).
   RetryClock clock;
 };
@@ -172,6 +174,7 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
         return false;
       }
       s.ctx = std::make_unique<grpc::ClientContext>();
+      for (auto const& [key, value] : s.options.metadata) s.ctx->AddMetadata(key, value);
     }
     ++s.connections;
     s.reader = s.stub.WatchUsers(s.ctx.get(), request);

@@ -139,6 +139,93 @@ class FaultInjector {
     return it == faults_.end() ? 0 : it->second.calls;
   }
 
+  /// The request header a client can send to ask for a fault, when the
+  /// service is started with `fault_metadata` (user_server
+  /// --fault-metadata). Its value is a comma-separated list of settings:
+  ///
+  ///   code=UNAVAILABLE     fail with this status code (name or number)
+  ///   attempts=N           only the first N attempts fail: the attempt
+  ///                        number comes from stubkit-previous-rpc-attempts or
+  ///                        grpc-previous-rpc-attempts (default: every attempt)
+  ///   retry-delay=1500ms   the failure carries google.rpc.RetryInfo
+  ///   lost-reply           handle the call, then fail it with `code`
+  ///   latency=5s           wait this long first (cancellable); ms or s
+  ///   close-stream-after=N end a stream with UNAVAILABLE after N messages
+  ///
+  /// e.g. `stubkit-fault: code=UNAVAILABLE,attempts=2`. The call's planned
+  /// faults (fail_next and the rest) still apply; the header adds to them.
+  static constexpr char const* kFaultHeader = "stubkit-fault";
+
+  /// Applies a `stubkit-fault` header value to `plan` for the attempt that
+  /// had `previous_attempts` before it. A malformed value gives
+  /// INVALID_ARGUMENT naming the setting, and `plan` is left as it was.
+  static grpc::Status apply_header(std::string_view value, int previous_attempts, Plan& plan) {
+    Plan out = plan;
+    std::optional<grpc::StatusCode> code;
+    std::optional<std::chrono::milliseconds> retry_delay;
+    int attempts = -1;  // every attempt
+    bool lost_reply = false;
+    auto bad = [](std::string_view setting, std::string_view why) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          std::string(kFaultHeader) + ": '" + std::string(setting) + "' " + std::string(why));
+    };
+    while (!value.empty()) {
+      auto const comma = value.find(',');
+      std::string_view setting = trim(value.substr(0, comma));
+      value = comma == std::string_view::npos ? std::string_view() : value.substr(comma + 1);
+      if (setting.empty()) continue;
+      auto const eq = setting.find('=');
+      std::string_view const key = trim(setting.substr(0, eq));
+      std::string_view const arg =
+          eq == std::string_view::npos ? std::string_view() : trim(setting.substr(eq + 1));
+      if (key == "lost-reply" && eq == std::string_view::npos) {
+        lost_reply = true;
+      } else if (eq == std::string_view::npos) {
+        return bad(setting,
+                   "is not key=value (known: code, attempts, retry-delay, lost-reply, latency, "
+                   "close-stream-after)");
+      } else if (key == "code") {
+        code = parse_code(arg);
+        if (!code) return bad(setting, "names no status code");
+      } else if (key == "attempts" || key == "close-stream-after") {
+        auto n = parse_count(arg);
+        if (!n) return bad(setting, "is not a count from 0 to 1000000");
+        if (key == "attempts") {
+          attempts = *n;
+        } else {
+          out.close_stream_after = *n;
+        }
+      } else if (key == "retry-delay" || key == "latency") {
+        auto d = parse_duration(arg);
+        if (!d) return bad(setting, "is not a duration such as 250ms or 2s (at most 1 hour)");
+        if (key == "latency") {
+          out.latency = *d;
+        } else {
+          retry_delay = *d;
+        }
+      } else {
+        return bad(setting,
+                   "is not a known setting (known: code, attempts, retry-delay, lost-reply, latency, "
+                   "close-stream-after)");
+      }
+    }
+    if ((retry_delay || lost_reply) && !code) return bad("code", "is needed with retry-delay and lost-reply");
+    if (code && *code == grpc::StatusCode::OK) return bad("code=OK", "is not a failure");
+    if (code && (attempts < 0 || previous_attempts < attempts)) {
+      stubkit::Error error(*code, lost_reply ? "injected fault after handling (stubkit-fault)"
+                                             : "injected fault (stubkit-fault)");
+      if (retry_delay) {
+        google::rpc::RetryInfo info;
+        *info.mutable_retry_delay() =
+            google::protobuf::util::TimeUtil::MillisecondsToDuration(retry_delay->count());
+        error.with(info);
+      }
+      (lost_reply ? out.failure_after : out.failure) = error.to_grpc_status();
+    }
+    plan = std::move(out);
+    return grpc::Status::OK;
+  }
+
   /// Server side: counts the call and returns what to do with it.
   Plan take(std::string_view method, std::string attempt_header = "") {
     std::lock_guard<std::mutex> lock(mu_);
@@ -172,6 +259,48 @@ class FaultInjector {
     std::chrono::milliseconds latency{0};
     std::optional<int> close_after;
   };
+
+  static std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+  }
+
+  static std::optional<int> parse_count(std::string_view s) {
+    if (s.empty() || s.size() > 7) return std::nullopt;
+    int n = 0;
+    for (char c : s) {
+      if (c < '0' || c > '9') return std::nullopt;
+      n = n * 10 + (c - '0');
+    }
+    if (n > 1000000) return std::nullopt;
+    return n;
+  }
+
+  static std::optional<grpc::StatusCode> parse_code(std::string_view s) {
+    if (auto n = parse_count(s)) {
+      if (*n <= 16) return static_cast<grpc::StatusCode>(*n);
+      return std::nullopt;
+    }
+    for (int c = 0; c <= 16; ++c) {
+      if (stubkit::code_name(c) == s) return static_cast<grpc::StatusCode>(c);
+    }
+    return std::nullopt;
+  }
+
+  static std::optional<std::chrono::milliseconds> parse_duration(std::string_view s) {
+    int scale = 0;
+    if (s.size() > 2 && s.substr(s.size() - 2) == "ms") {
+      scale = 1;
+      s.remove_suffix(2);
+    } else if (s.size() > 1 && s.back() == 's') {
+      scale = 1000;
+      s.remove_suffix(1);
+    }
+    auto n = parse_count(s);
+    if (scale == 0 || !n || std::int64_t{*n} * scale > 3600 * 1000) return std::nullopt;
+    return std::chrono::milliseconds(std::int64_t{*n} * scale);
+  }
 
   std::string checked(std::string_view method) const {
     std::string name(method);

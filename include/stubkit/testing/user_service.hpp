@@ -21,7 +21,10 @@
 //   reports per-item failures; a cancelled stream creates nothing.
 // - With data_path, every change is written to an append-only journal before
 //   the reply and replayed on start (detail/journal.hpp).
-// - Chat relays each message to every other open Chat stream.
+// - Chat relays each message to every other open Chat stream; it sends its
+//   initial metadata once the stream is registered.
+// - With fault_metadata, a client can ask for faults with the stubkit-fault
+//   request header (FaultInjector::kFaultHeader).
 // Errors from bad input carry google.rpc.BadRequest naming the field; NOT_FOUND
 // and ALREADY_EXISTS carry google.rpc.ResourceInfo; auth failures carry
 // google.rpc.ErrorInfo.
@@ -85,6 +88,11 @@ struct UserServiceOptions {
   /// When non-empty, every reply carries it in the trailing metadata
   /// `stubkit-server-id`, so a client can tell which backend answered.
   std::string server_id;
+  /// Honour the `stubkit-fault` request header (FaultInjector::kFaultHeader):
+  /// any client may then ask for failures and latency, so examples and
+  /// tests can show retries against a server in another process. Testing
+  /// only; off by default, and the header is ignored when off.
+  bool fault_metadata = false;
   /// Receives warnings such as a torn journal record ignored on start;
   /// empty = standard error.
   std::function<void(std::string const&)> warn;
@@ -365,6 +373,9 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
       std::lock_guard<std::mutex> lock(mu_);
       chat_sessions_.push_back(self);
     }
+    // The initial metadata says "registered": a client that waits for it
+    // (BidiSession::wait_for_initial_metadata) misses no message after it.
+    self->send_initial_metadata();
     StreamCount counted(this);
     myservice::v1::ChatMessage message;
     while (stream->Read(&message)) {
@@ -472,6 +483,12 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     void deliver(myservice::v1::ChatMessage const& message) {
       std::lock_guard<std::mutex> lock(mu_);
       if (stream_ != nullptr) stream_->Write(message);
+      metadata_sent_ = true;  // a Write sends it first
+    }
+    void send_initial_metadata() {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stream_ != nullptr && !metadata_sent_) stream_->SendInitialMetadata();
+      metadata_sent_ = true;
     }
     void close() {
       std::lock_guard<std::mutex> lock(mu_);
@@ -481,6 +498,7 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
    private:
     std::mutex mu_;
     Stream* stream_;
+    bool metadata_sent_ = false;
   };
 
   // Counts an open stream for as long as it lives.
@@ -512,10 +530,22 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     if (!options_.server_id.empty()) ctx->AddTrailingMetadata("stubkit-server-id", options_.server_id);
     if (auto s = authenticate(*ctx); !s.ok()) return s;
     auto const& metadata = ctx->client_metadata();
-    auto attempt = metadata.find("stubkit-previous-rpc-attempts");
-    FaultInjector::Plan plan = faults_.take(
-        method, attempt == metadata.end() ? std::string()
-                                          : std::string(attempt->second.data(), attempt->second.size()));
+    auto header = [&](char const* name) {
+      auto it = metadata.find(name);
+      return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
+    };
+    std::string attempt = header("stubkit-previous-rpc-attempts");
+    FaultInjector::Plan plan = faults_.take(method, attempt);
+    if (options_.fault_metadata) {
+      if (auto fault = metadata.find(FaultInjector::kFaultHeader); fault != metadata.end()) {
+        if (attempt.empty()) attempt = header("grpc-previous-rpc-attempts");
+        int previous = 0;
+        if (!attempt.empty() && !absl::SimpleAtoi(attempt, &previous)) previous = 0;
+        auto s = FaultInjector::apply_header(std::string_view(fault->second.data(), fault->second.size()),
+                                             previous, plan);
+        if (!s.ok()) return s;
+      }
+    }
     if (plan.latency.count() > 0 && !sleep_unless_cancelled(*ctx, plan.latency)) {
       ++cancelled_calls_;
       return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
