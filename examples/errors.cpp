@@ -5,18 +5,21 @@
 // ResourceInfo, RetryInfo), the reference client's "missing is empty"
 // one-liner, and the exception flavour.
 //
-//   errors    # runs against an embedded UserService
+//   errors [--target HOST:PORT] [--token T]
+//
+// The pushback case asks the server for a failure with the stubkit-fault
+// header: a real server needs `user_server --fault-metadata` for it.
 #include <grpcpp/grpcpp.h>
 
 #include <iostream>
 #include <optional>
 #include <string>
 
-#include "example_args.hpp"
+#include "example.hpp"
 #include "google/protobuf/util/time_util.h"
 #include "myservice/v1/user.grpc.pb.h"
+#include "stubkit/retry.hpp"
 #include "stubkit/status.hpp"
-#include "stubkit/testing/embedded_server.hpp"
 
 using myservice::v1::User;
 using myservice::v1::UserService;
@@ -51,12 +54,15 @@ void explain(stubkit::Error const& error) {
 }
 
 int main(int argc, char** argv) {
-  example::embedded_only(argc, argv, "errors", "handling gRPC errors by type, with the details servers send");
-  stubkit::testing::EmbeddedServer server;
-  auto stub = UserService::NewStub(server.channel());
+  auto const flags =
+      example::parse(argc, argv, "errors", "handling gRPC errors by type, with the details servers send",
+                     "user_server --fault-metadata (for the pushback case)");
+  example::Servers servers(flags);
+  auto stub = UserService::NewStub(servers.channel());
+  std::string const missing_id = "nobody-" + example::run_tag();  // on no server yet
 
-  std::cout << "GetUser(\"ada\") on an empty server:\n";
-  auto missing = get_user(*stub, "ada");
+  std::cout << "GetUser(\"" << missing_id << "\"):\n";
+  auto missing = get_user(*stub, missing_id);
   if (!missing) explain(missing.error());
 
   std::cout << "GetUser(\"\"):\n";
@@ -64,21 +70,32 @@ int main(int argc, char** argv) {
   if (!invalid) explain(invalid.error());
 
   std::cout << "GetUser while the server pushes back:\n";
-  server.faults().fail_next("GetUser", 1, grpc::StatusCode::UNAVAILABLE, "overloaded",
-                            std::chrono::milliseconds(1500));
-  auto busy = get_user(*stub, "ada");
-  if (!busy) explain(busy.error());
+  // stubkit::call without a retry policy makes one attempt; the header asks
+  // the server for the failure.
+  stubkit::CallOptions busy_options;
+  busy_options.timeout = std::chrono::seconds(2);
+  busy_options.metadata.emplace_back("stubkit-fault", "code=UNAVAILABLE,retry-delay=1500ms");
+  myservice::v1::GetUserRequest request;
+  request.set_id(missing_id);
+  auto busy = stubkit::call(*stub, &UserService::Stub::GetUser, request, busy_options);
+  if (busy || busy.error().is<stubkit::NotFound>()) {
+    std::cout << "  (the server injected no fault: start user_server with --fault-metadata)\n";
+  } else {
+    explain(busy.error());
+  }
 
   // The reference client's get_user: missing is empty, other errors are errors.
-  std::optional<User> user = stubkit::optional_if_not_found(get_user(*stub, "ada")).value();
+  std::optional<User> user = stubkit::optional_if_not_found(get_user(*stub, missing_id)).value();
   std::cout << "optional_if_not_found: " << (user ? "found" : "empty") << "\n";
 
   // The exception flavour: value() throws the subclass of the code.
   try {
-    get_user(*stub, "ada").value();
+    get_user(*stub, missing_id).value();
   } catch (stubkit::NotFoundError const& e) {
     std::cout << "caught NotFoundError: " << e.what() << "\n";
   }
 
-  return missing.ok() || invalid.ok() || busy.ok() || user ? 1 : 0;
+  bool const pushback_seen = !busy && busy.error().details<google::rpc::RetryInfo>().has_value();
+  bool const ok = !missing && !invalid && !user && (servers.remote() || pushback_seen);
+  return ok ? 0 : 1;
 }

@@ -3,57 +3,28 @@
 // Shows: create (with an idempotency key), get (found and missing), list
 // page by page, update with a field mask, and a WatchUsers change event.
 //
-//   quickstart                             # against an embedded, in-process server
+//   quickstart                                  # against an embedded server
 //   quickstart --target HOST:PORT [--token T]   # against a running server
+//              [--tls-ca FILE [--tls-server-name N]]
 //
 // Exits 0 when every step behaved as the UserService contract says, 1 otherwise.
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <iostream>
 #include <memory>
-#include <optional>
 #include <string>
-#include <string_view>
 #include <thread>
 
+#include "example.hpp"
 #include "google/protobuf/util/time_util.h"
 #include "myservice/v1/user.grpc.pb.h"
 #include "stubkit/status.hpp"
-#include "stubkit/testing/embedded_server.hpp"
 
 namespace {
 
 using myservice::v1::UserService;
 using namespace std::chrono_literals;
-
-struct Flags {
-  std::string target;  // empty = embedded server
-  std::string token;
-};
-
-Flags parse_flags(int argc, char** argv) {
-  Flags flags;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view const flag = argv[i];
-    if (i + 1 < argc && flag == "--target") {
-      flags.target = argv[++i];
-    } else if (i + 1 < argc && flag == "--token") {
-      flags.token = argv[++i];
-    } else if (flag == "--help" || flag == "-h") {
-      std::cout << "usage: quickstart [--target HOST:PORT] [--token T]\n"
-                   "  A tour of the UserService: create, get, list, update, watch. Without --target\n"
-                   "  it runs against an embedded, in-process server; --token sends a bearer token.\n";
-      std::exit(0);
-    } else {
-      std::cerr << "quickstart: unknown or incomplete argument '" << flag
-                << "' (usage: quickstart [--target HOST:PORT] [--token T])\n";
-      std::exit(2);
-    }
-  }
-  return flags;
-}
 
 std::string describe(grpc::Status const& status) {
   return stubkit::code_name(status.error_code()) + " \"" + status.error_message() + "\"";
@@ -61,14 +32,12 @@ std::string describe(grpc::Status const& status) {
 
 class Tour {
  public:
-  Tour(std::shared_ptr<grpc::Channel> channel, std::string token)
-      : stub_(UserService::NewStub(std::move(channel))), token_(std::move(token)) {}
+  explicit Tour(std::shared_ptr<grpc::Channel> channel) : stub_(UserService::NewStub(std::move(channel))) {}
 
-  // Every call gets a deadline, and the token when there is one.
-  std::unique_ptr<grpc::ClientContext> context(std::chrono::milliseconds timeout = 5s) const {
+  // Every call gets a deadline (the channel adds the token, if any).
+  static std::unique_ptr<grpc::ClientContext> context(std::chrono::milliseconds timeout = 5s) {
     auto ctx = std::make_unique<grpc::ClientContext>();
     ctx->set_deadline(std::chrono::system_clock::now() + timeout);
-    if (!token_.empty()) ctx->AddMetadata("authorization", "Bearer " + token_);
     return ctx;
   }
 
@@ -175,27 +144,17 @@ class Tour {
   }
 
   std::unique_ptr<UserService::Stub> stub_;
-  std::string token_;
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  Flags const flags = parse_flags(argc, argv);
-  std::optional<stubkit::testing::EmbeddedServer> embedded;
-  std::shared_ptr<grpc::Channel> channel;
-  if (flags.target.empty()) {
-    stubkit::testing::EmbeddedServerOptions options;
-    options.service.token = flags.token;
-    embedded.emplace(options);
-    channel = embedded->channel();
-    std::cout << "using an embedded UserService (in-process)\n";
-  } else {
-    channel = grpc::CreateChannel(flags.target, grpc::InsecureChannelCredentials());
-    std::cout << "using the UserService at " << flags.target << "\n";
-  }
-
-  Tour tour(channel, flags.token);
+  auto const flags =
+      example::parse(argc, argv, "quickstart", "A tour of the UserService: create, get, list, update, watch",
+                     "any user_server (or a UserService of your own)");
+  example::Servers servers(flags);
+  std::cout << "using " << servers.describe() << "\n";
+  Tour tour(servers.channel());
   bool ok = tour.create("ada", "Ada Lovelace", "ada@example.com") &&
             tour.create("grace", "Grace Hopper", "grace@example.com") &&
             tour.create("linus", "Linus Torvalds", "linus@example.com") && tour.get("ada", true) &&

@@ -78,7 +78,7 @@ struct Parked {
 };
 
 Interceptors with(stubkit::RetryInterceptorOptions options) {
-  Interceptors interceptors;
+  Interceptors interceptors;  // std::vector<std::unique_ptr<ClientInterceptorFactoryInterface>>
   interceptors.push_back(stubkit::retry_interceptor(std::move(options)));
   return interceptors;
 }
