@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
-"""Builds tests/consumer/ as its own meson project with stubkit under
+"""Builds a consumer project as its own meson project with stubkit under
 subprojects/ (a symlink to this source tree), runs its app, and checks that
 none of stubkit's own tests, examples or benchmarks were built.
 
-Usage: consumer_test.py SOURCE_ROOT WORK_DIR
+  consumer: dependency('stubkit') and dependency('stubkit-testing').
+  consumer_own_rpc: a program that compiles its own google/rpc protos (a
+    copy, as from a googleapis checkout) with stubkit built with
+    -Dgoogle_rpc=external: stubkit builds no google.rpc code of its own,
+    and stubkit's errors and server use the program's messages.
+
+Usage: consumer_test.py SOURCE_ROOT WORK_DIR PROJECT
 """
 import os
 import pathlib
@@ -11,13 +17,16 @@ import shutil
 import subprocess
 import sys
 
-root, work = pathlib.Path(sys.argv[1]).resolve(), pathlib.Path(sys.argv[2])
+root, work, name = pathlib.Path(sys.argv[1]).resolve(), pathlib.Path(sys.argv[2]), sys.argv[3]
 if work.exists():
     shutil.rmtree(work)
-project = work / "consumer"
-shutil.copytree(root / "tests" / "consumer", project)
+project = work / name
+shutil.copytree(root / "tests" / name, project)
 (project / "subprojects").mkdir()
 os.symlink(root, project / "subprojects" / "stubkit")
+if name == "consumer_own_rpc":
+    for proto in ("status.proto", "error_details.proto"):
+        shutil.copy(root / "proto" / "google" / "rpc" / proto, project / "googleapis" / "google" / "rpc" / proto)
 build = project / "build"
 
 
@@ -33,4 +42,10 @@ built = [p.name for p in (build / "subprojects" / "stubkit").rglob("*") if p.is_
 unwanted = [n for n in built if n in ("stubkit_tests", "quickstart", "user_server", "stubkit-bench", "errors")]
 if unwanted:
     sys.exit(f"stubkit built its own programs as a subproject: {unwanted}")
-print("consumer: built and ran with dependency('stubkit'); no stubkit tests or examples were built")
+if name == "consumer_own_rpc":
+    # One copy of each message: no library, no header of stubkit's own.
+    ours = [str(p) for p in (build / "subprojects" / "stubkit").rglob("*")
+            if "google_rpc" in p.name or (p.parent.name == "rpc" and p.name.endswith(".pb.h"))]
+    if ours:
+        sys.exit(f"-Dgoogle_rpc=external still built stubkit's google.rpc: {ours}")
+print(f"{name}: built and ran with stubkit as a subproject; no stubkit tests or examples were built")

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Installs stubkit into a temporary prefix (meson install), then builds a
-program against the installed copy twice: with pkg-config, and with CMake's
-find_package(stubkit). Both programs run against the embedded server.
+"""Installs stubkit into a temporary prefix (meson install), then builds
+programs against the installed copy with pkg-config and with CMake's
+find_package(stubkit): the SDK alone, with the embedded server, and a
+program that brings its own google.rpc messages (stubkit-core,
+stubkit::core). Every program runs.
 
 Usage: install_test.py SOURCE_ROOT WORK_DIR
 """
@@ -29,9 +31,24 @@ run("meson", "setup", work / "build", root, f"--prefix={prefix}", "-Dtests=disab
 run("meson", "install", "-C", work / "build", "--quiet")
 libdir = next(prefix.rglob("pkgconfig")).parent
 for expected in ("include/stubkit/stubkit.hpp", "include/myservice/v1/user.grpc.pb.h",
+                 "include/stubkit-google-rpc/google/rpc/status.pb.h",
                  "share/stubkit/proto/myservice/v1/user.proto", "share/stubkit/proto/google/rpc/status.proto"):
     if not (prefix / expected).exists():
         sys.exit(f"not installed: {expected}")
+if (prefix / "include" / "google" / "rpc").exists():
+    sys.exit("google/rpc headers installed beside the program's own include path: they would shadow its copy")
+
+# A program with its own google.rpc: generated from its own copy of the
+# .proto files, compiled with it.
+own = work / "own-rpc"
+(own / "googleapis" / "google" / "rpc").mkdir(parents=True)
+for proto in ("status.proto", "error_details.proto"):
+    shutil.copy(root / "proto" / "google" / "rpc" / proto, own / "googleapis" / "google" / "rpc" / proto)
+(own / "gen").mkdir()
+run("protoc", f"--proto_path={own / 'googleapis'}", f"--cpp_out={own / 'gen'}",
+    own / "googleapis" / "google" / "rpc" / "status.proto", own / "googleapis" / "google" / "rpc" / "error_details.proto")
+own_sources = [own / "gen" / "google" / "rpc" / "status.pb.cc", own / "gen" / "google" / "rpc" / "error_details.pb.cc"]
+own_app = root / "tests" / "consumer_own_rpc" / "app.cpp"
 
 # pkg-config: the SDK alone must not bring gRPC's reflection library; the
 # embedded server's package adds it.
@@ -49,12 +66,18 @@ run("c++", "-std=c++17", sdk_app, "-o", work / "sdk-pkgconfig", *pkg_flags("stub
 run(work / "sdk-pkgconfig")
 run("c++", "-std=c++17", app, "-o", work / "app-pkgconfig", *pkg_flags("stubkit-testing"), "-pthread")
 run(work / "app-pkgconfig")
+if any("stubkit-google-rpc" in flag or "stubkit_google_rpc" in flag for flag in pkg_flags("stubkit-core")):
+    sys.exit("pkg-config stubkit-core hands out stubkit's google.rpc")
+run("c++", "-std=c++17", own_app, *own_sources, f"-I{own / 'gen'}", "-o", work / "own-pkgconfig",
+    *pkg_flags("stubkit-core"), "-lgrpc++_reflection", "-pthread")
+run(work / "own-pkgconfig")
 
 # CMake: stubkit::stubkit for the SDK, stubkit::testing with the embedded server.
 cmake_project = work / "cmake-project"
 cmake_project.mkdir()
 shutil.copy(app, cmake_project / "app.cpp")
 shutil.copy(sdk_app, cmake_project / "sdk_only.cpp")
+shutil.copy(own_app, cmake_project / "own_rpc.cpp")
 (cmake_project / "CMakeLists.txt").write_text(
     "cmake_minimum_required(VERSION 3.16)\n"
     "project(stubkit_cmake_consumer CXX)\n"
@@ -62,7 +85,10 @@ shutil.copy(sdk_app, cmake_project / "sdk_only.cpp")
     "add_executable(sdk_only sdk_only.cpp)\n"
     "target_link_libraries(sdk_only PRIVATE stubkit::stubkit)\n"
     "add_executable(app app.cpp)\n"
-    "target_link_libraries(app PRIVATE stubkit::testing)\n")
+    "target_link_libraries(app PRIVATE stubkit::testing)\n"
+    f"add_executable(own_rpc own_rpc.cpp {' '.join(map(str, own_sources))})\n"
+    f"target_include_directories(own_rpc PRIVATE {own / 'gen'})\n"
+    "target_link_libraries(own_rpc PRIVATE stubkit::core grpc++_reflection)\n")
 # Ninja, which the build already needs: Debian's cmake does not pull in
 # make, and a minimal machine has none.
 run("cmake", "-G", "Ninja", "-S", cmake_project, "-B", work / "cmake-build", f"-DCMAKE_PREFIX_PATH={prefix}")
@@ -71,5 +97,6 @@ if "grpc++_reflection" in (work / "cmake-build" / "build.ninja").read_text().spl
     sys.exit("stubkit::stubkit links grpc++_reflection, which only stubkit::testing needs")
 run(work / "cmake-build" / "sdk_only")
 run(work / "cmake-build" / "app")
-print("install: the installed stubkit builds and runs with pkg-config and with CMake, with and without "
-      "the embedded server")
+run(work / "cmake-build" / "own_rpc")
+print("install: the installed stubkit builds and runs with pkg-config and with CMake: the SDK alone, with "
+      "the embedded server, and beside the program's own google.rpc")
