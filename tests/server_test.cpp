@@ -96,6 +96,20 @@ myservice::v1::CreateUserRequest user_with_metadata_bytes(std::string const& id,
   return request;
 }
 
+// A WatchUsers stream on `ctx`, planned to close after two messages: the
+// heartbeat and one event arrive, then UNAVAILABLE.
+void check_watch_closed_after_two(ServerFixture& f, grpc::ClientContext& ctx) {
+  auto reader = f.stub->WatchUsers(&ctx, {});
+  myservice::v1::UserEvent event;
+  REQUIRE(reader->Read(&event));  // heartbeat
+  REQUIRE(f.create("a").ok());
+  REQUIRE(f.create("b").ok());
+  int received = 1;
+  while (reader->Read(&event)) ++received;
+  CHECK(received == 2);
+  CHECK(reader->Finish().error_code() == StatusCode::UNAVAILABLE);
+}
+
 }  // namespace
 
 TEST_SUITE("server") {
@@ -242,17 +256,7 @@ TEST_SUITE("server") {
   TEST_CASE("close_stream_after ends a WatchUsers stream with UNAVAILABLE after K messages") {
     ServerFixture f;
     f.server.faults().close_stream_after("WatchUsers", 2);
-    auto ctx = context();
-    auto reader = f.stub->WatchUsers(ctx.get(), {});
-    myservice::v1::UserEvent event;
-    REQUIRE(reader->Read(&event));  // heartbeat
-    REQUIRE(f.create("a").ok());
-    REQUIRE(f.create("b").ok());
-    int received = 1;
-    while (reader->Read(&event)) ++received;
-    CHECK(received == 2);
-    auto status = reader->Finish();
-    CHECK(status.error_code() == StatusCode::UNAVAILABLE);
+    check_watch_closed_after_two(f, *context());
   }
 
   TEST_CASE("clear() removes planned faults but keeps call counts") {
@@ -348,15 +352,7 @@ TEST_SUITE("server") {
 
     auto ctx = context();
     ctx->AddMetadata("stubkit-fault", "close-stream-after=2");
-    auto reader = f.stub->WatchUsers(ctx.get(), {});
-    myservice::v1::UserEvent event;
-    REQUIRE(reader->Read(&event));  // heartbeat
-    REQUIRE(f.create("a").ok());
-    REQUIRE(f.create("b").ok());
-    int received = 1;
-    while (reader->Read(&event)) ++received;
-    CHECK(received == 2);
-    CHECK(reader->Finish().error_code() == StatusCode::UNAVAILABLE);
+    check_watch_closed_after_two(f, *ctx);
   }
 
   TEST_CASE("a malformed stubkit-fault header is INVALID_ARGUMENT naming the setting") {
