@@ -5,10 +5,11 @@
 #
 #   bash scripts/stress_loop.sh [RUNS] [BUILD_DIR]    # defaults: 100 runs, ./build
 #
-# One run is: the retry_interceptor and retry_native suites of
-# stubkit_tests, retry_stress on an embedded server (4 threads, 1000 calls)
-# and retry_stress against a user_server process (1 thread, 500 calls);
-# every 4th run also the channel suite (the slowest, some 5 s). Two runs go
+# One run is: the retry_interceptor, retry_native, stream and server suites
+# of stubkit_tests (the last two: Chat sessions, the stubkit-fault header),
+# retry_stress on an embedded server (4 threads, 1000 calls) and
+# retry_stress against a user_server process (1 thread, 500 calls); every
+# 4th run also the channel suite (the slowest, some 5 s). Two runs go
 # side by side, and one busy loop per core competes with them. Logs of every
 # failed step are kept in BUILD_DIR/stress-loop/. Ends with one line
 # "stress loop: N runs, N steps, N failed, N aborted".
@@ -42,6 +43,8 @@ one_run() {
   steps+=(
     "retry_interceptor:$build/tests/stubkit_tests --test-suite=retry_interceptor --no-version"
     "retry_native:$build/tests/stubkit_tests --test-suite=retry_native --no-version"
+    "stream:$build/tests/stubkit_tests --test-suite=stream --no-version"
+    "server:$build/tests/stubkit_tests --test-suite=server --no-version"
     "stress:$build/tests/retry_stress --calls 1000 --threads 4 --seed $run"
     "stress_process:$build/tests/retry_stress --calls 500 --threads 1 --seed $run --user-server $STUBKIT_USER_SERVER"
   )
