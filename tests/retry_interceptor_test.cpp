@@ -279,6 +279,28 @@ TEST_SUITE("retry_interceptor") {
     CHECK(f.server.service().user_count() == 2);  // "ada" (the lost reply) and the keyed one, once
   }
 
+  TEST_CASE(
+      "a retried DeleteUser whose reply was lost: NOT_FOUND, or OK with allow_missing; the user is gone") {
+    ServerFixture f;
+    Recorded recorded;
+    auto stub = UserService::NewStub(f.server.channel(with(recorded.options())));
+    google::protobuf::Empty empty;
+    for (bool const allow_missing : {false, true}) {
+      CAPTURE(allow_missing);
+      REQUIRE(f.create("ada").ok());
+      f.server.faults().fail_after_next("DeleteUser", 1, StatusCode::UNAVAILABLE);  // deleted, reply lost
+      myservice::v1::DeleteUserRequest request;
+      request.set_id("ada");
+      request.set_allow_missing(allow_missing);
+      auto status = stub->DeleteUser(context().get(), request, &empty);
+      // DeleteUser is IDEMPOTENT, so the interceptor retries it; the retry
+      // finds the user gone.
+      CHECK(status.error_code() == (allow_missing ? StatusCode::OK : StatusCode::NOT_FOUND));
+      CHECK(f.server.service().user_count() == 0);
+    }
+    CHECK(f.server.faults().calls("DeleteUser") == 4);
+  }
+
   TEST_CASE("callback-API calls are retried") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());

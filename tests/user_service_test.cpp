@@ -289,18 +289,46 @@ TEST_SUITE("user_service") {
     CHECK(updated.metadata().count("desk") == 1);
   }
 
-  TEST_CASE("UpdateUser with an empty mask replaces everything but id and created_at") {
+  TEST_CASE(
+      "UpdateUser follows AIP-134: no mask = the populated fields, '*' = replace, paths = those fields") {
     ServerFixture f;
     User created;
-    REQUIRE(f.create("ada", &created).ok());
-    User replacement;
-    replacement.set_id("ada");
-    replacement.set_display_name("Only this");
+    REQUIRE(f.create("ada", &created).ok());  // email ada@example.com, display_name "User ada"
+    User change;
+    change.set_id("ada");
+    change.set_display_name("New name");
     User updated;
-    REQUIRE(update(*f.stub, replacement, {}, &updated).ok());
-    CHECK(updated.display_name() == "Only this");
-    CHECK(updated.email().empty());
-    CHECK(updated.created_at().seconds() == created.created_at().seconds());
+
+    SUBCASE("no mask: only what the request populates changes") {
+      *change.mutable_created_at() = google::protobuf::util::TimeUtil::SecondsToTimestamp(1);  // output only
+      REQUIRE(update(*f.stub, change, {}, &updated).ok());
+      CHECK(updated.display_name() == "New name");
+      CHECK(updated.email() == "ada@example.com");
+      CHECK(updated.created_at().seconds() == created.created_at().seconds());
+    }
+    SUBCASE("'*': a full replacement; unset fields are cleared") {
+      REQUIRE(update(*f.stub, change, {"*"}, &updated).ok());
+      CHECK(updated.display_name() == "New name");
+      CHECK(updated.email().empty());
+      CHECK(updated.created_at().seconds() == created.created_at().seconds());
+    }
+    SUBCASE("named paths: exactly those, cleared when the request leaves them unset") {
+      REQUIRE(update(*f.stub, change, {"email"}, &updated).ok());
+      CHECK(updated.email().empty());
+      CHECK(updated.display_name() == "User ada");
+    }
+    SUBCASE("'*' beside another path is INVALID_ARGUMENT") {
+      auto status = update(*f.stub, change, {"*", "email"}, &updated);
+      CHECK(status.error_code() == StatusCode::INVALID_ARGUMENT);
+      CHECK(violated_field(status) == "update_mask.paths");
+    }
+    User stored;
+    myservice::v1::GetUserRequest get;
+    get.set_id("ada");
+    REQUIRE(f.stub->GetUser(context().get(), get, &stored).ok());
+    // What the reply said is what was stored; a refused update stored nothing.
+    CHECK(stored.email() == (updated.id().empty() ? created.email() : updated.email()));
+    CHECK(stored.display_name() == (updated.id().empty() ? created.display_name() : updated.display_name()));
   }
 
   TEST_CASE("UpdateUser rejects server-set, unknown and missing fields, and unknown users") {
@@ -354,6 +382,23 @@ TEST_SUITE("user_service") {
     CHECK(f.stub->DeleteUser(context().get(), request, &empty).error_code() == StatusCode::NOT_FOUND);
     request.set_id("");
     CHECK(violated_field(f.stub->DeleteUser(context().get(), request, &empty)) == "id");
+  }
+
+  TEST_CASE("DeleteUser with allow_missing succeeds for a missing user and changes nothing (AIP-135)") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    REQUIRE(f.create("bob").ok());
+    myservice::v1::DeleteUserRequest request;
+    request.set_id("ada");
+    request.set_allow_missing(true);
+    google::protobuf::Empty empty;
+    REQUIRE(f.stub->DeleteUser(context().get(), request, &empty).ok());
+    CHECK(f.stub->DeleteUser(context().get(), request, &empty).ok());
+    request.set_id("never-was");
+    CHECK(f.stub->DeleteUser(context().get(), request, &empty).ok());
+    CHECK(f.server.service().user_count() == 1);
+    // Only the real delete is an event.
+    CHECK(f.server.service().last_sequence() == 3);
   }
 
   TEST_CASE("WatchUsers sends a heartbeat at once, then change events in order") {

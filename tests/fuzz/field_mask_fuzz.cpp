@@ -2,7 +2,9 @@
 // as an UpdateUserRequest are applied to a stored user; the handler must
 // never crash, and:
 // - on success the stored user is the response, keeps its id and
-//   created_at, and every masked field equals the request's;
+//   created_at, and (AIP-134) with "*" equals the request, with named paths
+//   every masked field equals the request's, without a mask every field the
+//   request populates equals the request's and every other is unchanged;
 // - on failure nothing changed.
 #include <grpcpp/grpcpp.h>
 
@@ -73,14 +75,45 @@ extern "C" int LLVMFuzzerTestOneInput(std::uint8_t const* data, std::size_t size
   if (!MessageDifferencer::Equals(response, after)) __builtin_trap();
   if (after.id() != "ada" || !MessageDifferencer::Equals(after.created_at(), before.created_at()))
     __builtin_trap();
-  if (request.update_mask().paths().empty()) {  // everything but id and created_at replaced
+  auto const& paths = request.update_mask().paths();
+  if (paths.size() == 1 && paths[0] == "*") {  // everything but id and created_at replaced
     myservice::v1::User expected = request.user();
     expected.set_id("ada");
     *expected.mutable_created_at() = before.created_at();
     if (!MessageDifferencer::Equals(expected, after)) __builtin_trap();
+    return 0;
+  }
+  // Without a mask, the populated fields: each from the request, the rest
+  // as before.
+  google::protobuf::FieldMask mask = request.update_mask();
+  if (paths.empty()) {
+    for (int i = 0; i < myservice::v1::User::descriptor()->field_count(); ++i) {
+      auto const* field = myservice::v1::User::descriptor()->field(i);
+      if (field->name() == "id" || field->name() == "created_at") continue;
+      bool const populated = field->is_repeated()
+                                 ? request.user().GetReflection()->FieldSize(request.user(), field) > 0
+                                 : request.user().GetReflection()->HasField(request.user(), field);
+      if (populated) {
+        mask.add_paths(field->name());
+        continue;
+      }
+      // A oneof member gives way to the member the request sets.
+      auto const* oneof = field->containing_oneof();
+      if (oneof != nullptr && request.user().GetReflection()->HasOneof(request.user(), oneof)) continue;
+      google::protobuf::FieldMask one;
+      one.add_paths(field->name());
+      myservice::v1::User was;
+      myservice::v1::User is;
+      google::protobuf::util::FieldMaskUtil::MergeOptions merge;
+      merge.set_replace_message_fields(true);
+      merge.set_replace_repeated_fields(true);
+      google::protobuf::util::FieldMaskUtil::MergeMessageTo(before, one, merge, &was);
+      google::protobuf::util::FieldMaskUtil::MergeMessageTo(after, one, merge, &is);
+      if (!MessageDifferencer::Equals(was, is)) __builtin_trap();
+    }
   }
   // Each masked field now holds the request's value.
-  for (auto const& path : request.update_mask().paths()) {
+  for (auto const& path : mask.paths()) {
     google::protobuf::FieldMask one;
     one.add_paths(path);
     myservice::v1::User expected;

@@ -13,8 +13,10 @@
 //   INVALID_ARGUMENT. Pages follow id order and tokens are tamper-evident
 //   cursors, so every user that exists during the whole listing is returned
 //   exactly once, whatever is created or deleted meanwhile.
-// - UpdateUser applies update_mask (empty = replace all but id and
-//   created_at); DeleteUser removes. Both report NOT_FOUND for a missing id.
+// - UpdateUser follows AIP-134: the update_mask paths, or without a mask
+//   every field the request populates; "*" replaces all but id and
+//   created_at. DeleteUser removes. Both report NOT_FOUND for a missing id,
+//   except a delete with allow_missing, which succeeds (AIP-135).
 // - WatchUsers streams created/updated/deleted events and heartbeats; it can
 //   resume after a sequence number from a bounded history.
 // - BulkCreateUsers creates each streamed request when the stream ends and
@@ -169,6 +171,12 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
   /// deadline passed while the server was still working on them.
   std::int64_t cancelled_calls() const { return cancelled_calls_.load(); }
 
+  /// The sequence number of the latest change event (0: none yet).
+  std::int64_t last_sequence() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_sequence_;
+  }
+
   /// A request message that does not parse (bad protobuf, or invalid UTF-8
   /// in a string field) reaches no handler: gRPC answers INTERNAL with no
   /// message. EmbeddedServer's interceptor replaces that with this status;
@@ -251,7 +259,13 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     FaultInjector::Plan plan;
     if (auto s = admit(ctx, "UpdateUser", &plan); !s.ok()) return s;
     if (request->user().id().empty()) return bad_request("user.id", "user.id is required");
-    for (auto const& path : request->update_mask().paths()) {
+    auto const& paths = request->update_mask().paths();
+    bool const replace_all = paths.size() == 1 && paths[0] == "*";
+    for (auto const& path : paths) {
+      if (path == "*" && !replace_all) {
+        return bad_request("update_mask.paths", "'*' must be the only path of update_mask");
+      }
+      if (path == "*") continue;
       if (path == "id" || path.rfind("id.", 0) == 0 || path == "created_at" ||
           path.rfind("created_at.", 0) == 0) {
         return bad_request("update_mask.paths",
@@ -265,16 +279,20 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     auto it = users_.find(request->user().id());
     if (it == users_.end()) return not_found(request->user().id());
     User stored = it->second;
-    if (request->update_mask().paths().empty()) {
+    if (replace_all) {
+      // "*": a full replacement; what the request leaves unset is cleared.
       auto const created_at = stored.created_at();
       stored = request->user();
       *stored.mutable_created_at() = created_at;
     } else {
+      // Named paths, or (no mask) every field the request populates.
+      google::protobuf::FieldMask mask = request->update_mask();
+      if (paths.empty()) mask = populated_fields(request->user());
       // The map is replaced directly: protobuf's reflection path for map
       // fields in MergeMessageTo crashed under ThreadSanitizer, and the
       // intent (replace the whole map) needs no reflection.
       google::protobuf::FieldMask rest;
-      for (auto const& path : request->update_mask().paths()) {
+      for (auto const& path : mask.paths()) {
         if (path == "metadata") {
           *stored.mutable_metadata() = request->user().metadata();
         } else {
@@ -298,7 +316,9 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     if (auto s = admit(ctx, "DeleteUser", &plan); !s.ok()) return s;
     if (request->id().empty()) return bad_request("id", "id is required");
     std::lock_guard<std::mutex> lock(mu_);
-    if (users_.count(request->id()) == 0) return not_found(request->id());
+    if (users_.count(request->id()) == 0) {
+      return request->allow_missing() ? settle(plan, grpc::Status::OK) : not_found(request->id());
+    }
     if (auto s = persist_locked(kDeleted, *request); !s.ok()) return s;
     apply_delete_locked(request->id());
     return settle(plan, grpc::Status::OK);
@@ -556,6 +576,18 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     }
     if (plan_out != nullptr) *plan_out = std::move(plan);
     return grpc::Status::OK;
+  }
+
+  // AIP-134's implied mask: the fields `user` populates, output-only ones
+  // (id names the user; created_at is the server's) left out.
+  static google::protobuf::FieldMask populated_fields(User const& user) {
+    std::vector<google::protobuf::FieldDescriptor const*> fields;
+    user.GetReflection()->ListFields(user, &fields);
+    google::protobuf::FieldMask mask;
+    for (auto const* field : fields) {
+      if (field->name() != "id" && field->name() != "created_at") mask.add_paths(field->name());
+    }
+    return mask;
   }
 
   // The status a unary handler returns: its own, unless a fault says the
