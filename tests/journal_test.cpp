@@ -95,13 +95,28 @@ TEST_SUITE("journal") {
     CHECK(get(f, "bob").error_code() == StatusCode::NOT_FOUND);
     // The idempotency key still answers with the first result, creating nothing.
     User again;
-    REQUIRE(f.create("other-id", &again, "req-anon").ok());
+    REQUIRE(f.create("", &again, "req-anon").ok());
     CHECK(again.id() == "u00000001");
     CHECK(f.server.service().user_count() == 2);
     // Server-assigned ids are not handed out again.
     User fresh;
     REQUIRE(f.create("", &fresh).ok());
     CHECK(fresh.id() == "u00000002");
+  }
+
+  TEST_CASE("the request_id table is rebuilt on restart with the same capacity") {
+    TempDir dir;
+    auto const file = dir.path / "users.journal";
+    auto options = durable(file);
+    options.service.request_id_capacity = 2;
+    {
+      ServerFixture f(options);
+      for (std::string id : {"a", "b", "c"}) REQUIRE(f.create(id, nullptr, "req-" + id).ok());
+    }
+    ServerFixture f(options);
+    CHECK(f.create("a", nullptr, "req-a").error_code() == StatusCode::ALREADY_EXISTS);  // req-a forgotten
+    CHECK(f.create("c", nullptr, "req-c").ok());                                        // remembered
+    CHECK(f.create("x", nullptr, "req-c").error_code() == StatusCode::FAILED_PRECONDITION);
   }
 
   TEST_CASE("without data_path nothing is written and nothing survives") {

@@ -83,6 +83,58 @@ TEST_SUITE("user_service") {
     CHECK(f.server.service().user_count() == 2);
   }
 
+  TEST_CASE("a reused request_id (AIP-155): same request, another request, after update, delete, expiry") {
+    stubkit::testing::EmbeddedServerOptions options;
+    options.service.request_id_capacity = 2;
+    ServerFixture f(options);
+    User first;
+    REQUIRE(f.create("", &first, "req-1").ok());  // id assigned by the server
+
+    // The same request: the first result, even sent with the id it got.
+    User again;
+    REQUIRE(f.create("", &again, "req-1").ok());
+    CHECK(google::protobuf::util::MessageDifferencer::Equals(first, again));
+    myservice::v1::CreateUserRequest resent;
+    *resent.mutable_user() = first;
+    resent.mutable_user()->clear_created_at();
+    resent.set_request_id("req-1");
+    myservice::v1::CreateUserResponse response;
+    REQUIRE(f.stub->CreateUser(context().get(), resent, &response).ok());
+    CHECK(response.user().id() == first.id());
+
+    // Another request under the same id: refused, nothing created.
+    auto status = f.create("someone-else", nullptr, "req-1");
+    CHECK(status.error_code() == StatusCode::FAILED_PRECONDITION);
+    auto failure = detail_of<google::rpc::PreconditionFailure>(status);
+    REQUIRE(failure);
+    CHECK(failure->violations(0).subject() == "request_id");
+    CHECK(f.server.service().user_count() == 1);
+
+    // After an update, and after a delete: the first result, nothing recreated.
+    User renamed;
+    renamed.set_id(first.id());
+    renamed.set_display_name("Renamed");
+    User out;
+    REQUIRE(update(*f.stub, renamed, {"display_name"}, &out).ok());
+    REQUIRE(f.create("", &again, "req-1").ok());
+    CHECK(again.display_name() == first.display_name());
+    myservice::v1::DeleteUserRequest del;
+    del.set_id(first.id());
+    google::protobuf::Empty empty;
+    REQUIRE(f.stub->DeleteUser(context().get(), del, &empty).ok());
+    REQUIRE(f.create("", &again, "req-1").ok());
+    CHECK(again.id() == first.id());
+    CHECK(f.server.service().user_count() == 0);
+
+    // Expiry: two newer ids push req-1 out; it then creates anew.
+    REQUIRE(f.create("", nullptr, "req-2").ok());
+    REQUIRE(f.create("", nullptr, "req-3").ok());
+    User fresh;
+    REQUIRE(f.create("", &fresh, "req-1").ok());
+    CHECK(fresh.id() != first.id());
+    CHECK(f.server.service().user_count() == 3);
+  }
+
   TEST_CASE("CreateUser assigns distinct ids when none is given") {
     ServerFixture f;
     std::set<std::string> ids;

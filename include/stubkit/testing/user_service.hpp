@@ -6,7 +6,9 @@
 // Semantics (see docs/embedded-server.md):
 // - CreateUser: an empty user.id gets a server-assigned id; an existing id
 //   gives ALREADY_EXISTS "User <id> already exists"; a request_id seen before
-//   returns the first result instead of creating again. created_at is set by
+//   returns the first result instead of creating again, unless it came with
+//   another request (FAILED_PRECONDITION); the latest request_id_capacity
+//   ids are remembered (AIP-155). created_at is set by
 //   the server.
 // - GetUser: NOT_FOUND "User <id> not found" for a missing id.
 // - ListUsers: page_size 0 means 50, at most 100 (configurable), negative is
@@ -55,6 +57,7 @@
 
 #include "absl/strings/numbers.h"
 #include "google/protobuf/util/field_mask_util.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "google/protobuf/util/time_util.h"
 #include "myservice/v1/user.grpc.pb.h"
 #include "stubkit/status.hpp"
@@ -90,6 +93,10 @@ struct UserServiceOptions {
   /// When non-empty, every reply carries it in the trailing metadata
   /// `stubkit-server-id`, so a client can tell which backend answered.
   std::string server_id;
+  /// How many CreateUser request_ids are remembered (AIP-155): the oldest is
+  /// forgotten when a new one would exceed this, live and on journal replay
+  /// alike. A retry after that creates again.
+  std::size_t request_id_capacity = 10000;
   /// Honour the `stubkit-fault` request header (FaultInjector::kFaultHeader):
   /// any client may then ask for failures and latency, so examples and
   /// tests can show retries against a server in another process. Testing
@@ -578,6 +585,27 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     return grpc::Status::OK;
   }
 
+  // Whether `sent` asks for what created `stored`: equal but for what the
+  // server set (an assigned id, created_at).
+  static bool same_creation(User sent, User stored) {
+    if (sent.id().empty()) sent.set_id(stored.id());
+    sent.clear_created_at();
+    stored.clear_created_at();
+    return google::protobuf::util::MessageDifferencer::Equals(sent, stored);
+  }
+
+  static grpc::Status request_id_reused(std::string const& request_id) {
+    google::rpc::PreconditionFailure failure;
+    auto* violation = failure.add_violations();
+    violation->set_type("REQUEST_ID_REUSED");
+    violation->set_subject("request_id");
+    violation->set_description("request_id '" + request_id + "' was used before by a different request");
+    return stubkit::Error(grpc::StatusCode::FAILED_PRECONDITION,
+                          "request_id '" + request_id + "' was used before by a different request")
+        .with(failure)
+        .to_grpc_status();
+  }
+
   // AIP-134's implied mask: the fields `user` populates, output-only ones
   // (id names the user; created_at is the server's) left out.
   static google::protobuf::FieldMask populated_fields(User const& user) {
@@ -675,6 +703,10 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     if (!request.request_id().empty()) {
       auto seen = by_request_id_.find(request.request_id());
       if (seen != by_request_id_.end()) {
+        // AIP-155: a retry gets the first result (the user as created, even
+        // if it was updated or deleted since); another request under the
+        // same id is refused.
+        if (!same_creation(request.user(), seen->second)) return request_id_reused(request.request_id());
         *out = seen->second;
         return grpc::Status::OK;
       }
@@ -704,7 +736,14 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
   void apply_create_locked(myservice::v1::CreateUserRequest const& record) {
     User const& user = record.user();
     users_[user.id()] = user;
-    if (!record.request_id().empty()) by_request_id_[record.request_id()] = user;
+    if (!record.request_id().empty()) {
+      by_request_id_[record.request_id()] = user;
+      request_id_order_.push_back(record.request_id());
+      while (request_id_order_.size() > options_.request_id_capacity) {
+        by_request_id_.erase(request_id_order_.front());
+        request_id_order_.pop_front();
+      }
+    }
     publish_locked("created", user);
   }
 
@@ -800,6 +839,7 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
   std::condition_variable changed_;    // signalled on every event and on shutdown
   std::map<std::string, User> users_;  // id order = listing order
   std::map<std::string, User> by_request_id_;
+  std::deque<std::string> request_id_order_;  // oldest first
   std::deque<UserEvent> history_;
   std::int64_t last_sequence_ = 0;
   std::uint64_t id_counter_ = 0;
