@@ -9,7 +9,9 @@
 //
 // Each append is one write(2) before the caller replies, so an acknowledged
 // record survives the process being killed (SIGKILL); with `sync` it is also
-// fdatasync(2)ed and survives the machine going down. On open every record is
+// fdatasync(2)ed and survives the machine going down. Creating the file (and
+// the .torn file kept aside below) fsync(2)s its directory, so the file itself
+// survives a crash right after. On open every record is
 // checked and replayed. A last record cut short (the process died during its
 // write) is cut off with a warning: it was never acknowledged. Anything else
 // that does not check out is an error, since dropping it would lose
@@ -51,8 +53,18 @@ class Journal {
   /// Throws std::runtime_error naming the path and the problem.
   Journal(std::string path, bool sync, Replay const& replay, Warn const& warn)
       : path_(std::move(path)), sync_(sync) {
-    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    bool const created = fd_ >= 0;
+    if (!created && errno == EEXIST) fd_ = ::open(path_.c_str(), O_RDWR | O_CLOEXEC);
     if (fd_ < 0) fail("cannot open: " + std::string(std::strerror(errno)));
+    // A new file is a new directory entry: without syncing the directory a
+    // crash could lose the file, and every write acknowledged into it.
+    if (created && !sync_directory()) {
+      int const error = errno;
+      ::close(fd_);
+      fd_ = -1;
+      fail("cannot sync its directory: " + std::string(std::strerror(error)));
+    }
     struct stat info {};
     if (::fstat(fd_, &info) != 0 || !S_ISREG(info.st_mode)) {
       ::close(fd_);
@@ -76,6 +88,20 @@ class Journal {
 
   Journal(Journal const&) = delete;
   Journal& operator=(Journal const&) = delete;
+  // fsync(2)s the directory holding the journal, so that the entries of
+  // files created in it survive a crash. False (errno set) on failure.
+  bool sync_directory() const {
+    auto const slash = path_.rfind('/');
+    std::string const dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path_.substr(0, slash);
+    int const fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return false;
+    bool const ok = ::fsync(fd) == 0;
+    int const error = errno;
+    ::close(fd);
+    errno = error;
+    return ok;
+  }
+
   ~Journal() {
     if (fd_ >= 0) ::close(fd_);
   }
@@ -197,7 +223,9 @@ class Journal {
         // Kept aside, not destroyed, in case it is not what it seems.
         std::string const aside = path_ + ".torn";
         int const out = ::open(aside.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        bool saved = out >= 0 && ::write(out, rest.data(), rest.size()) == static_cast<ssize_t>(rest.size());
+        bool saved = out >= 0 &&
+                     ::write(out, rest.data(), rest.size()) == static_cast<ssize_t>(rest.size()) &&
+                     ::fsync(out) == 0 && sync_directory();
         if (out >= 0) ::close(out);
         warn("journal " + path_ + ": ignored a torn last record at offset " + std::to_string(at) + " (" +
              problem + ", " + std::to_string(rest.size()) + " bytes" + (saved ? ", saved to " + aside : "") +
