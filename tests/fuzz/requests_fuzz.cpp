@@ -150,13 +150,15 @@ extern "C" int LLVMFuzzerTestOneInput(std::uint8_t const* data, std::size_t size
   grpc::Status const status = call->wait();
   delete call;
 
-  static std::set<grpc::StatusCode> const expected = {grpc::StatusCode::OK,
-                                                      grpc::StatusCode::INVALID_ARGUMENT,
-                                                      grpc::StatusCode::NOT_FOUND,
-                                                      grpc::StatusCode::ALREADY_EXISTS,
-                                                      grpc::StatusCode::OUT_OF_RANGE,
-                                                      grpc::StatusCode::CANCELLED,
-                                                      grpc::StatusCode::RESOURCE_EXHAUSTED};
+  static std::set<grpc::StatusCode> const expected = {
+      grpc::StatusCode::OK,
+      grpc::StatusCode::INVALID_ARGUMENT,
+      grpc::StatusCode::NOT_FOUND,
+      grpc::StatusCode::ALREADY_EXISTS,
+      grpc::StatusCode::FAILED_PRECONDITION,  // request_id reused
+      grpc::StatusCode::OUT_OF_RANGE,
+      grpc::StatusCode::CANCELLED,
+      grpc::StatusCode::RESOURCE_EXHAUSTED};
   if (expected.count(status.error_code()) == 0) __builtin_trap();
   if (!status.ok() && status.error_code() != grpc::StatusCode::CANCELLED && status.error_message().empty()) {
     __builtin_trap();  // every refusal says why
