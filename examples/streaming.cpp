@@ -38,7 +38,9 @@ int main(int argc, char** argv) {
   // server is watching: only then are the users created, so none is missed.
   std::int64_t last_seen = 0;
   {
-    auto events = client.watch_users({}, /*include_heartbeats=*/true);
+    stubkit::StreamOptions bounded;
+    bounded.deadline = stubkit::Deadline::after(10s);  // a watch that sees too little ends
+    auto events = client.watch_users({}, /*include_heartbeats=*/true, bounded);
     std::thread writer;
     int seen = 0;
     for (auto& event : events) {
@@ -99,8 +101,10 @@ int main(int argc, char** argv) {
 
   // Chat: the server sends a session's initial metadata once it relays to
   // it, so bob waits for his before alice writes; he reads on his own thread.
-  auto alice = client.chat();
-  auto bob = client.chat();
+  stubkit::StreamOptions chat_options;
+  chat_options.deadline = stubkit::Deadline::after(10s);  // a server that stays silent ends it
+  auto alice = client.chat(chat_options);
+  auto bob = client.chat(chat_options);
   bob.wait_for_initial_metadata();
   int bob_got = 0;
   std::thread bob_reads([&] {
@@ -112,7 +116,8 @@ int main(int argc, char** argv) {
   myservice::v1::ChatMessage hello;
   hello.set_sender("alice");
   hello.set_text("hello, bob");
-  ok = ok && alice.write(hello);
+  bool const wrote = alice.write(hello);
+  ok = ok && wrote;
   alice.writes_done();
   while (alice.read()) {
   }

@@ -119,6 +119,25 @@ TEST_SUITE("journal") {
     CHECK(f.create("x", nullptr, "req-c").error_code() == StatusCode::FAILED_PRECONDITION);
   }
 
+  TEST_CASE("a request_id reused after it was forgotten replays as the newer entry, once") {
+    TempDir dir;
+    auto const file = dir.path / "users.journal";
+    auto options = durable(file);
+    options.service.request_id_capacity = 2;
+    {
+      ServerFixture f(options);
+      for (std::string id : {"a", "b", "c"}) REQUIRE(f.create(id, nullptr, "req-" + id).ok());
+      REQUIRE(f.create("a2", nullptr, "req-a").ok());  // req-a was forgotten: a new user
+    }
+    options.service.request_id_capacity = 4;  // the replay keeps all four records' ids
+    ServerFixture f(options);
+    REQUIRE(f.create("d", nullptr, "req-d").ok());  // one more id: nothing is evicted at 4
+    User again;
+    REQUIRE(f.create("a2", &again, "req-a").ok());  // still remembered, as the newer request
+    CHECK(again.id() == "a2");
+    CHECK(f.server.service().user_count() == 5);
+  }
+
   TEST_CASE("without data_path nothing is written and nothing survives") {
     TempDir dir;
     {

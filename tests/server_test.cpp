@@ -312,6 +312,7 @@ TEST_SUITE("server") {
     CHECK(get(fault, "stubkit-previous-rpc-attempts", "2").ok());
     CHECK(get(fault, "grpc-previous-rpc-attempts", "1").error_code() == StatusCode::UNAVAILABLE);
     CHECK(get(fault, "grpc-previous-rpc-attempts", "2").ok());
+    CHECK(get(fault, "stubkit-previous-rpc-attempts", "-5").error_code() == StatusCode::UNAVAILABLE);  // as 0
     // Without attempts= every attempt fails; codes by name or number.
     CHECK(get("code=14", "stubkit-previous-rpc-attempts", "9").error_code() == StatusCode::UNAVAILABLE);
     CHECK(get("code=RESOURCE_EXHAUSTED").error_code() == StatusCode::RESOURCE_EXHAUSTED);
@@ -323,7 +324,7 @@ TEST_SUITE("server") {
     // Planned faults still apply, and every call is counted.
     f.server.faults().fail_next("GetUser", 1, StatusCode::INTERNAL);
     CHECK(get("latency=0ms").error_code() == StatusCode::INTERNAL);
-    CHECK(f.server.faults().calls("GetUser") == 9);
+    CHECK(f.server.faults().calls("GetUser") == 10);
   }
 
   TEST_CASE("stubkit-fault lost-reply does the work, then fails the call") {

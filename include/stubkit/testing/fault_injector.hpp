@@ -152,8 +152,8 @@ class FaultInjector {
   ///   latency=5s           wait this long first (cancellable); ms or s
   ///   close-stream-after=N end a stream with UNAVAILABLE after N messages
   ///
-  /// e.g. `stubkit-fault: code=UNAVAILABLE,attempts=2`. The call's planned
-  /// faults (fail_next and the rest) still apply; the header adds to them.
+  /// e.g. `stubkit-fault: code=UNAVAILABLE,attempts=2`. What the header
+  /// names replaces the call's planned faults; the rest of them still apply.
   static constexpr char const* kFaultHeader = "stubkit-fault";
 
   /// Applies a `stubkit-fault` header value to `plan` for the attempt that

@@ -565,9 +565,13 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     FaultInjector::Plan plan = faults_.take(method, attempt);
     if (options_.fault_metadata) {
       if (auto fault = metadata.find(FaultInjector::kFaultHeader); fault != metadata.end()) {
-        if (attempt.empty()) attempt = header("grpc-previous-rpc-attempts");
+        // stubkit's count, else gRPC's own; anything not a count is 0.
         int previous = 0;
-        if (!attempt.empty() && !absl::SimpleAtoi(attempt, &previous)) previous = 0;
+        if (!absl::SimpleAtoi(attempt, &previous) &&
+            !absl::SimpleAtoi(header("grpc-previous-rpc-attempts"), &previous)) {
+          previous = 0;
+        }
+        previous = std::max(previous, 0);
         auto s = FaultInjector::apply_header(std::string_view(fault->second.data(), fault->second.size()),
                                              previous, plan);
         if (!s.ok()) return s;
@@ -737,6 +741,12 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     User const& user = record.user();
     users_[user.id()] = user;
     if (!record.request_id().empty()) {
+      // Known already only on replay with a larger capacity than the one
+      // that forgot it: the newer record becomes the newest entry.
+      if (by_request_id_.count(record.request_id()) != 0) {
+        request_id_order_.erase(
+            std::find(request_id_order_.begin(), request_id_order_.end(), record.request_id()));
+      }
       by_request_id_[record.request_id()] = user;
       request_id_order_.push_back(record.request_id());
       while (request_id_order_.size() > options_.request_id_capacity) {

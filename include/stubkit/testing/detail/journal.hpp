@@ -63,6 +63,7 @@ class Journal {
       int const error = errno;
       ::close(fd_);
       fd_ = -1;
+      ::unlink(path_.c_str());  // else the next start would take it as synced
       fail("cannot sync its directory: " + std::string(std::strerror(error)));
     }
     struct stat info {};
