@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "process.hpp"
@@ -78,6 +79,17 @@ void write_history(std::filesystem::path const& file) {
   REQUIRE(f.stub->DeleteUser(context().get(), del, &empty).ok());
 }
 
+// A journal in `dir` holding the creates (user id, request_id) in order,
+// made by a service that remembers 2 request_ids; returns its options.
+stubkit::testing::EmbeddedServerOptions keyed_journal(
+    TempDir const& dir, std::vector<std::pair<std::string, std::string>> const& creates) {
+  auto options = durable(dir.path / "users.journal");
+  options.service.request_id_capacity = 2;
+  ServerFixture f(options);
+  for (auto const& [id, request_id] : creates) REQUIRE(f.create(id, nullptr, request_id).ok());
+  return options;
+}
+
 }  // namespace
 
 TEST_SUITE("journal") {
@@ -106,13 +118,7 @@ TEST_SUITE("journal") {
 
   TEST_CASE("the request_id table is rebuilt on restart with the same capacity") {
     TempDir dir;
-    auto const file = dir.path / "users.journal";
-    auto options = durable(file);
-    options.service.request_id_capacity = 2;
-    {
-      ServerFixture f(options);
-      for (std::string id : {"a", "b", "c"}) REQUIRE(f.create(id, nullptr, "req-" + id).ok());
-    }
+    auto options = keyed_journal(dir, {{"a", "req-a"}, {"b", "req-b"}, {"c", "req-c"}});
     ServerFixture f(options);
     CHECK(f.create("a", nullptr, "req-a").error_code() == StatusCode::ALREADY_EXISTS);  // req-a forgotten
     CHECK(f.create("c", nullptr, "req-c").ok());                                        // remembered
@@ -121,14 +127,8 @@ TEST_SUITE("journal") {
 
   TEST_CASE("a request_id reused after it was forgotten replays as the newer entry, once") {
     TempDir dir;
-    auto const file = dir.path / "users.journal";
-    auto options = durable(file);
-    options.service.request_id_capacity = 2;
-    {
-      ServerFixture f(options);
-      for (std::string id : {"a", "b", "c"}) REQUIRE(f.create(id, nullptr, "req-" + id).ok());
-      REQUIRE(f.create("a2", nullptr, "req-a").ok());  // req-a was forgotten: a new user
-    }
+    // req-a is forgotten when req-c comes, so its second use creates a2.
+    auto options = keyed_journal(dir, {{"a", "req-a"}, {"b", "req-b"}, {"c", "req-c"}, {"a2", "req-a"}});
     options.service.request_id_capacity = 4;  // the replay keeps all four records' ids
     ServerFixture f(options);
     REQUIRE(f.create("d", nullptr, "req-d").ok());  // one more id: nothing is evicted at 4
