@@ -62,14 +62,7 @@ class FaultInjector {
   void fail_next(std::string_view method, int count, grpc::StatusCode code,
                  std::string message = "injected fault",
                  std::optional<std::chrono::milliseconds> retry_delay = std::nullopt) {
-    stubkit::Error error(code, std::move(message));
-    if (retry_delay) {
-      google::rpc::RetryInfo info;
-      *info.mutable_retry_delay() =
-          google::protobuf::util::TimeUtil::MillisecondsToDuration(retry_delay->count());
-      error.with(info);
-    }
-    fail_next(method, count, error);
+    fail_next(method, count, injected_error(code, std::move(message), retry_delay));
   }
 
   /// The next `count` calls of `method` are handled (their effects happen)
@@ -212,15 +205,12 @@ class FaultInjector {
     if ((retry_delay || lost_reply) && !code) return bad("code", "is needed with retry-delay and lost-reply");
     if (code && *code == grpc::StatusCode::OK) return bad("code=OK", "is not a failure");
     if (code && (attempts < 0 || previous_attempts < attempts)) {
-      stubkit::Error error(*code, lost_reply ? "injected fault after handling (stubkit-fault)"
-                                             : "injected fault (stubkit-fault)");
-      if (retry_delay) {
-        google::rpc::RetryInfo info;
-        *info.mutable_retry_delay() =
-            google::protobuf::util::TimeUtil::MillisecondsToDuration(retry_delay->count());
-        error.with(info);
-      }
-      (lost_reply ? out.failure_after : out.failure) = error.to_grpc_status();
+      (lost_reply ? out.failure_after : out.failure) =
+          injected_error(
+              *code,
+              lost_reply ? "injected fault after handling (stubkit-fault)" : "injected fault (stubkit-fault)",
+              retry_delay)
+              .to_grpc_status();
     }
     plan = std::move(out);
     return grpc::Status::OK;
@@ -259,6 +249,20 @@ class FaultInjector {
     std::chrono::milliseconds latency{0};
     std::optional<int> close_after;
   };
+
+  // A failure with `code`, carrying google.rpc.RetryInfo when a server
+  // asking for pushback would: with `retry_delay`.
+  static stubkit::Error injected_error(grpc::StatusCode code, std::string message,
+                                       std::optional<std::chrono::milliseconds> retry_delay) {
+    stubkit::Error error(code, std::move(message));
+    if (retry_delay) {
+      google::rpc::RetryInfo info;
+      *info.mutable_retry_delay() =
+          google::protobuf::util::TimeUtil::MillisecondsToDuration(retry_delay->count());
+      error.with(info);
+    }
+    return error;
+  }
 
   static std::string_view trim(std::string_view s) {
     while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
