@@ -6,11 +6,15 @@
 //   user_server [--host H] [--port P] [--preload N] [--token T] [--heartbeat D]
 //               [--max-page-size N] [--data PATH [--sync]] [--server-id ID]
 //               [--fault-metadata] [--tls-cert FILE --tls-key FILE]
+//               [--page-token-key-file FILE]
 //
 // --port 0 (the default) picks a free port. When ready it prints exactly one
 // line "listening on HOST:PORT". D is a duration such as 5s or 250ms.
 // With --data, users are kept in an append-only journal at PATH: a write is
-// in the file before it is acknowledged, so it survives SIGKILL.
+// in the file before it is acknowledged, so it survives SIGKILL, and page
+// tokens are signed with the key in PATH.key (made on first start), so they
+// survive a restart. Backends behind one target that should accept each
+// other's page tokens share a key with --page-token-key-file.
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -31,6 +35,7 @@ constexpr char const* kUsage =
     "usage: user_server [--host H] [--port P] [--preload N] [--token T] [--heartbeat D]\n"
     "                   [--max-page-size N] [--data PATH [--sync]] [--server-id ID]\n"
     "                   [--fault-metadata] [--tls-cert FILE --tls-key FILE]\n"
+    "                   [--page-token-key-file FILE]\n"
     "  --host H       address to bind (default 127.0.0.1)\n"
     "  --port P       TCP port, 0 picks a free one (default 0)\n"
     "  --preload N    create N users at start if there are none (default 0)\n"
@@ -38,12 +43,18 @@ constexpr char const* kUsage =
     "  --heartbeat D  WatchUsers heartbeat interval, e.g. 5s or 250ms (default 5s)\n"
     "  --max-page-size N  largest ListUsers page (default 100)\n"
     "  --data PATH    keep users in the journal file PATH (created if missing);\n"
-    "                 every write is in it before the reply (default: memory only)\n"
+    "                 every write is in it before the reply (default: memory only);\n"
+    "                 page tokens are signed with the key in PATH.key, so they\n"
+    "                 survive a restart (made on first start)\n"
     "  --sync         with --data, also fdatasync before each reply\n"
     "  --server-id ID send ID in the trailing metadata stubkit-server-id of every reply\n"
     "  --fault-metadata  let clients ask for failures and latency with the request\n"
     "                 header stubkit-fault (see docs/embedded-server.md); testing only\n"
-    "  --tls-cert FILE, --tls-key FILE  serve TLS with this PEM certificate chain and key\n";
+    "  --tls-cert FILE, --tls-key FILE  serve TLS with this PEM certificate chain and key\n"
+    "  --page-token-key-file FILE  sign page tokens with the key in FILE (16 to 4096\n"
+    "                 bytes, e.g. head -c 32 /dev/urandom > FILE): backends sharing\n"
+    "                 it accept each other's tokens (default: PATH.key with --data,\n"
+    "                 else a random key per process)\n";
 
 [[noreturn]] void usage_error(std::string const& message) {
   std::cerr << "user_server: " << message << "\n" << kUsage;
@@ -63,6 +74,7 @@ struct Flags {
   bool fault_metadata = false;
   std::string tls_cert;
   std::string tls_key;
+  std::string page_token_key_file;
 };
 
 std::string read_file(std::string const& flag, std::string const& path) {
@@ -119,6 +131,9 @@ Flags parse_flags(int argc, char** argv) {
       flags.tls_cert = read_file("--tls-cert", std::string(value));
     } else if (flag == "--tls-key") {
       flags.tls_key = read_file("--tls-key", std::string(value));
+    } else if (flag == "--page-token-key-file") {
+      if (value.empty()) usage_error("--page-token-key-file must not be empty");
+      flags.page_token_key_file = std::string(value);
     } else if (flag == "--max-page-size") {
       flags.max_page_size = parse_int(flag, value, 1, 1'000'000);
     } else if (flag == "--heartbeat") {
@@ -161,6 +176,7 @@ int main(int argc, char** argv) {
   options.service.sync_data = flags.sync;
   options.service.server_id = flags.server_id;
   options.service.fault_metadata = flags.fault_metadata;
+  options.service.page_token_key_file = flags.page_token_key_file;
   if (!flags.tls_cert.empty()) {
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({flags.tls_key, flags.tls_cert});

@@ -3,7 +3,6 @@
 #include "stubkit/channel.hpp"
 
 #include <doctest/doctest.h>
-#include <stdlib.h>  // mkdtemp
 
 #include <atomic>
 #include <condition_variable>
@@ -326,9 +325,8 @@ TEST_SUITE("channel") {
     // for 127.0.0.1 signed by it, and an unrelated CA.
     // A directory of this run's own: suites may run side by side in one
     // working directory (scripts/stress_loop.sh does).
-    char dir_template[] = "/tmp/stubkit-tls-XXXXXX";
-    REQUIRE(mkdtemp(dir_template) != nullptr);
-    std::string const dir = dir_template;
+    TempDir temp;
+    std::string const dir = temp.path.string();
     std::string const script = "set -e; cd " + dir +
                                "; openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca "
                                "-keyout ca.key -out ca.pem 2>/dev/null"
@@ -365,7 +363,6 @@ TEST_SUITE("channel") {
     auto plaintext = UserService::NewStub(stubkit::make_channel(server.address()))
                          ->GetUser(context(2s).get(), get_request("u00000001"), &user);
     CHECK(plaintext.error_code() == StatusCode::UNAVAILABLE);
-    std::system(("rm -rf " + dir).c_str());
   }
 
   TEST_CASE("wait_until_serving says what did not happen") {

@@ -69,7 +69,7 @@ run(work / "app-pkgconfig")
 if any("stubkit-google-rpc" in flag or "stubkit_google_rpc" in flag for flag in pkg_flags("stubkit-core")):
     sys.exit("pkg-config stubkit-core hands out stubkit's google.rpc")
 run("c++", "-std=c++17", own_app, *own_sources, f"-I{own / 'gen'}", "-o", work / "own-pkgconfig",
-    *pkg_flags("stubkit-core"), "-lgrpc++_reflection", "-pthread")
+    *pkg_flags("stubkit-core"), "-lgrpc++_reflection", *pkg_flags("libcrypto"), "-pthread")
 run(work / "own-pkgconfig")
 
 # CMake: stubkit::stubkit for the SDK, stubkit::testing with the embedded server.
@@ -88,7 +88,7 @@ shutil.copy(own_app, cmake_project / "own_rpc.cpp")
     "target_link_libraries(app PRIVATE stubkit::testing)\n"
     f"add_executable(own_rpc own_rpc.cpp {' '.join(map(str, own_sources))})\n"
     f"target_include_directories(own_rpc PRIVATE {own / 'gen'})\n"
-    "target_link_libraries(own_rpc PRIVATE stubkit::core grpc++_reflection)\n")
+    "target_link_libraries(own_rpc PRIVATE stubkit::core grpc++_reflection crypto)\n")
 # Ninja, which the build already needs: Debian's cmake does not pull in
 # make, and a minimal machine has none.
 run("cmake", "-G", "Ninja", "-S", cmake_project, "-B", work / "cmake-build", f"-DCMAKE_PREFIX_PATH={prefix}")

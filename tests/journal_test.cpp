@@ -18,18 +18,9 @@ using namespace stubkit_tests;
 using grpc::StatusCode;
 using myservice::v1::User;
 using stubkit::testing::detail::Journal;
+using stubkit::testing::detail::siphash24;
 
 namespace {
-
-// A fresh directory per test case, removed afterwards.
-struct TempDir {
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "stubkit-journal-XXXXXX").string();
-    path = mkdtemp(pattern.data());
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::filesystem::path path;
-};
 
 stubkit::testing::EmbeddedServerOptions durable(std::filesystem::path const& file,
                                                 std::vector<std::string>* warnings = nullptr) {
@@ -93,6 +84,14 @@ stubkit::testing::EmbeddedServerOptions keyed_journal(
 }  // namespace
 
 TEST_SUITE("journal") {
+  TEST_CASE("the record checksum, siphash24, matches the reference vectors of its authors") {
+    stubkit::testing::detail::SipKey const key = {0x0706050403020100ULL, 0x0f0e0d0c0b0a0908ULL};
+    CHECK(siphash24(key, "") == 0x726fdb47dd0e0e31ULL);
+    std::string fifteen;
+    for (char c = 0; c < 15; ++c) fifteen.push_back(c);
+    CHECK(siphash24(key, fifteen) == 0xa129ca6149be45e5ULL);
+  }
+
   TEST_CASE("users, updates, deletes and request_ids survive a restart") {
     TempDir dir;
     auto const file = dir.path / "users.journal";

@@ -23,12 +23,15 @@ class Process {
   // posix_spawn, not fork: gRPC registers pthread_atfork handlers, and
   // forking a process with live gRPC threads trips its assertions
   // (posix_spawn runs no atfork handlers).
-  explicit Process(std::vector<std::string> args) {
+  /// Starts `args`; with `capture_stderr` its standard error is read
+  /// with read_line too, interleaved with standard output.
+  explicit Process(std::vector<std::string> args, bool capture_stderr = false) {
     int fds[2];
     if (pipe(fds) != 0) std::abort();
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+    if (capture_stderr) posix_spawn_file_actions_adddup2(&actions, fds[1], 2);
     posix_spawn_file_actions_addclose(&actions, fds[0]);
     posix_spawn_file_actions_addclose(&actions, fds[1]);
     std::vector<char*> argv;

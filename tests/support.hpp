@@ -5,8 +5,10 @@
 
 #include <doctest/doctest.h>
 #include <grpcpp/grpcpp.h>
+#include <stdlib.h>  // mkdtemp
 
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +22,22 @@ namespace stubkit_tests {
 
 using namespace std::chrono_literals;
 using myservice::v1::UserService;
+
+/// A fresh directory per test case, removed afterwards.
+struct TempDir {
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "stubkit-test-XXXXXX").string();
+    REQUIRE(mkdtemp(pattern.data()) != nullptr);
+    path = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+  TempDir(TempDir const&) = delete;
+  TempDir& operator=(TempDir const&) = delete;
+  std::filesystem::path path;
+};
 
 /// A context with a deadline, so a hang fails the test instead of the suite.
 inline std::unique_ptr<grpc::ClientContext> context(std::chrono::milliseconds timeout = 5s,

@@ -288,22 +288,6 @@ TEST_SUITE("user_service") {
     CHECK(status.error_code() == StatusCode::INVALID_ARGUMENT);
   }
 
-  TEST_CASE("page tokens stay valid across servers that share a key") {
-    stubkit::testing::EmbeddedServerOptions options;
-    options.service.page_token_key = {42, 43};
-    ServerFixture a(options), b(options);
-    a.server.service().preload(4);
-    b.server.service().preload(4);
-    myservice::v1::ListUsersRequest request;
-    request.set_page_size(2);
-    myservice::v1::ListUsersResponse response;
-    REQUIRE(a.stub->ListUsers(context().get(), request, &response).ok());
-    request.set_page_token(response.next_page_token());
-    REQUIRE(b.stub->ListUsers(context().get(), request, &response).ok());
-    REQUIRE(response.users_size() == 2);
-    CHECK(response.users(0).id() == "u00000003");
-  }
-
   TEST_CASE("UpdateUser with a mask changes only the named fields") {
     ServerFixture f;
     User created;

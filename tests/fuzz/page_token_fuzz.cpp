@@ -1,6 +1,6 @@
-// libFuzzer target: the embedded server's page-token decoder must never
-// crash on any bytes, must reject what it did not issue, and must round-trip
-// what it did.
+// libFuzzer target: the embedded server's page-token decoder (HMAC-SHA256
+// tags) must never crash on any bytes, must reject what it did not issue,
+// and must round-trip what it did.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -10,7 +10,7 @@
 
 extern "C" int LLVMFuzzerTestOneInput(std::uint8_t const* data, std::size_t size) {
   using stubkit::testing::detail::PageTokenCodec;
-  static PageTokenCodec const codec({0x0123456789abcdefULL, 0xfedcba9876543210ULL});
+  static PageTokenCodec const codec(std::string("fuzzing page token key, 32 bytes"));
   std::string_view const input(reinterpret_cast<char const*>(data), size);
 
   // As a token: anything accepted must re-encode to a token that decodes the same.

@@ -48,7 +48,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <random>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -75,8 +75,16 @@ struct UserServiceOptions {
   std::string token;
   /// How many change events WatchUsers can replay for a resuming client.
   std::size_t event_history = 1024;
-  /// Key of the page-token tag; all zero picks a random key per service.
-  detail::SipKey page_token_key{};
+  /// Key of the page tokens' HMAC-SHA256 tag, 16 to 4096 bytes. Servers
+  /// with the same key accept each other's tokens. When empty, the key is:
+  /// read from `page_token_key_file` if set; else, with `data_path`, kept in
+  /// the file `data_path + ".key"` (32 random bytes, mode 0600, created on
+  /// first start), so tokens survive a restart; else random per service.
+  std::string page_token_key;
+  /// A file holding the page-token key (its bytes, as they are). It must
+  /// exist: make one with `head -c 32 /dev/urandom > FILE` and give it to
+  /// every backend that should accept the others' tokens.
+  std::string page_token_key_file;
   /// ListUsers never returns more users than this per page (the reference
   /// server's 100). Raise it to serve large pages, e.g. in benchmarks.
   int max_page_size = 100;
@@ -123,18 +131,21 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
   static constexpr std::size_t kMaxBulkItems = 100000;
   static constexpr std::size_t kMaxBulkBytes = std::size_t{64} << 20;
 
-  /// Replays the journal at `options.data_path`, if any; throws
-  /// std::runtime_error when it cannot be opened or is corrupt.
+  /// Replays the journal at `options.data_path`, if any, and sets up the
+  /// page-token key; throws std::runtime_error when the journal cannot be
+  /// opened or is corrupt, or the key cannot be read or made, and
+  /// std::invalid_argument when `page_token_key` has a bad size.
   explicit UserServiceImpl(UserServiceOptions options = {})
-      : options_(std::move(options)),
-        tokens_(page_token_key(options_.page_token_key)),
-        faults_(User::descriptor()->file()->FindServiceByName("UserService")) {
-    if (options_.data_path.empty()) return;
-    auto warn = options_.warn ? options_.warn : [](std::string const& m) { std::cerr << m << "\n"; };
-    std::lock_guard<std::mutex> lock(mu_);
-    journal_ = std::make_unique<detail::Journal>(
-        options_.data_path, options_.sync_data,
-        [this](char kind, std::string_view payload) { return replay_locked(kind, payload); }, warn);
+      : options_(std::move(options)), faults_(User::descriptor()->file()->FindServiceByName("UserService")) {
+    auto const warn = options_.warn ? options_.warn : [](std::string const& m) { std::cerr << m << "\n"; };
+    if (!options_.data_path.empty()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      journal_ = std::make_unique<detail::Journal>(
+          options_.data_path, options_.sync_data,
+          [this](char kind, std::string_view payload) { return replay_locked(kind, payload); }, warn);
+    }
+    // After the journal: a data path that is refused gets no key file.
+    tokens_.emplace(page_token_key(options_, warn));
   }
 
   /// The record kinds of the journal.
@@ -241,7 +252,7 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     }
     std::optional<std::string> after;
     if (!request->page_token().empty()) {
-      after = tokens_.decode(request->page_token());
+      after = tokens_->decode(request->page_token());
       if (!after) {
         return bad_request("page_token",
                            "page_token is not a token this server issued (garbled or modified)");
@@ -255,7 +266,7 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
       *response->add_users() = it->second;
     }
     if (it != users_.end()) {
-      response->set_next_page_token(tokens_.encode(std::prev(it)->first));
+      response->set_next_page_token(tokens_->encode(std::prev(it)->first));
     }
     return settle(plan, grpc::Status::OK);
   }
@@ -544,11 +555,14 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     UserServiceImpl* service_;
   };
 
-  static detail::SipKey page_token_key(detail::SipKey key) {
-    if (key[0] != 0 || key[1] != 0) return key;
-    std::random_device random;
-    auto draw = [&] { return (std::uint64_t{random()} << 32) | random(); };
-    return {draw(), draw()};
+  static std::string page_token_key(UserServiceOptions const& options,
+                                    std::function<void(std::string const&)> const& warn) {
+    if (!options.page_token_key.empty()) return options.page_token_key;
+    if (!options.page_token_key_file.empty())
+      return detail::read_page_token_key(options.page_token_key_file, warn);
+    if (!options.data_path.empty())
+      return detail::load_or_create_page_token_key(options.data_path + ".key", warn);
+    return detail::PageTokenCodec::random_key();
   }
 
   // Authentication, then planned faults, then injected latency.
@@ -842,7 +856,7 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
   }
 
   UserServiceOptions options_;
-  detail::PageTokenCodec tokens_;
+  std::optional<detail::PageTokenCodec> tokens_;  // set by the constructor
   FaultInjector faults_;
 
   mutable std::mutex mu_;

@@ -32,7 +32,8 @@
 #include <string>
 #include <string_view>
 
-#include "stubkit/testing/detail/page_token.hpp"
+#include "stubkit/testing/detail/files.hpp"
+#include "stubkit/testing/detail/siphash.hpp"
 
 namespace stubkit::testing::detail {
 
@@ -89,19 +90,8 @@ class Journal {
 
   Journal(Journal const&) = delete;
   Journal& operator=(Journal const&) = delete;
-  // fsync(2)s the directory holding the journal, so that the entries of
-  // files created in it survive a crash. False (errno set) on failure.
-  bool sync_directory() const {
-    auto const slash = path_.rfind('/');
-    std::string const dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path_.substr(0, slash);
-    int const fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return false;
-    bool const ok = ::fsync(fd) == 0;
-    int const error = errno;
-    ::close(fd);
-    errno = error;
-    return ok;
-  }
+  // fsync(2)s the directory holding the journal. False (errno set) on failure.
+  bool sync_directory() const { return sync_parent_directory(path_); }
 
   ~Journal() {
     if (fd_ >= 0) ::close(fd_);
