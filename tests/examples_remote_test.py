@@ -18,8 +18,9 @@ user_server = sys.argv[1]
 examples = {os.path.basename(path): path for path in sys.argv[2:]}
 
 
-def example(name, *args):
-    return subprocess.run([examples[name], *args], capture_output=True, text=True, timeout=90)
+def example(name, *args, env=None):
+    return subprocess.run([examples[name], *args], capture_output=True, text=True, timeout=90,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def ok(name, r, *expected):
@@ -51,6 +52,16 @@ try:
        "1 s deadline, 5 s back end: code 4")
     ok("streaming", example("streaming", *remote), "resumable watch: 5 events over 3 connections",
        "bulk: created 2", "bob got: alice: hello, bob")
+    ok("observability", example("observability", *remote), "event=retry source=channel",
+       "event=give_up source=call", "reason=\"status NOT_FOUND is not retryable\"",
+       "event=page source=paginate", "counted: 2 calls, 3 attempts, 1 retries, 1 give-ups, 3 pages")
+    # Logs without code: STUBKIT_LOG=rpc, one logfmt line per event on stderr.
+    r = example("quickstart", *remote, env={"STUBKIT_LOG": "rpc"})
+    logged = [line for line in r.stderr.splitlines() if " event=call.end " in line]
+    check(r.returncode == 0 and logged and all(line.startswith("ts=") and " code=" in line for line in logged),
+          f"quickstart with STUBKIT_LOG=rpc: {len(logged)} call.end lines on stderr")
+    r = example("quickstart", *remote)
+    check(r.returncode == 0 and "event=" not in r.stderr, "quickstart without STUBKIT_LOG: no event lines")
     # The same examples a second time on the same server: new ids, same outcome.
     ok("streaming, run again", example("streaming", *remote), "bulk: created 2")
     ok("quickstart, run again", example("quickstart", *remote), "quickstart: done")

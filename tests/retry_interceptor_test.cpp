@@ -705,7 +705,14 @@ TEST_SUITE("retry_interceptor") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
     Recorded recorded;
-    auto interceptors = with(recorded.options());
+    auto options = recorded.options();
+    std::mutex mu;
+    std::vector<std::string> events;  // what an observer hears: every attempt that starts also ends
+    options.observer = stubkit::observer_from([&](stubkit::Event const& e) {
+      std::lock_guard<std::mutex> lock(mu);
+      events.push_back(std::string(stubkit::event_name(e.type)) + " " + stubkit::code_name(e.code));
+    });
+    auto interceptors = with(std::move(options));
     interceptors.push_back(std::make_unique<Factory>(point));
     auto stub = UserService::NewStub(f.server.channel(std::move(interceptors)));
     User user;
@@ -724,6 +731,8 @@ TEST_SUITE("retry_interceptor") {
         status.error_message());
     CHECK_MESSAGE(status.error_message().find("interceptor broke") != std::string::npos,
                   status.error_message());
+    CHECK(events == std::vector<std::string>{"call.start OK", "attempt.start OK", "attempt.end UNKNOWN",
+                                             "call.end UNKNOWN"});
   }
 
   TEST_CASE("a sync call whose custom schedule holds the wait ends at its deadline") {

@@ -3,7 +3,9 @@
 // faults, deadlines and caller cancels at random points, each call on a
 // channel and stub that are dropped the instant the call returns. Every
 // call must end with a status that makes sense for what happened to it;
-// nothing may abort, leak (ASan/LSan) or hang.
+// nothing may abort, leak (ASan/LSan) or hang. An observer on every
+// channel must hear each call end once, with the status its caller got,
+// and each attempt that starts end.
 //
 // With --user-server PATH the server is a user_server process instead: no
 // server in this process then holds gRPC's callback completion queue, so
@@ -22,6 +24,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <numeric>
 #include <random>
 #include <string>
 #include <thread>
@@ -30,6 +33,7 @@
 #include "myservice/v1/user.grpc.pb.h"
 #include "process.hpp"
 #include "stubkit/channel.hpp"
+#include "stubkit/observe.hpp"
 #include "stubkit/retry_interceptor.hpp"
 #include "stubkit/testing/embedded_server.hpp"
 
@@ -111,9 +115,14 @@ struct Tally {
   std::map<std::string, int> by_outcome;
   std::vector<std::string> problems;
   Clock::duration slowest_cancel{0};
+  std::map<std::string, int> by_code;
   void add(std::string const& outcome) {
     std::lock_guard<std::mutex> lock(mu);
     ++by_outcome[outcome];
+  }
+  void add_code(std::string const& code) {
+    std::lock_guard<std::mutex> lock(mu);
+    ++by_code[code];
   }
   void problem(std::string what) {
     std::lock_guard<std::mutex> lock(mu);
@@ -121,8 +130,42 @@ struct Tally {
   }
 };
 
+// What the observer of every channel heard: call ends by code, and starts
+// and ends of calls and attempts; compared with the callers' own tally.
+struct Heard final : stubkit::Observer {
+  void on_event(stubkit::Event const& e) override {
+    switch (e.type) {
+      case stubkit::EventType::kCallStart:
+        ++call_starts;
+        break;
+      case stubkit::EventType::kAttemptStart:
+        ++attempt_starts;
+        break;
+      case stubkit::EventType::kAttemptEnd:
+        ++attempt_ends;
+        break;
+      case stubkit::EventType::kCallEnd: {
+        std::lock_guard<std::mutex> lock(mu);
+        ++ends_by_code[stubkit::code_name(e.code)];
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  std::atomic<int> call_starts{0}, attempt_starts{0}, attempt_ends{0};
+  std::mutex mu;
+  std::map<std::string, int> ends_by_code;
+};
+
+std::shared_ptr<Heard> const& heard() {
+  static auto const observer = std::make_shared<Heard>();
+  return observer;
+}
+
 stubkit::RetryInterceptorOptions retry_options() {
   stubkit::RetryInterceptorOptions options;
+  options.observer = heard();
   options.policy.max_attempts = 4;
   options.policy.initial_backoff = 1ms;
   options.policy.max_backoff = 4ms;
@@ -199,6 +242,7 @@ void worker(Target const& target, int index, int calls, unsigned seed, Tally& ta
     }
     if (cancel_mode == 0 && status.ok()) tally.problem("a call cancelled before it began succeeded");
     tally.add(std::string(tcp ? "tcp " : "in-process ") + outcome);
+    tally.add_code(outcome);
     // The context, then the stub and the channel go at once, on this thread.
     ctx.reset();
     stub.reset();
@@ -288,6 +332,22 @@ int main(int argc, char** argv) {
   if (embedded)
     std::printf("  the server saw %lld GetUser attempts\n",
                 static_cast<long long>(embedded->faults().calls("GetUser")));
+  // Every call's end was told before its caller had the status.
+  Heard const& h = *heard();
+  if (h.ends_by_code != tally.by_code)
+    tally.problem("the observer heard other call ends than the callers got");
+  if (h.call_starts != total) {
+    tally.problem("the observer heard " + std::to_string(h.call_starts.load()) + " call starts for " +
+                  std::to_string(total) + " calls");
+  }
+  if (h.attempt_starts != h.attempt_ends) {
+    tally.problem("the observer heard " + std::to_string(h.attempt_starts.load()) + " attempt starts and " +
+                  std::to_string(h.attempt_ends.load()) + " ends");
+  }
+  std::printf("  the observer heard %d call ends and %d attempts\n",
+              static_cast<int>(std::accumulate(h.ends_by_code.begin(), h.ends_by_code.end(), 0,
+                                               [](int n, auto const& kv) { return n + kv.second; })),
+              h.attempt_ends.load());
   for (auto const& problem : tally.problems) std::printf("PROBLEM: %s\n", problem.c_str());
   if (total != settings.calls) std::printf("PROBLEM: %d calls ended, %d started\n", total, settings.calls);
   return tally.problems.empty() && total == settings.calls ? 0 : 1;

@@ -105,6 +105,10 @@ struct ChannelOptions {
   bool allow_insecure_token = false;
   /// TLS; unset = plaintext.
   std::optional<TlsOptions> tls;
+  /// Told of every call on the channel (observe.hpp, source "channel");
+  /// empty = the default observer when each call starts, if any. With
+  /// `retry` set, its own observer wins.
+  std::shared_ptr<Observer> observer;
   /// Further interceptors, run after stubkit's.
   std::function<std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>>()>
       extra_interceptors;
@@ -375,7 +379,9 @@ inline std::shared_ptr<grpc::Channel> make_channel(std::string const& target,
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
   if (options.retry) {
     disable_native_retries(args);
-    interceptors.push_back(retry_interceptor(*options.retry));
+    RetryInterceptorOptions retry = *options.retry;
+    if (!retry.observer) retry.observer = options.observer;
+    interceptors.push_back(retry_interceptor(std::move(retry)));
   }
   // After the retry interceptor, so every attempt asks for a token afresh.
   bool const tokens =
@@ -400,6 +406,12 @@ inline std::shared_ptr<grpc::Channel> make_channel(std::string const& target,
   }
   if (options.extra_interceptors) {
     for (auto& extra : options.extra_interceptors()) interceptors.push_back(std::move(extra));
+  }
+  if (!options.retry) {
+    // Observes calls without touching them (none while no observer is set).
+    // Last: gRPC places an interceptor's own calls by counting the
+    // interceptors created before it, which one that declines would shift.
+    interceptors.push_back(observe_interceptor(options.observer));
   }
 
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();

@@ -29,8 +29,10 @@
 #include <grpcpp/client_context.h>
 #include <grpcpp/support/status.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <future>
 #include <iterator>
@@ -47,7 +49,9 @@
 #include "google/protobuf/message.h"
 #include "google/protobuf/repeated_ptr_field.h"
 #include "stubkit/detail/input_range.hpp"
+#include "stubkit/detail/method.hpp"
 #include "stubkit/detail/time.hpp"
+#include "stubkit/observe.hpp"
 #include "stubkit/status.hpp"
 
 namespace stubkit {
@@ -81,6 +85,9 @@ struct PaginateOptions {
   int max_empty_pages = 100;
   /// The clock `deadline` is checked against; empty = system_clock::now.
   std::function<std::chrono::system_clock::time_point()> clock;
+  /// Told of every page fetched or failed (kPage, source "paginate"); empty =
+  /// the default observer when the range is made (observe.hpp), if any.
+  std::shared_ptr<Observer> observer;
 };
 
 namespace detail {
@@ -120,6 +127,7 @@ class Pager {
         request_(std::move(request)),
         options_(std::move(options)),
         count_(std::move(count)) {
+    if (Observer* const observer = resolve_observer(options_.observer)) observe_pages(observer);
     if (options_.page_size > 0) request_.set_page_size(options_.page_size);
     if (!request_.page_token().empty()) seen_.insert(std::hash<std::string>{}(request_.page_token()));
   }
@@ -222,9 +230,37 @@ class Pager {
                                                 request = next_request()] { return fetch(*ctx, request); });
   }
 
+  // Wraps the fetch to report each page, on the thread that fetched it (a
+  // prefetch thread too); pages are fetched one at a time, in order. The
+  // count is shared: a prefetch runs a copy of the fetch. A prefetch
+  // abandoned (the range dropped) is no page of the listing: not reported.
+  void observe_pages(Observer* observer) {
+    abandoned_ = std::make_shared<std::atomic<bool>>(false);
+    fetch_ = [fetch = std::move(fetch_), count = count_, observer,
+              pages = std::make_shared<std::atomic<std::int64_t>>(0),
+              abandoned = abandoned_](grpc::ClientContext& ctx, Request const& request) -> Result<Response> {
+      auto const start = std::chrono::steady_clock::now();
+      Result<Response> result = fetch(ctx, request);
+      if (abandoned->load()) return result;
+      Event event = event_of(EventType::kPage, "paginate", method_path<Request, Response>());
+      event.page = pages->fetch_add(1) + 1;
+      event.latency = since(start);
+      if (result.ok()) {
+        event.items = static_cast<std::int64_t>(count(*result));
+        event.has_next_page = !result->next_page_token().empty();
+      } else {
+        event.code = result.error().code();
+        event.message = result.error().message();
+      }
+      notify(observer, event);
+      return result;
+    };
+  }
+
   // A prefetch nobody will read: cancel it and wait, so no call outlives us.
   void abandon_prefetch() {
     if (!inflight_.valid()) return;
+    if (abandoned_) abandoned_->store(true);
     inflight_ctx_->TryCancel();
     inflight_.wait();
   }
@@ -237,6 +273,7 @@ class Pager {
   std::optional<Error> pending_error_;
   std::future<Result<Response>> inflight_;
   std::unique_ptr<grpc::ClientContext> inflight_ctx_;
+  std::shared_ptr<std::atomic<bool>> abandoned_;  // set when observing
   std::size_t delivered_ = 0;
   std::size_t pages_ = 0;
   int empty_run_ = 0;

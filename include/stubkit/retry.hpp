@@ -39,7 +39,9 @@
 #include "google/protobuf/descriptor.pb.h"
 #include "google/protobuf/message.h"
 #include "google/rpc/error_details.pb.h"
+#include "stubkit/detail/method.hpp"
 #include "stubkit/detail/time.hpp"
+#include "stubkit/observe.hpp"
 #include "stubkit/status.hpp"
 
 namespace stubkit {
@@ -135,17 +137,23 @@ class RetryThrottle {
   explicit RetryThrottle(double max_tokens = 10, double token_ratio = 0.1)
       : max_tokens_(max_tokens), token_ratio_(token_ratio), tokens_(max_tokens) {}
 
-  void on_success() {
+  /// Each returns true when it changed allows_retry() (decided under the
+  /// throttle's lock, so each change is reported to one caller only).
+  bool on_success() {
     std::lock_guard<std::mutex> lock(mu_);
+    bool const before = open();
     tokens_ = std::min(max_tokens_, tokens_ + token_ratio_);
+    return open() != before;
   }
-  void on_retryable_failure() {
+  bool on_retryable_failure() {
     std::lock_guard<std::mutex> lock(mu_);
+    bool const before = open();
     tokens_ = std::max(0.0, tokens_ - 1);
+    return open() != before;
   }
   bool allows_retry() const {
     std::lock_guard<std::mutex> lock(mu_);
-    return tokens_ > max_tokens_ / 2;
+    return open();
   }
   double tokens() const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -153,6 +161,8 @@ class RetryThrottle {
   }
 
  private:
+  bool open() const { return tokens_ > max_tokens_ / 2; }
+
   double const max_tokens_;
   double const token_ratio_;
   mutable std::mutex mu_;
@@ -236,30 +246,6 @@ inline google::protobuf::MethodDescriptor const* find_method(std::string_view fu
 
 namespace detail {
 
-// The unique method of Request's file taking Request and returning
-// Response, or nullptr when there is none or several (then idempotency must
-// be stated by the caller).
-template <typename Request, typename Response>
-google::protobuf::MethodDescriptor const* method_for_types() {
-  static google::protobuf::MethodDescriptor const* const found = [] {
-    google::protobuf::MethodDescriptor const* match = nullptr;
-    auto const* file = Request::descriptor()->file();
-    for (int s = 0; s < file->service_count(); ++s) {
-      auto const* service = file->service(s);
-      for (int m = 0; m < service->method_count(); ++m) {
-        auto const* method = service->method(m);
-        if (method->input_type() == Request::descriptor() &&
-            method->output_type() == Response::descriptor()) {
-          if (match != nullptr) return static_cast<google::protobuf::MethodDescriptor const*>(nullptr);
-          match = method;
-        }
-      }
-    }
-    return match;
-  }();
-  return found;
-}
-
 // The server's pushback: nullopt = none sent; a negative value = "stop
 // retrying" (sent negative or malformed).
 inline std::optional<std::int64_t> parse_pushback(
@@ -316,6 +302,11 @@ struct RetryPlan {
   std::shared_ptr<RetryThrottle> throttle;                        ///< optional, shared per backend
   std::function<void(RetryEvent const&)> on_retry;                ///< optional observer
   RetryClock clock;
+  /// Told of retry decisions and throttle changes (kRetry, kGiveUp,
+  /// kThrottle), with `method` and `source`; optional.
+  Observer* observer = nullptr;
+  std::string_view method;
+  std::string_view source;
 };
 
 /// One attempt's result as the loop needs it.
@@ -371,28 +362,55 @@ class RetryState {
 
   /// Records attempt `attempt`'s outcome and says whether to try again.
   RetryDecision after_attempt(int attempt, AttemptOutcome const& outcome) {
+    RetryDecision decision;
     try {
-      return decide(attempt, outcome);
+      decision = decide(attempt, outcome);
     } catch (...) {
-      RetryDecision stop{false, {}, "a retry callback threw", {}};
-      stop.status =
+      decision = RetryDecision{false, {}, "a retry callback threw", {}};
+      decision.status =
           detail::callback_threw("a retry callback (clock, random01 or on_retry)", std::current_exception());
-      return stop;
     }
+    if (plan_.observer != nullptr && (decision.retry || !outcome.status.ok() || decision.status)) {
+      grpc::Status const& status = decision.status ? *decision.status : outcome.status;
+      std::string message;
+      Event event =
+          decision_event(decision.retry ? EventType::kRetry : EventType::kGiveUp, attempt, status, message);
+      event.delay = decision.delay;
+      event.reason = decision.stop_reason;
+      detail::notify(plan_.observer, event);
+    }
+    return decision;
   }
 
  private:
+  Event decision_event(EventType type, int attempt, grpc::Status const& status, std::string& message) const {
+    Event event = detail::event_of(type, plan_.source, plan_.method, attempt);
+    detail::set_status(event, status, message);
+    return event;
+  }
+
+  // Feeds the throttle, telling the observer when it starts refusing
+  // retries or allows them again.
+  void feed_throttle(bool success) {
+    RetryThrottle& throttle = *plan_.throttle;
+    bool const changed = success ? throttle.on_success() : throttle.on_retryable_failure();
+    if (!changed || plan_.observer == nullptr) return;
+    Event event = detail::event_of(EventType::kThrottle, plan_.source, plan_.method);
+    event.retries_allowed = success;  // a success can only open it, a failure only close it
+    detail::notify(plan_.observer, event);
+  }
+
   RetryDecision decide(int attempt, AttemptOutcome const& outcome) {
     auto const code = outcome.status.error_code();
     if (code == grpc::StatusCode::OK) {
-      if (plan_.throttle) plan_.throttle->on_success();
+      if (plan_.throttle) feed_throttle(true);
       return {};
     }
     auto stop = [](std::string reason) { return RetryDecision{false, {}, std::move(reason), {}}; };
     bool const retryable =
         plan_.policy.retryable(code) || (code == grpc::StatusCode::DEADLINE_EXCEEDED && own_deadline_);
     if (!retryable) return stop("status " + code_name(code) + " is not retryable");
-    if (plan_.throttle) plan_.throttle->on_retryable_failure();
+    if (plan_.throttle) feed_throttle(false);
     if (!plan_.idempotent) return stop("the call is not idempotent and has no idempotency key");
     if (attempt >= plan_.policy.max_attempts) return stop("max_attempts reached");
     if (plan_.throttle && !plan_.throttle->allows_retry()) return stop("the retry throttle is closed");
@@ -524,6 +542,9 @@ struct CallOptions {
   std::multimap<std::string, std::string>* trailers = nullptr;
   /// Clock, sleeper and randomness (tests inject them).
   RetryClock clock;
+  /// Told of the call, each attempt and each retry decision (source
+  /// "call"); empty = the default observer (observe.hpp), if any.
+  std::shared_ptr<Observer> observer;
 };
 
 /// Calls a unary method of a generated stub (Stub or StubInterface) with a
@@ -559,6 +580,16 @@ Result<Response> call(Stub& stub,
   plan.throttle = options.throttle;
   plan.on_retry = options.on_retry;
   plan.clock = options.clock;
+  Observer* const observer = detail::resolve_observer(options.observer);
+  auto const call_start =
+      observer != nullptr ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+  Event event;
+  if (observer != nullptr) {
+    plan.observer = observer;
+    plan.method = event.method = detail::method_path<Request, Response>();
+    plan.source = event.source = "call";
+    detail::notify(observer, event);
+  }
 
   Response response;
   auto attempt = [&](int n, std::optional<std::chrono::system_clock::time_point> deadline) {
@@ -568,7 +599,24 @@ Result<Response> call(Stub& stub,
     for (auto const& [key, value] : options.metadata) ctx.AddMetadata(key, value);
     if (n > 1) ctx.AddMetadata(kPreviousAttemptsKey, std::to_string(n - 1));
     response.Clear();
+    std::chrono::steady_clock::time_point attempt_start;
+    if (observer != nullptr) {
+      event.type = EventType::kAttemptStart;
+      event.attempt = n;
+      detail::notify(observer, event);
+      attempt_start = std::chrono::steady_clock::now();
+    }
     AttemptOutcome outcome{(stub.*method)(&ctx, request, &response), std::nullopt};
+    if (observer != nullptr) {
+      Event end = event;
+      end.type = EventType::kAttemptEnd;
+      end.latency = detail::since(attempt_start);
+      std::string message;
+      detail::set_status(end, outcome.status, message);
+      std::string const peer = ctx.peer();
+      end.peer = peer;
+      detail::notify(observer, end);
+    }
     if (!outcome.status.ok()) outcome.pushback_ms = detail::parse_pushback(ctx.GetServerTrailingMetadata());
     if (options.trailers != nullptr) {
       options.trailers->clear();
@@ -579,7 +627,20 @@ Result<Response> call(Stub& stub,
     }
     return outcome;
   };
-  grpc::Status status = run_with_retries(plan, attempt, options.report);
+  RetryReport local_report;
+  RetryReport* const report = options.report != nullptr ? options.report
+                              : observer != nullptr     ? &local_report
+                                                        : nullptr;
+  grpc::Status status = run_with_retries(plan, attempt, report);
+  if (observer != nullptr) {
+    Event end = detail::event_of(EventType::kCallEnd, event.source, event.method);
+    std::string message;
+    detail::set_status(end, status, message);
+    end.latency = detail::since(call_start);
+    end.attempts = report->attempts;
+    end.delay = report->total_delay;
+    detail::notify(observer, end);
+  }
   return to_result(status, std::move(response));
 }
 

@@ -118,6 +118,7 @@
 #include "google/protobuf/wire_format_lite.h"
 #include "stubkit/detail/client_context_access.hpp"
 #include "stubkit/detail/time.hpp"
+#include "stubkit/observe.hpp"
 #include "stubkit/retry.hpp"
 
 namespace stubkit {
@@ -158,9 +159,83 @@ struct RetryInterceptorOptions {
   std::function<void(std::chrono::milliseconds delay, std::function<void()> done)> schedule;
   /// Clock and randomness of retry decisions.
   RetryClock clock;
+  /// Told of every call on the channel (source "channel"): start and end,
+  /// each attempt, and the retry decisions of the calls it retries; calls
+  /// it does not retry (streams included) as one attempt. Empty = the
+  /// default observer when the call starts (observe.hpp), if any.
+  std::shared_ptr<Observer> observer;
 };
 
 namespace detail {
+
+// The events of one call seen from an interceptor that lets it through
+// untouched: start when the call is made or sends its first batch, end at
+// its status. start() happens before end(): see the callers.
+class CallWatch {
+ public:
+  bool active() const { return observer_ != nullptr; }
+
+  void start(Observer* observer, std::string_view method) {
+    observer_ = observer;
+    method_ = method;
+    start_ = std::chrono::steady_clock::now();
+    Event event = base(EventType::kCallStart);
+    notify(observer_, event);
+    event.type = EventType::kAttemptStart;
+    event.attempt = 1;
+    notify(observer_, event);
+  }
+
+  void end(grpc::Status const& status, grpc::ClientContext const& ctx) {
+    if (observer_ == nullptr) return;
+    Event event = base(EventType::kAttemptEnd);
+    event.attempt = 1;
+    std::string message;
+    set_status(event, status, message);
+    event.latency = since(start_);
+    std::string const peer = ctx.peer();
+    event.peer = peer;
+    notify(observer_, event);
+    event.type = EventType::kCallEnd;
+    event.attempt = 0;
+    event.attempts = 1;
+    notify(observer_, event);
+    observer_ = nullptr;  // once
+  }
+
+ private:
+  Event base(EventType type) const { return event_of(type, "channel", method_); }
+
+  Observer* observer_ = nullptr;
+  std::string_view method_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// Observes a call it does not otherwise touch (a call the retry
+// interceptor does not retry, or any call of observe_interceptor). The
+// call starts when it is created: a stream with corked initial metadata
+// may get its status before it sends a first batch, so the first batch is
+// no place to start, while creation comes before every batch.
+class ObserveInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  ObserveInterceptor(grpc::experimental::ClientRpcInfo* info, Observer* observer)
+      : info_(info), method_(info->method()) {
+    watch_.start(observer, method_);
+  }
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    using grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_STATUS)) {
+      watch_.end(*methods->GetRecvStatus(), *info_->client_context());
+    }
+    methods->Proceed();
+  }
+
+ private:
+  grpc::experimental::ClientRpcInfo* const info_;
+  std::string const method_;  // gRPC's name of a generic call lives only as long as the call
+  CallWatch watch_;
+};
 
 // What the interceptor knows about a method, looked up once per method.
 struct RetryMethod {
@@ -268,8 +343,8 @@ inline RetryControl parse_retry_control(std::string_view value) {
 class RetryInterceptor final : public grpc::experimental::Interceptor {
  public:
   RetryInterceptor(grpc::experimental::ClientRpcInfo* info, RetryMethod method,
-                   RetryInterceptorOptions const& options)
-      : info_(info), method_name_(info->method()), method_(method), options_(options) {}
+                   RetryInterceptorOptions const& options, Observer* observer)
+      : info_(info), method_name_(info->method()), method_(method), options_(options), observer_(observer) {}
 
   // True on a thread that is creating one of this interceptor's attempts.
   // gRPC 1.51 starts an attempt's interceptors at a position counted in
@@ -296,7 +371,11 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     }
     if (has(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
       // The first batch: only it carries the initial metadata.
-      if (!begin(methods)) pass_through(methods);
+      if (!begin(methods)) {
+        // A unary call's one batch also asks for the status: the end follows this.
+        if (observer_ != nullptr) watch_.start(observer_, method_name_);
+        pass_through(methods);
+      }
       return;  // when retried: held until the attempts are done, then Hijack()
     }
     // Receive hook points are set only when gRPC brings a batch back to the
@@ -305,7 +384,10 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
         has(InterceptionHookPoints::PRE_RECV_MESSAGE) || has(InterceptionHookPoints::PRE_RECV_STATUS)) {
       return fill(methods);
     }
-    // Results on their way up: nothing to do.
+    // Results on their way up: only a call passed through is observed here.
+    if (has(InterceptionHookPoints::POST_RECV_STATUS) && watch_.active()) {
+      watch_.end(*methods->GetRecvStatus(), *info_->client_context());
+    }
     if (has(InterceptionHookPoints::POST_RECV_INITIAL_METADATA) ||
         has(InterceptionHookPoints::POST_RECV_MESSAGE) || has(InterceptionHookPoints::POST_RECV_STATUS) ||
         has(InterceptionHookPoints::POST_SEND_MESSAGE)) {
@@ -383,6 +465,7 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     first_ = methods;
     if (control && !control->problem.empty()) {
       // Refused before anything is sent: a typo must not silently retry.
+      observe(EventType::kCallStart);
       finish_early(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, control->problem));
       return true;
     }
@@ -403,7 +486,11 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     plan.throttle = options_.throttle;
     plan.on_retry = options_.on_retry;
     plan.clock = options_.clock;
+    plan.observer = observer_;
+    plan.method = method_name_;
+    plan.source = "channel";
     state_.emplace(std::move(plan));
+    observe(EventType::kCallStart);
 
     metadata_.assign(send_metadata->begin(), send_metadata->end());
     credentials_ = ctx->credentials();
@@ -543,6 +630,11 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     // (std::terminate) nor out of a sync caller's stub call; the caller's
     // call ends here with UNKNOWN, as no completion of this attempt will
     // follow. (run_blocking catches what their receive hooks throw.)
+    if (observer_ != nullptr) {
+      observe(EventType::kAttemptStart, attempt_);
+      attempt_start_ = std::chrono::steady_clock::now();
+      attempt_open_ = true;
+    }
     creating_attempt() = true;
     try {
       if (blocking_) {
@@ -572,6 +664,16 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
       phase_ = Phase::kDeciding;
     }
     AttemptOutcome outcome{std::move(status), std::nullopt};
+    if (observer_ != nullptr) {
+      Event event = observed(EventType::kAttemptEnd, attempt_);
+      std::string message;
+      set_status(event, outcome.status, message);
+      event.latency = since(attempt_start_);
+      last_peer_ = attempt->peer();
+      event.peer = last_peer_;
+      attempt_open_ = false;
+      notify(observer_, event);  // user code: no lock held
+    }
     if (!outcome.status.ok()) outcome.pushback_ms = parse_pushback(attempt->GetServerTrailingMetadata());
     RetryDecision decision = state_->after_attempt(attempt_, outcome);  // user code: no lock held
     // Copied before the wait is published: once a cancel can claim it, the
@@ -598,6 +700,7 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
         finished = true;
       } else {
         phase_ = Phase::kWaiting;
+        total_delay_ += decision.delay;  // a wait begun (a cancel may cut it short)
         if (schedule) {
           token = wait_token_ = std::make_shared<WaitToken>(this);
         } else if (blocking_) {
@@ -721,6 +824,25 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   // caller may then destroy its context and this interceptor with it. A
   // blocking call's driver does this itself, once its queue is drained.
   void complete() {
+    if (observer_ != nullptr) {
+      // The result is final (phase_ is kFinished) and only this thread reads it now.
+      std::string message;
+      if (attempt_open_) {
+        // The attempt never ended by itself (an interceptor after this one threw).
+        Event attempt_end = observed(EventType::kAttemptEnd, attempt_);
+        set_status(attempt_end, status_, message);
+        attempt_end.latency = since(attempt_start_);
+        attempt_open_ = false;
+        notify(observer_, attempt_end);
+      }
+      Event event = observed(EventType::kCallEnd);
+      set_status(event, status_, message);
+      event.latency = since(call_start_);
+      event.attempts = attempt_;
+      event.delay = total_delay_;
+      event.peer = last_peer_;
+      notify(observer_, event);
+    }
     if (blocking_) {
       blocking_done_ = true;
       return;
@@ -768,6 +890,17 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the caller during retries");
   }
 
+  Event observed(EventType type, int attempt = 0) const {
+    return event_of(type, "channel", method_name_, attempt);
+  }
+
+  // Start events of a call this interceptor runs (no lock held).
+  void observe(EventType type, int attempt = 0) {
+    if (observer_ == nullptr) return;
+    if (type == EventType::kCallStart) call_start_ = std::chrono::steady_clock::now();
+    notify(observer_, observed(type, attempt));
+  }
+
   static void copy(std::multimap<grpc::string_ref, grpc::string_ref> const& from,
                    std::vector<std::pair<std::string, std::string>>* to) {
     to->clear();
@@ -781,6 +914,8 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   std::string const method_name_;
   RetryMethod const method_;
   RetryInterceptorOptions const& options_;
+  Observer* const observer_;  // may be null; outlives the call (see RetryInterceptorOptions::observer)
+  CallWatch watch_;           // a call passed through, when observed
 
   // A blocking call's completion queue (see run_blocking). Declared before
   // the attempts and alarms that use it, so it outlives them.
@@ -808,6 +943,12 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   std::unique_ptr<grpc::Alarm> wake_;
   int attempt_ = 0;
   bool fired_inline_ = false;  // see on_alarm
+  // Observation, by the attempt driver (see "Threads and locks").
+  std::chrono::steady_clock::time_point call_start_;
+  std::chrono::steady_clock::time_point attempt_start_;
+  std::chrono::milliseconds total_delay_{0};
+  bool attempt_open_ = false;  // attempt.start told, attempt.end not yet
+  std::string last_peer_;
   // A sync-API call: attempts run in run_blocking. Set under mu_ before the
   // first attempt, never changed after; other threads read it only after
   // taking mu_ (on_cancel) or claiming a wait token created after it (done).
@@ -842,17 +983,48 @@ class RetryInterceptorFactory final : public grpc::experimental::ClientIntercept
   }
 
   grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo* info) override {
-    if (info->type() != grpc::experimental::ClientRpcInfo::Type::UNARY) return nullptr;
-    if (detail::RetryInterceptor::creating_attempt()) return nullptr;  // an attempt of ours
+    if (detail::RetryInterceptor::creating_attempt()) return nullptr;  // an attempt of ours: reported by it
+    Observer* const observer = detail::resolve_observer(options_.observer);
+    auto observe_only = [&]() -> grpc::experimental::Interceptor* {
+      return observer != nullptr ? new detail::ObserveInterceptor(info, observer) : nullptr;
+    };
+    if (info->type() != grpc::experimental::ClientRpcInfo::Type::UNARY) return observe_only();
     detail::RetryMethod const method = methods_.lookup(info->method());
-    if (!method.known || (!method.declared_idempotent && method.request_id_field == 0)) return nullptr;
-    return new detail::RetryInterceptor(info, method, options_);
+    if (!method.known || (!method.declared_idempotent && method.request_id_field == 0)) return observe_only();
+    return new detail::RetryInterceptor(info, method, options_, observer);
   }
 
  private:
   RetryInterceptorOptions const options_;
   detail::MethodTable methods_;
 };
+
+/// Observes every call of a channel without retrying any (source
+/// "channel"): for channels without the retry interceptor, which observes
+/// by itself (RetryInterceptorOptions::observer). `observer` empty = the
+/// default observer when each call starts; with none, calls are not
+/// touched. Put it last: gRPC places the calls an interceptor makes
+/// itself by counting the interceptors created before it, and one that
+/// declines a call would shift that count.
+class ObserveInterceptorFactory final : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit ObserveInterceptorFactory(std::shared_ptr<Observer> observer = nullptr)
+      : observer_(std::move(observer)) {}
+
+  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo* info) override {
+    Observer* const observer = detail::resolve_observer(observer_);
+    return observer != nullptr ? new detail::ObserveInterceptor(info, observer) : nullptr;
+  }
+
+ private:
+  std::shared_ptr<Observer> const observer_;
+};
+
+/// An ObserveInterceptorFactory, ready for CreateCustomChannelWithInterceptors.
+inline std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface> observe_interceptor(
+    std::shared_ptr<Observer> observer = nullptr) {
+  return std::make_unique<ObserveInterceptorFactory>(std::move(observer));
+}
 
 /// A retry interceptor factory, ready for CreateCustomChannelWithInterceptors
 /// or InProcessChannelWithInterceptors. Throws std::invalid_argument for an

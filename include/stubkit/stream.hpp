@@ -25,6 +25,8 @@
 
 #include "stubkit/deadline.hpp"
 #include "stubkit/detail/input_range.hpp"
+#include "stubkit/detail/method.hpp"
+#include "stubkit/observe.hpp"
 #include "stubkit/status.hpp"
 
 namespace stubkit {
@@ -35,6 +37,9 @@ struct StreamOptions {
   Deadline deadline;
   /// Metadata sent when the stream starts.
   std::vector<std::pair<std::string, std::string>> metadata;
+  /// Told when the stream opens and ends (source "stream"); empty = the
+  /// default observer when it opens (observe.hpp), if any.
+  std::shared_ptr<Observer> observer;
 };
 
 namespace detail {
@@ -43,6 +48,57 @@ inline std::unique_ptr<grpc::ClientContext> stream_context(StreamOptions const& 
   auto ctx = options.deadline.context();
   for (auto const& [key, value] : options.metadata) ctx->AddMetadata(key, value);
   return ctx;
+}
+
+// The open and end events of one stream: stream.open when made, one
+// stream.end with the status, the messages counted and the time since
+// opening. It owns its observer: the stream may outlive the options it was
+// opened with. A moved-from watch reports nothing.
+class StreamWatch {
+ public:
+  StreamWatch() = default;
+  StreamWatch(std::shared_ptr<Observer> observer, std::string_view method)
+      : observer_(std::move(observer)), method_(method) {
+    if (!observer_) return;
+    start_ = std::chrono::steady_clock::now();
+    notify(observer_.get(), event(EventType::kStreamOpen));
+  }
+  StreamWatch(StreamWatch&& other) noexcept { *this = std::move(other); }
+  StreamWatch& operator=(StreamWatch&& other) noexcept {
+    observer_ = std::move(other.observer_);
+    other.observer_.reset();
+    method_ = other.method_;
+    start_ = other.start_;
+    items_ = other.items_;
+    return *this;
+  }
+
+  void count() { ++items_; }
+
+  void end(grpc::Status const& status) {
+    if (!observer_) return;
+    Event e = event(EventType::kStreamEnd);
+    std::string message;
+    set_status(e, status, message);
+    e.items = items_;
+    e.latency = since(start_);
+    std::shared_ptr<Observer> const observer = std::move(observer_);  // once
+    observer_.reset();
+    notify(observer.get(), e);
+  }
+
+ private:
+  Event event(EventType type) const { return event_of(type, "stream", method_); }
+
+  std::shared_ptr<Observer> observer_;
+  std::string_view method_;
+  std::chrono::steady_clock::time_point start_;
+  std::int64_t items_ = 0;
+};
+
+template <typename Request, typename Response>
+StreamWatch watch_stream(StreamOptions const& options) {
+  return StreamWatch(shared_observer(options.observer), method_path<Request, Response>());
 }
 
 // The message type R of a reader/writer handle std::unique_ptr<X<R>>.
@@ -77,11 +133,12 @@ class StreamRange : public detail::LazyRange<StreamRange<Response>> {
 
   StreamRange(std::unique_ptr<grpc::ClientContext> ctx,
               std::unique_ptr<grpc::ClientReaderInterface<Response>> reader,
-              std::function<bool(Response const&)> filter = {})
+              std::function<bool(Response const&)> filter = {}, detail::StreamWatch watch = {})
       : state_(std::make_unique<State>()) {
     state_->ctx = std::move(ctx);
     state_->reader = std::move(reader);
     state_->filter = std::move(filter);
+    state_->watch = std::move(watch);
   }
 
   StreamRange(StreamRange&&) noexcept = default;
@@ -91,7 +148,7 @@ class StreamRange : public detail::LazyRange<StreamRange<Response>> {
   ~StreamRange() {
     if (state_ && !state_->finished) {
       state_->ctx->TryCancel();
-      state_->reader->Finish();
+      state_->watch.end(state_->reader->Finish());
     }
   }
 
@@ -111,6 +168,7 @@ class StreamRange : public detail::LazyRange<StreamRange<Response>> {
     std::function<bool(Response const&)> filter;
     std::optional<value_type> current;
     bool finished = false;
+    detail::StreamWatch watch;
   };
 
   value_type& current() { return *state_->current; }
@@ -125,10 +183,12 @@ class StreamRange : public detail::LazyRange<StreamRange<Response>> {
     // Reuse the element's message: Read() overwrites it.
     if (!s.current || !s.current->ok()) s.current.emplace(Response());
     while (s.reader->Read(&**s.current)) {
+      s.watch.count();
       if (!s.filter || s.filter(**s.current)) return;
     }
     s.finished = true;
     grpc::Status status = s.reader->Finish();
+    s.watch.end(status);
     if (status.ok()) {
       s.current.reset();
     } else {
@@ -147,7 +207,8 @@ auto read_stream(Stub& stub, Handle (Class::*method)(grpc::ClientContext*, Reque
   using Response = typename detail::StreamMessage<Handle>::type;
   auto ctx = detail::stream_context(options);
   std::unique_ptr<grpc::ClientReaderInterface<Response>> reader = (stub.*method)(ctx.get(), request);
-  return StreamRange<Response>(std::move(ctx), std::move(reader), std::move(filter));
+  return StreamRange<Response>(std::move(ctx), std::move(reader), std::move(filter),
+                               detail::watch_stream<Request, Response>(options));
 }
 
 /// A client stream: write requests one by one (each write waits for flow
@@ -157,20 +218,27 @@ template <typename Request, typename Response>
 class StreamWriter {
  public:
   StreamWriter(std::unique_ptr<grpc::ClientContext> ctx, std::unique_ptr<Response> response,
-               std::unique_ptr<grpc::ClientWriterInterface<Request>> writer)
-      : ctx_(std::move(ctx)), response_(std::move(response)), writer_(std::move(writer)) {}
+               std::unique_ptr<grpc::ClientWriterInterface<Request>> writer, detail::StreamWatch watch = {})
+      : ctx_(std::move(ctx)),
+        response_(std::move(response)),
+        writer_(std::move(writer)),
+        watch_(std::move(watch)) {}
   StreamWriter(StreamWriter&&) noexcept = default;
   StreamWriter& operator=(StreamWriter&&) noexcept = default;
 
   ~StreamWriter() {
     if (writer_ && !finished_) {
       ctx_->TryCancel();
-      writer_->Finish();
+      watch_.end(writer_->Finish());
     }
   }
 
   /// Sends one request; false when the stream is broken (finish() says why).
-  bool write(Request const& request) { return !finished_ && writer_->Write(request); }
+  bool write(Request const& request) {
+    if (finished_ || !writer_->Write(request)) return false;
+    watch_.count();
+    return true;
+  }
 
   /// Half-closes the stream and waits for the server's response.
   Result<Response> finish() {
@@ -178,6 +246,7 @@ class StreamWriter {
     writer_->WritesDone();
     finished_ = true;
     grpc::Status status = writer_->Finish();
+    watch_.end(status);
     return to_result(status, std::move(*response_));
   }
 
@@ -188,6 +257,7 @@ class StreamWriter {
   std::unique_ptr<Response> response_;  // written by gRPC at Finish; stable address
   std::unique_ptr<grpc::ClientWriterInterface<Request>> writer_;
   bool finished_ = false;
+  detail::StreamWatch watch_;  // counts requests written
 };
 
 /// Opens a client-streaming method of a generated stub.
@@ -198,7 +268,8 @@ auto write_stream(Stub& stub, Handle (Class::*method)(grpc::ClientContext*, Resp
   auto ctx = detail::stream_context(options);
   auto response = std::make_unique<Response>();
   std::unique_ptr<grpc::ClientWriterInterface<Request>> writer = (stub.*method)(ctx.get(), response.get());
-  return StreamWriter<Request, Response>(std::move(ctx), std::move(response), std::move(writer));
+  return StreamWriter<Request, Response>(std::move(ctx), std::move(response), std::move(writer),
+                                         detail::watch_stream<Request, Response>(options));
 }
 
 /// A bidirectional stream. One thread may read while another writes (gRPC
@@ -209,8 +280,9 @@ template <typename Request, typename Response>
 class BidiSession {
  public:
   BidiSession(std::unique_ptr<grpc::ClientContext> ctx,
-              std::unique_ptr<grpc::ClientReaderWriterInterface<Request, Response>> stream)
-      : ctx_(std::move(ctx)), stream_(std::move(stream)) {}
+              std::unique_ptr<grpc::ClientReaderWriterInterface<Request, Response>> stream,
+              detail::StreamWatch watch = {})
+      : ctx_(std::move(ctx)), stream_(std::move(stream)), watch_(std::move(watch)) {}
   BidiSession(BidiSession&&) noexcept = default;
   BidiSession& operator=(BidiSession&&) noexcept = default;
 
@@ -220,7 +292,7 @@ class BidiSession {
       Response drain;
       while (stream_->Read(&drain)) {
       }
-      stream_->Finish();
+      watch_.end(stream_->Finish());
     }
   }
 
@@ -240,6 +312,7 @@ class BidiSession {
   std::optional<Response> read() {
     Response message;
     if (!stream_->Read(&message)) return std::nullopt;
+    watch_.count();
     return message;
   }
 
@@ -250,6 +323,7 @@ class BidiSession {
   std::optional<Error> finish() {
     finished_ = true;
     grpc::Status status = stream_->Finish();
+    watch_.end(status);
     if (status.ok()) return std::nullopt;
     return Error::from(status);
   }
@@ -261,6 +335,7 @@ class BidiSession {
   std::unique_ptr<grpc::ClientContext> ctx_;
   std::unique_ptr<grpc::ClientReaderWriterInterface<Request, Response>> stream_;
   bool finished_ = false;
+  detail::StreamWatch watch_;  // counts messages read
 };
 
 /// Opens a bidirectional-streaming method of a generated stub.
@@ -270,7 +345,9 @@ auto open_session(Stub& stub, Handle (Class::*method)(grpc::ClientContext*),
   using Messages = detail::BidiMessages<Handle>;
   auto ctx = detail::stream_context(options);
   Handle stream = (stub.*method)(ctx.get());
-  return BidiSession<typename Messages::write, typename Messages::read>(std::move(ctx), std::move(stream));
+  return BidiSession<typename Messages::write, typename Messages::read>(
+      std::move(ctx), std::move(stream),
+      detail::watch_stream<typename Messages::write, typename Messages::read>(options));
 }
 
 }  // namespace stubkit

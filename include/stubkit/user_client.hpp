@@ -23,6 +23,8 @@
 
 #include "myservice/v1/user.grpc.pb.h"
 #include "stubkit/detail/input_range.hpp"
+#include "stubkit/detail/method.hpp"
+#include "stubkit/observe.hpp"
 #include "stubkit/paginate.hpp"
 #include "stubkit/retry.hpp"
 #include "stubkit/status.hpp"
@@ -49,6 +51,10 @@ struct ResumableWatchOptions {
   std::vector<std::pair<std::string, std::string>> metadata;
   /// Sleeps and randomness of the backoff (tests inject them).
   RetryClock clock;
+  /// Told of each connection (stream.open, `attempt` = its number), each
+  /// reconnect (stream.resume) and the end (stream.end, `items` = events
+  /// delivered), source "watch"; empty = the default observer, if any.
+  std::shared_ptr<Observer> observer;
 };
 
 /// WatchUsers that survives dropped streams: after a retryable end it
@@ -81,7 +87,7 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
   ~ResumableWatch() {
     if (state_ && state_->reader) {
       state_->ctx->TryCancel();
-      state_->reader->Finish();
+      finish(state_->reader->Finish());
     }
   }
   ResumableWatch(ResumableWatch&&) noexcept = default;
@@ -97,7 +103,9 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
           options(std::move(o)),
           backoff(options.policy, options.clock.random01),
           last_sequence(options.after_sequence),
-          policy_problem(options.policy.problem()) {}
+          policy_problem(options.policy.problem()),
+          observer(detail::resolve_observer(options.observer)),
+          started(std::chrono::steady_clock::now()) {}
     myservice::v1::UserService::StubInterface& stub;
     ResumableWatchOptions options;
     Backoff backoff;
@@ -111,7 +119,33 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
     std::unique_ptr<grpc::ClientReaderInterface<UserEvent>> reader;
     std::optional<value_type> current;
     bool done = false;
+    // Observation (see ResumableWatchOptions::observer).
+    Observer* observer;
+    std::chrono::steady_clock::time_point started;  // when the watch was made
+    std::int64_t delivered = 0;
   };
+
+  Event observed(EventType type) const {
+    Event event =
+        detail::event_of(type, "watch", detail::method_path<myservice::v1::WatchUsersRequest, UserEvent>());
+    event.sequence = state_->last_sequence;
+    return event;
+  }
+
+  // The watch is over: with `status` (OK when the server closed it).
+  void finish(grpc::Status const& status) {
+    auto& s = *state_;
+    s.done = true;
+    if (!status.ok()) s.current.emplace(Error::from(status));
+    if (s.observer == nullptr || s.connections == 0) return;  // never opened: nothing ends
+    Event event = observed(EventType::kStreamEnd);
+    std::string message;
+    detail::set_status(event, status, message);
+    event.items = s.delivered;
+    event.attempts = s.connections;
+    event.latency = detail::since(s.started);
+    detail::notify(s.observer, event);
+  }
 
   value_type& current() { return *state_->current; }
   bool at_end() const { return !state_->current.has_value(); }
@@ -120,10 +154,8 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
     auto& s = *state_;
     s.current.reset();
     if (!s.policy_problem.empty()) {
-      s.current.emplace(
-          Error(grpc::StatusCode::INVALID_ARGUMENT, "invalid RetryPolicy: " + s.policy_problem));
+      finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "invalid RetryPolicy: " + s.policy_problem));
       s.policy_problem.clear();
-      s.done = true;
       return;
     }
     while (!s.done) {
@@ -133,6 +165,7 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
         s.failures_in_a_row = 0;
         s.last_sequence = std::max(s.last_sequence, event.sequence());
         if (event.type() == "heartbeat" && !s.options.include_heartbeats) continue;
+        ++s.delivered;
         s.current.emplace(std::move(event));
         return;
       }
@@ -143,17 +176,25 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
         s.ctx.reset();
       }
       if (status.ok()) {  // the server closed the stream: the watch is over
-        s.done = true;
+        finish(status);
         return;
       }
       bool const again = s.options.policy.retryable(status.error_code()) &&
                          ++s.failures_in_a_row < s.options.policy.max_attempts;
       if (!again || is_cancelled()) {
-        s.done = true;
-        s.current.emplace(Error::from(status));
+        finish(status);
         return;
       }
-      s.options.clock.wait(s.backoff.next());
+      auto const delay = s.backoff.next();
+      if (s.observer != nullptr) {
+        Event event = observed(EventType::kStreamResume);
+        event.attempt = s.connections;
+        std::string message;
+        detail::set_status(event, status, message);
+        event.delay = std::chrono::duration_cast<std::chrono::milliseconds>(delay);
+        detail::notify(s.observer, event);
+      }
+      s.options.clock.wait(delay);
     }
   }
 
@@ -168,15 +209,21 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
     request.set_after_sequence(s.last_sequence);
     {
       std::lock_guard<std::mutex> lock(s.mu);
-      if (s.cancelled) {
-        s.done = true;
-        s.current.emplace(Error(grpc::StatusCode::CANCELLED, "watch cancelled"));
-        return false;
+      if (!s.cancelled) {
+        s.ctx = std::make_unique<grpc::ClientContext>();
+        for (auto const& [key, value] : s.options.metadata) s.ctx->AddMetadata(key, value);
       }
-      s.ctx = std::make_unique<grpc::ClientContext>();
-      for (auto const& [key, value] : s.options.metadata) s.ctx->AddMetadata(key, value);
+    }
+    if (!s.ctx) {
+      finish(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
+      return false;
     }
     ++s.connections;
+    if (s.observer != nullptr) {
+      Event event = observed(EventType::kStreamOpen);
+      event.attempt = s.connections;
+      detail::notify(s.observer, event);
+    }
     s.reader = s.stub.WatchUsers(s.ctx.get(), request);
     return true;
   }
