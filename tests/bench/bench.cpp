@@ -22,6 +22,7 @@
 
 #include "../process.hpp"
 #include "google/protobuf/util/json_util.h"
+#include "stubkit/observe.hpp"
 #include "stubkit/paginate.hpp"
 #include "stubkit/retry.hpp"
 #include "stubkit/retry_interceptor.hpp"
@@ -176,8 +177,10 @@ ListUsersResponse user_heavy_page(int users) {
   return response;
 }
 
-// N sequential GetUser calls through `stub`; `via_call` uses stubkit::call.
-void get_users(myservice::v1::UserService::StubInterface& stub, int n, bool via_call) {
+// N sequential GetUser calls through `stub`; `via_call` uses stubkit::call
+// (told to `observer`, if any).
+void get_users(myservice::v1::UserService::StubInterface& stub, int n, bool via_call,
+               std::shared_ptr<stubkit::Observer> const& observer = nullptr) {
   myservice::v1::GetUserRequest request;
   request.set_id("u00000001");
   for (int i = 0; i < n; ++i) {
@@ -185,6 +188,7 @@ void get_users(myservice::v1::UserService::StubInterface& stub, int n, bool via_
       stubkit::CallOptions options;
       options.timeout = std::chrono::seconds(5);
       options.retry = stubkit::RetryPolicy::standard();
+      options.observer = observer;
       if (!stubkit::call(stub, &myservice::v1::UserService::StubInterface::GetUser, request, options))
         std::abort();
     } else {
@@ -208,10 +212,28 @@ void create_users(myservice::v1::UserService::StubInterface& stub, int n, std::s
   }
 }
 
-std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> retrying() {
+std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> retrying(
+    std::shared_ptr<stubkit::Observer> observer = nullptr) {
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(stubkit::retry_interceptor());
+  stubkit::RetryInterceptorOptions options;
+  options.observer = std::move(observer);
+  interceptors.push_back(stubkit::retry_interceptor(std::move(options)));
   return interceptors;
+}
+
+std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> observing() {
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(stubkit::observe_interceptor());  // no observer: declines every call
+  return interceptors;
+}
+
+// A LogObserver whose lines are formatted in full, then dropped.
+std::shared_ptr<stubkit::Observer> discarding_log() {
+  stubkit::LogOptions options;
+  options.sink = [](std::string_view line) {
+    if (line.empty()) std::abort();  // keeps the line from being optimized away
+  };
+  return std::make_shared<stubkit::LogObserver>(options);
 }
 
 }  // namespace
@@ -297,6 +319,39 @@ int main(int argc, char** argv) {
             [&] { create_users(*plain, calls, "p" + where + std::to_string(round++) + "-"); }, 1.02));
       }
     }
+  }
+
+  if (wanted("B10")) {  // B10: the cost of observing, over TCP
+    stubkit::testing::EmbeddedServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    stubkit::testing::EmbeddedServer server(options);
+    server.service().preload(1);
+    int const calls = quick ? 300 : 2000;
+    auto const creds = grpc::InsecureChannelCredentials();
+    auto plain = myservice::v1::UserService::NewStub(grpc::CreateChannel(server.address(), creds));
+    auto seam = myservice::v1::UserService::NewStub(grpc::experimental::CreateCustomChannelWithInterceptors(
+        server.address(), creds, grpc::ChannelArguments(), observing()));
+    auto retried =
+        myservice::v1::UserService::NewStub(grpc::experimental::CreateCustomChannelWithInterceptors(
+            server.address(), creds, grpc::ChannelArguments(), retrying()));
+    auto logged = discarding_log();
+    auto retried_logged =
+        myservice::v1::UserService::NewStub(grpc::experimental::CreateCustomChannelWithInterceptors(
+            server.address(), creds, grpc::ChannelArguments(), retrying(logged)));
+    std::string const n = std::to_string(calls) + " GetUser over TCP: ";
+    std::cerr << "B10: the cost of observing...\n";
+    rows.push_back(compare(
+        "B10", n + "observe_interceptor with no observer (as make_channel installs it) vs no interceptor",
+        rounds, [&] { get_users(*seam, calls, false); }, [&] { get_users(*plain, calls, false); }, 1.01));
+    rows.push_back(compare(
+        "B10", n + "stubkit::call with no observer vs raw stub", rounds,
+        [&] { get_users(*plain, calls, true); }, [&] { get_users(*plain, calls, false); }, 1.01));
+    rows.push_back(compare(
+        "B10", n + "stubkit::call logging every event (LogObserver, discarding sink) vs no observer", rounds,
+        [&] { get_users(*plain, calls, true, logged); }, [&] { get_users(*plain, calls, true); }, 1.05));
+    rows.push_back(compare(
+        "B10", n + "retry interceptor logging every event vs no observer", rounds,
+        [&] { get_users(*retried_logged, calls, false); }, [&] { get_users(*retried, calls, false); }, 1.05));
   }
 
   if (wanted("B5")) {  // B5: deadline overshoot
