@@ -191,6 +191,11 @@ inline Event event_of(EventType type, std::string_view source, std::string_view 
   return event;
 }
 
+// The time since `start`, for latencies.
+inline std::chrono::nanoseconds since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::steady_clock::now() - start;
+}
+
 // Puts `status` into `event`. grpc::Status returns its message by value:
 // `keep` holds it while the event is in use.
 inline void set_status(Event& event, grpc::Status const& status, std::string& keep) {
@@ -199,9 +204,14 @@ inline void set_status(Event& event, grpc::Status const& status, std::string& ke
   event.message = keep;
 }
 
-// The time since `start`, for latencies.
-inline std::chrono::nanoseconds since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::steady_clock::now() - start;
+// Tells `observer` that what `event` reports (a call, an attempt, a
+// stream) ended with `status`, `start` being when it began.
+inline void notify_end(Observer* observer, Event event, grpc::Status const& status,
+                       std::chrono::steady_clock::time_point start) {
+  std::string message;
+  set_status(event, status, message);
+  event.latency = since(start);
+  notify(observer, event);
 }
 
 }  // namespace detail

@@ -372,9 +372,10 @@ class RetryState {
     }
     if (plan_.observer != nullptr && (decision.retry || !outcome.status.ok() || decision.status)) {
       grpc::Status const& status = decision.status ? *decision.status : outcome.status;
+      Event event = detail::event_of(decision.retry ? EventType::kRetry : EventType::kGiveUp, plan_.source,
+                                     plan_.method, attempt);
       std::string message;
-      Event event =
-          decision_event(decision.retry ? EventType::kRetry : EventType::kGiveUp, attempt, status, message);
+      detail::set_status(event, status, message);
       event.delay = decision.delay;
       event.reason = decision.stop_reason;
       detail::notify(plan_.observer, event);
@@ -383,12 +384,6 @@ class RetryState {
   }
 
  private:
-  Event decision_event(EventType type, int attempt, grpc::Status const& status, std::string& message) const {
-    Event event = detail::event_of(type, plan_.source, plan_.method, attempt);
-    detail::set_status(event, status, message);
-    return event;
-  }
-
   // Feeds the throttle, telling the observer when it starts refusing
   // retries or allows them again.
   void feed_throttle(bool success) {
@@ -610,12 +605,9 @@ Result<Response> call(Stub& stub,
     if (observer != nullptr) {
       Event end = event;
       end.type = EventType::kAttemptEnd;
-      end.latency = detail::since(attempt_start);
-      std::string message;
-      detail::set_status(end, outcome.status, message);
       std::string const peer = ctx.peer();
       end.peer = peer;
-      detail::notify(observer, end);
+      detail::notify_end(observer, end, outcome.status, attempt_start);
     }
     if (!outcome.status.ok()) outcome.pushback_ms = detail::parse_pushback(ctx.GetServerTrailingMetadata());
     if (options.trailers != nullptr) {
@@ -628,18 +620,13 @@ Result<Response> call(Stub& stub,
     return outcome;
   };
   RetryReport local_report;
-  RetryReport* const report = options.report != nullptr ? options.report
-                              : observer != nullptr     ? &local_report
-                                                        : nullptr;
-  grpc::Status status = run_with_retries(plan, attempt, report);
+  RetryReport& report = options.report != nullptr ? *options.report : local_report;
+  grpc::Status status = run_with_retries(plan, attempt, &report);
   if (observer != nullptr) {
     Event end = detail::event_of(EventType::kCallEnd, event.source, event.method);
-    std::string message;
-    detail::set_status(end, status, message);
-    end.latency = detail::since(call_start);
-    end.attempts = report->attempts;
-    end.delay = report->total_delay;
-    detail::notify(observer, end);
+    end.attempts = report.attempts;
+    end.delay = report.total_delay;
+    detail::notify_end(observer, end, status, call_start);
   }
   return to_result(status, std::move(response));
 }

@@ -190,16 +190,13 @@ class CallWatch {
     if (observer_ == nullptr) return;
     Event event = base(EventType::kAttemptEnd);
     event.attempt = 1;
-    std::string message;
-    set_status(event, status, message);
-    event.latency = since(start_);
     std::string const peer = ctx.peer();
     event.peer = peer;
-    notify(observer_, event);
+    notify_end(observer_, event, status, start_);
     event.type = EventType::kCallEnd;
     event.attempt = 0;
     event.attempts = 1;
-    notify(observer_, event);
+    notify_end(observer_, event, status, start_);
     observer_ = nullptr;  // once
   }
 
@@ -666,13 +663,10 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     AttemptOutcome outcome{std::move(status), std::nullopt};
     if (observer_ != nullptr) {
       Event event = observed(EventType::kAttemptEnd, attempt_);
-      std::string message;
-      set_status(event, outcome.status, message);
-      event.latency = since(attempt_start_);
       last_peer_ = attempt->peer();
       event.peer = last_peer_;
       attempt_open_ = false;
-      notify(observer_, event);  // user code: no lock held
+      notify_end(observer_, event, outcome.status, attempt_start_);  // user code: no lock held
     }
     if (!outcome.status.ok()) outcome.pushback_ms = parse_pushback(attempt->GetServerTrailingMetadata());
     RetryDecision decision = state_->after_attempt(attempt_, outcome);  // user code: no lock held
@@ -826,22 +820,16 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   void complete() {
     if (observer_ != nullptr) {
       // The result is final (phase_ is kFinished) and only this thread reads it now.
-      std::string message;
       if (attempt_open_) {
         // The attempt never ended by itself (an interceptor after this one threw).
-        Event attempt_end = observed(EventType::kAttemptEnd, attempt_);
-        set_status(attempt_end, status_, message);
-        attempt_end.latency = since(attempt_start_);
         attempt_open_ = false;
-        notify(observer_, attempt_end);
+        notify_end(observer_, observed(EventType::kAttemptEnd, attempt_), status_, attempt_start_);
       }
       Event event = observed(EventType::kCallEnd);
-      set_status(event, status_, message);
-      event.latency = since(call_start_);
       event.attempts = attempt_;
       event.delay = total_delay_;
       event.peer = last_peer_;
-      notify(observer_, event);
+      notify_end(observer_, event, status_, call_start_);
     }
     if (blocking_) {
       blocking_done_ = true;

@@ -78,13 +78,10 @@ class StreamWatch {
   void end(grpc::Status const& status) {
     if (!observer_) return;
     Event e = event(EventType::kStreamEnd);
-    std::string message;
-    set_status(e, status, message);
     e.items = items_;
-    e.latency = since(start_);
     std::shared_ptr<Observer> const observer = std::move(observer_);  // once
     observer_.reset();
-    notify(observer.get(), e);
+    notify_end(observer.get(), e, status, start_);
   }
 
  private:

@@ -139,12 +139,9 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
     if (!status.ok()) s.current.emplace(Error::from(status));
     if (s.observer == nullptr || s.connections == 0) return;  // never opened: nothing ends
     Event event = observed(EventType::kStreamEnd);
-    std::string message;
-    detail::set_status(event, status, message);
     event.items = s.delivered;
     event.attempts = s.connections;
-    event.latency = detail::since(s.started);
-    detail::notify(s.observer, event);
+    detail::notify_end(s.observer, event, status, s.started);
   }
 
   value_type& current() { return *state_->current; }
