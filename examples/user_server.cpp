@@ -6,10 +6,11 @@
 //   user_server [--host H] [--port P] [--preload N] [--token T] [--heartbeat D]
 //               [--max-page-size N] [--data PATH [--sync]] [--server-id ID]
 //               [--fault-metadata] [--tls-cert FILE --tls-key FILE]
-//               [--page-token-key-file FILE]
+//               [--page-token-key-file FILE] [--metrics-port M]
 //
 // --port 0 (the default) picks a free port. When ready it prints exactly one
-// line "listening on HOST:PORT". D is a duration such as 5s or 250ms.
+// line "listening on HOST:PORT" (after "metrics on http://HOST:M/metrics"
+// with --metrics-port). D is a duration such as 5s or 250ms.
 // With --data, users are kept in an append-only journal at PATH: a write is
 // in the file before it is acknowledged, so it survives SIGKILL, and page
 // tokens are signed with the key in PATH.key (made on first start), so they
@@ -28,6 +29,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/time/time.h"
 #include "stubkit/testing/embedded_server.hpp"
+#if STUBKIT_HAVE_METRICS
+#include "stubkit/testing/metrics.hpp"
+#endif
 
 namespace {
 
@@ -35,7 +39,7 @@ constexpr char const* kUsage =
     "usage: user_server [--host H] [--port P] [--preload N] [--token T] [--heartbeat D]\n"
     "                   [--max-page-size N] [--data PATH [--sync]] [--server-id ID]\n"
     "                   [--fault-metadata] [--tls-cert FILE --tls-key FILE]\n"
-    "                   [--page-token-key-file FILE]\n"
+    "                   [--page-token-key-file FILE] [--metrics-port M]\n"
     "  --host H       address to bind (default 127.0.0.1)\n"
     "  --port P       TCP port, 0 picks a free one (default 0)\n"
     "  --preload N    create N users at start if there are none (default 0)\n"
@@ -54,7 +58,9 @@ constexpr char const* kUsage =
     "  --page-token-key-file FILE  sign page tokens with the key in FILE (16 to 4096\n"
     "                 bytes, e.g. head -c 32 /dev/urandom > FILE): backends sharing\n"
     "                 it accept each other's tokens (default: PATH.key with --data,\n"
-    "                 else a random key per process)\n";
+    "                 else a random key per process)\n"
+    "  --metrics-port M  serve Prometheus metrics at http://HOST:M/metrics: calls by\n"
+    "                 method and status, users stored, watchers (0 picks a free port)\n";
 
 [[noreturn]] void usage_error(std::string const& message) {
   std::cerr << "user_server: " << message << "\n" << kUsage;
@@ -75,6 +81,7 @@ struct Flags {
   std::string tls_cert;
   std::string tls_key;
   std::string page_token_key_file;
+  int metrics_port = -1;  // -1: no metrics
 };
 
 std::string read_file(std::string const& flag, std::string const& path) {
@@ -134,6 +141,12 @@ Flags parse_flags(int argc, char** argv) {
     } else if (flag == "--page-token-key-file") {
       if (value.empty()) usage_error("--page-token-key-file must not be empty");
       flags.page_token_key_file = std::string(value);
+    } else if (flag == "--metrics-port") {
+#if STUBKIT_HAVE_METRICS
+      flags.metrics_port = parse_int(flag, value, 0, 65535);
+#else
+      usage_error("--metrics-port: this user_server was built without prometheus-cpp (prometheus-cpp-dev)");
+#endif
     } else if (flag == "--max-page-size") {
       flags.max_page_size = parse_int(flag, value, 1, 1'000'000);
     } else if (flag == "--heartbeat") {
@@ -183,14 +196,32 @@ int main(int argc, char** argv) {
     options.credentials = grpc::SslServerCredentials(ssl);
   }
   options.service.warn = [](std::string const& message) { std::cerr << "user_server: " << message << "\n"; };
+#if STUBKIT_HAVE_METRICS
+  // Declared before the server: it outlives the server, whose calls and
+  // service it reads.
+  std::optional<stubkit::MetricsServer> metrics;
+  std::optional<stubkit::testing::ServerMetrics> server_metrics;
+#endif
   std::optional<stubkit::testing::EmbeddedServer> server;
   try {
+#if STUBKIT_HAVE_METRICS
+    if (flags.metrics_port >= 0) {
+      metrics.emplace(flags.host + ":" + std::to_string(flags.metrics_port));
+      server_metrics.emplace(*metrics, options);
+    }
+#endif
     server.emplace(options);
   } catch (std::exception const& e) {
     std::cerr << "user_server: " << e.what() << "\n";
     return 1;
   }
   if (server->service().user_count() == 0) server->service().preload(flags.preload);
+#if STUBKIT_HAVE_METRICS
+  if (metrics) {
+    server_metrics->watch(server->service());
+    std::cout << "metrics on http://" << flags.host << ":" << metrics->port() << "/metrics" << std::endl;
+  }
+#endif
   std::cout << "listening on " << server->address() << std::endl;
 
   int received = 0;

@@ -10,6 +10,7 @@ packages=(
   g++ pkg-config cmake meson ninja-build ccache openssl
   libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libabsl-dev grpc-proto
   libssl-dev                        # HMAC-SHA256 page tokens of the embedded UserService
+  prometheus-cpp-dev                # stubkit/metrics.hpp and user_server --metrics-port (optional for users)
   doctest-dev libtrompeloeil-cpp-dev
   python3-grpcio python3-protobuf   # the reference Python client, run as a real peer in tests
 )

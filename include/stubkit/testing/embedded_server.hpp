@@ -84,6 +84,20 @@ class MalformedRequestFactory final : public grpc::experimental::ServerIntercept
   std::map<std::string, std::string, std::less<>> request_types_;
 };
 
+// gRPC owns the factories it is given; this one lends it a shared one.
+class SharedInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit SharedInterceptorFactory(
+      std::shared_ptr<grpc::experimental::ServerInterceptorFactoryInterface> factory)
+      : factory_(std::move(factory)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    return factory_->CreateServerInterceptor(info);
+  }
+
+ private:
+  std::shared_ptr<grpc::experimental::ServerInterceptorFactoryInterface> const factory_;
+};
+
 }  // namespace detail
 
 /// Configuration of an EmbeddedServer.
@@ -99,6 +113,11 @@ struct EmbeddedServerOptions {
   /// Credentials of the TCP port; empty = plaintext (e.g.
   /// grpc::SslServerCredentials for TLS).
   std::shared_ptr<grpc::ServerCredentials> credentials;
+  /// More server interceptors, run after the server's own (which rewrites
+  /// the status of malformed requests), e.g. a
+  /// stubkit::ServerMetricsInterceptorFactory. Shared: they must outlive
+  /// the server, and the options stay copyable.
+  std::vector<std::shared_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   /// Options of the UserService itself.
   UserServiceOptions service;
 };
@@ -118,6 +137,9 @@ class EmbeddedServer {
     builder.RegisterService(&service_);
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
     interceptors.push_back(std::make_unique<detail::MalformedRequestFactory>());
+    for (auto const& factory : options.interceptors) {
+      if (factory) interceptors.push_back(std::make_unique<detail::SharedInterceptorFactory>(factory));
+    }
     builder.experimental().SetInterceptorCreators(std::move(interceptors));
     builder.SetMaxReceiveMessageSize(options.max_receive_message_size);
     // gRPC sets SO_REUSEPORT by default, so a second server on a taken port

@@ -222,6 +222,12 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     return open_streams_;
   }
 
+  /// How many WatchUsers streams are open now.
+  int watchers() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return watchers_;
+  }
+
   grpc::Status CreateUser(grpc::ServerContext* ctx, myservice::v1::CreateUserRequest const* request,
                           myservice::v1::CreateUserResponse* response) override {
     FaultInjector::Plan plan;
@@ -346,7 +352,7 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
                           grpc::ServerWriter<UserEvent>* writer) override {
     FaultInjector::Plan plan;
     if (auto s = admit(ctx, "WatchUsers", &plan); !s.ok()) return s;
-    StreamCount counted(this);
+    StreamCount counted(this, /*watcher=*/true);
     std::unique_lock<std::mutex> lock(mu_);
     std::int64_t cursor = request->after_sequence();
     if (cursor < 0) return bad_request("after_sequence", "after_sequence must not be negative");
@@ -414,7 +420,7 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     // The initial metadata says "registered": a client that waits for it
     // (BidiSession::wait_for_initial_metadata) misses no message after it.
     self->send_initial_metadata();
-    StreamCount counted(this);
+    StreamCount counted(this, /*watcher=*/false);
     myservice::v1::ChatMessage message;
     while (stream->Read(&message)) {
       if (!message.has_sent_at()) *message.mutable_sent_at() = timestamp_now();
@@ -542,7 +548,7 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
   // Counts an open stream for as long as it lives.
   class StreamCount {
    public:
-    explicit StreamCount(UserServiceImpl* service) : service_(service) { add(1); }
+    StreamCount(UserServiceImpl* service, bool watcher) : service_(service), watcher_(watcher) { add(1); }
     ~StreamCount() { add(-1); }
     StreamCount(StreamCount const&) = delete;
     StreamCount& operator=(StreamCount const&) = delete;
@@ -551,8 +557,10 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
     void add(int n) {
       std::lock_guard<std::mutex> lock(service_->mu_);
       service_->open_streams_ += n;
+      if (watcher_) service_->watchers_ += n;
     }
     UserServiceImpl* service_;
+    bool watcher_;
   };
 
   static std::string page_token_key(UserServiceOptions const& options,
@@ -869,6 +877,7 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
   std::uint64_t id_counter_ = 0;
   bool shutting_down_ = false;
   int open_streams_ = 0;
+  int watchers_ = 0;
   std::vector<std::shared_ptr<ChatSession>> chat_sessions_;
   std::atomic<std::int64_t> cancelled_calls_{0};
   std::unique_ptr<detail::Journal> journal_;  // null without data_path
