@@ -26,6 +26,7 @@
 
 #include "stubkit/detail/time.hpp"
 #include "stubkit/status.hpp"
+#include "stubkit/trace.hpp"
 
 namespace stubkit {
 
@@ -102,6 +103,11 @@ struct ChildContextOptions {
   std::chrono::milliseconds min_remaining{500};
   /// Cancel the downstream call when the upstream call is cancelled.
   bool propagate_cancellation = true;
+  /// Carry the upstream call's W3C trace context (trace.hpp): the child
+  /// sends a traceparent with the same trace id and a new parent id, and
+  /// the upstream tracestate unchanged. An upstream call without a valid
+  /// traceparent gives a child with a new trace when tracing is on.
+  bool propagate_trace = true;
   /// The clock the upstream deadline is compared with; empty = system_clock.
   Deadline::ClockFn clock;
 };
@@ -109,9 +115,9 @@ struct ChildContextOptions {
 /// A ClientContext for a call made while serving `upstream`: its deadline
 /// is the upstream deadline minus `reserve`, and (by default) it is
 /// cancelled when the upstream call is cancelled, through gRPC's own
-/// propagation. Fails with DEADLINE_EXCEEDED "Insufficient time" when less
-/// than `min_remaining` is left. An upstream call without a deadline gives
-/// a child without one.
+/// propagation; and (by default) it carries the upstream trace. Fails with DEADLINE_EXCEEDED "Insufficient
+/// time" when less than `min_remaining` is left. An upstream call without a deadline gives a child without
+/// one.
 inline Result<std::unique_ptr<grpc::ClientContext>> child_context(grpc::ServerContextBase const& upstream,
                                                                   ChildContextOptions const& options = {}) {
   auto const deadline = upstream.deadline();
@@ -130,6 +136,17 @@ inline Result<std::unique_ptr<grpc::ClientContext>> child_context(grpc::ServerCo
   if (!options.propagate_cancellation) propagation.disable_cancellation_propagation();
   std::unique_ptr<grpc::ClientContext> child = grpc::ClientContext::FromServerContext(upstream, propagation);
   if (bounded) child->set_deadline(detail::saturating_add(deadline, -options.reserve));
+  if (options.propagate_trace) {
+    if (auto const trace = trace_of(upstream)) {
+      child->AddMetadata(kTraceparentKey, trace->child().traceparent());
+      auto const& metadata = upstream.client_metadata();
+      if (auto it = metadata.find(kTracestateKey); it != metadata.end()) {
+        child->AddMetadata(kTracestateKey, std::string(it->second.data(), it->second.size()));
+      }
+    } else if (tracing_enabled()) {
+      child->AddMetadata(kTraceparentKey, TraceContext::generate().traceparent());
+    }
+  }
   return child;
 }
 

@@ -114,6 +114,9 @@ struct Event {
   /// stubkit::call whose request and response types name no single method
   /// of their file, "(pkg.Request)->(pkg.Response)".
   std::string_view method;
+  /// The W3C trace id of the call (32 hex digits) when it carries a
+  /// traceparent or tracing is on (trace.hpp); empty otherwise.
+  std::string_view trace_id;
   int attempt = 0;  ///< attempt events, kRetry, kGiveUp, kStreamOpen of a watch
   grpc::StatusCode code = grpc::StatusCode::OK;
   std::string_view message;             ///< the status message when code is not OK
@@ -182,12 +185,14 @@ inline void notify(Observer* observer, Event const& event) noexcept {
 }
 
 // An event of `type` from `source` about `method`.
-inline Event event_of(EventType type, std::string_view source, std::string_view method, int attempt = 0) {
+inline Event event_of(EventType type, std::string_view source, std::string_view method, int attempt = 0,
+                      std::string_view trace_id = {}) {
   Event event;
   event.type = type;
   event.source = source;
   event.method = method;
   event.attempt = attempt;
+  event.trace_id = trace_id;
   return event;
 }
 
@@ -251,7 +256,7 @@ struct LogOptions {
 ///     attempt=1 code=UNAVAILABLE msg="backend down" delay_ms=87
 ///
 /// Keys, in this order, each only when it applies: ts, event, source,
-/// method, attempt, code, msg, peer, latency_ms (3 decimals), delay_ms,
+/// method, trace_id, attempt, code, msg, peer, latency_ms (3 decimals), delay_ms,
 /// attempts, reason, retries_allowed, page, items, next_page, sequence.
 /// Values with spaces, quotes, '=' or control characters are quoted with
 /// backslash escapes. Nothing of a request, a response, metadata or a page
@@ -268,6 +273,7 @@ class LogObserver final : public Observer {
     put("event", event_name(e.type), &line);
     put("source", e.source, &line);
     put("method", e.method, &line);
+    if (!e.trace_id.empty()) put("trace_id", e.trace_id, &line);
     bool const ends = e.type == EventType::kCallEnd || e.type == EventType::kAttemptEnd ||
                       e.type == EventType::kStreamEnd || e.type == EventType::kPage;
     bool const has_code = ends || e.type == EventType::kRetry || e.type == EventType::kGiveUp ||

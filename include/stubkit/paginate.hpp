@@ -53,6 +53,7 @@
 #include "stubkit/detail/time.hpp"
 #include "stubkit/observe.hpp"
 #include "stubkit/status.hpp"
+#include "stubkit/trace.hpp"
 
 namespace stubkit {
 
@@ -85,6 +86,10 @@ struct PaginateOptions {
   int max_empty_pages = 100;
   /// The clock `deadline` is checked against; empty = system_clock::now.
   std::function<std::chrono::system_clock::time_point()> clock;
+  /// Metadata sent with every page call. A `traceparent` here is the
+  /// listing's trace (trace.hpp); without one, tracing on gives the
+  /// listing a new one, sent with every page.
+  std::vector<std::pair<std::string, std::string>> metadata;
   /// Told of every page fetched or failed (kPage, source "paginate"); empty =
   /// the default observer when the range is made (observe.hpp), if any.
   std::shared_ptr<Observer> observer;
@@ -127,7 +132,12 @@ class Pager {
         request_(std::move(request)),
         options_(std::move(options)),
         count_(std::move(count)) {
-    if (Observer* const observer = resolve_observer(options_.observer)) observe_pages(observer);
+    std::string add;
+    std::optional<TraceContext> const trace = outgoing_trace(options_.metadata, &add);
+    if (!add.empty()) options_.metadata.emplace_back(kTraceparentKey, std::move(add));
+    if (Observer* const observer = resolve_observer(options_.observer)) {
+      observe_pages(observer, std::string(trace_id_of(trace)));
+    }
     if (options_.page_size > 0) request_.set_page_size(options_.page_size);
     if (!request_.page_token().empty()) seen_.insert(std::hash<std::string>{}(request_.page_token()));
   }
@@ -206,6 +216,7 @@ class Pager {
       if (!deadline || page_deadline < *deadline) deadline = page_deadline;
     }
     if (deadline) ctx->set_deadline(*deadline);
+    for (auto const& [key, value] : options_.metadata) ctx->AddMetadata(key, value);
     return ctx;
   }
 
@@ -234,15 +245,15 @@ class Pager {
   // prefetch thread too); pages are fetched one at a time, in order. The
   // count is shared: a prefetch runs a copy of the fetch. A prefetch
   // abandoned (the range dropped) is no page of the listing: not reported.
-  void observe_pages(Observer* observer) {
+  void observe_pages(Observer* observer, std::string trace_id) {
     abandoned_ = std::make_shared<std::atomic<bool>>(false);
-    fetch_ = [fetch = std::move(fetch_), count = count_, observer,
+    fetch_ = [fetch = std::move(fetch_), count = count_, observer, trace_id = std::move(trace_id),
               pages = std::make_shared<std::atomic<std::int64_t>>(0),
               abandoned = abandoned_](grpc::ClientContext& ctx, Request const& request) -> Result<Response> {
       auto const start = std::chrono::steady_clock::now();
       Result<Response> result = fetch(ctx, request);
       if (abandoned->load()) return result;
-      Event event = event_of(EventType::kPage, "paginate", method_path<Request, Response>());
+      Event event = event_of(EventType::kPage, "paginate", method_path<Request, Response>(), 0, trace_id);
       event.page = pages->fetch_add(1) + 1;
       event.latency = since(start);
       if (result.ok()) {

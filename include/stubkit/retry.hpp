@@ -43,6 +43,7 @@
 #include "stubkit/detail/time.hpp"
 #include "stubkit/observe.hpp"
 #include "stubkit/status.hpp"
+#include "stubkit/trace.hpp"
 
 namespace stubkit {
 
@@ -307,6 +308,7 @@ struct RetryPlan {
   Observer* observer = nullptr;
   std::string_view method;
   std::string_view source;
+  std::string_view trace_id;  ///< of the call, for its events; may be empty
 };
 
 /// One attempt's result as the loop needs it.
@@ -373,7 +375,7 @@ class RetryState {
     if (plan_.observer != nullptr && (decision.retry || !outcome.status.ok() || decision.status)) {
       grpc::Status const& status = decision.status ? *decision.status : outcome.status;
       Event event = detail::event_of(decision.retry ? EventType::kRetry : EventType::kGiveUp, plan_.source,
-                                     plan_.method, attempt);
+                                     plan_.method, attempt, plan_.trace_id);
       std::string message;
       detail::set_status(event, status, message);
       event.delay = decision.delay;
@@ -390,7 +392,7 @@ class RetryState {
     RetryThrottle& throttle = *plan_.throttle;
     bool const changed = success ? throttle.on_success() : throttle.on_retryable_failure();
     if (!changed || plan_.observer == nullptr) return;
-    Event event = detail::event_of(EventType::kThrottle, plan_.source, plan_.method);
+    Event event = detail::event_of(EventType::kThrottle, plan_.source, plan_.method, 0, plan_.trace_id);
     event.retries_allowed = success;  // a success can only open it, a failure only close it
     detail::notify(plan_.observer, event);
   }
@@ -524,7 +526,8 @@ struct CallOptions {
   /// whose calls all fail fast only notices it on its 5 s backup poll (gRPC
   /// 1.51), so fail-fast retries can miss a backend that is already back.
   bool wait_for_ready = false;
-  /// Metadata sent with every attempt.
+  /// Metadata sent with every attempt. A `traceparent` here is the call's
+  /// trace (trace.hpp); without one, tracing on adds a new one.
   std::vector<std::pair<std::string, std::string>> metadata;
   /// A throttle shared by the calls to one backend; optional.
   std::shared_ptr<RetryThrottle> throttle;
@@ -578,11 +581,16 @@ Result<Response> call(Stub& stub,
   Observer* const observer = detail::resolve_observer(options.observer);
   auto const call_start =
       observer != nullptr ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+  // Every attempt carries the call's trace: the caller's traceparent, or a
+  // new one when tracing is on.
+  std::string new_traceparent;
+  std::optional<TraceContext> const trace = detail::outgoing_trace(options.metadata, &new_traceparent);
   Event event;
   if (observer != nullptr) {
     plan.observer = observer;
     plan.method = event.method = detail::method_path<Request, Response>();
     plan.source = event.source = "call";
+    plan.trace_id = event.trace_id = detail::trace_id_of(trace);
     detail::notify(observer, event);
   }
 
@@ -592,6 +600,7 @@ Result<Response> call(Stub& stub,
     if (deadline) ctx.set_deadline(*deadline);
     if (options.wait_for_ready) ctx.set_wait_for_ready(true);
     for (auto const& [key, value] : options.metadata) ctx.AddMetadata(key, value);
+    if (!new_traceparent.empty()) ctx.AddMetadata(kTraceparentKey, new_traceparent);
     if (n > 1) ctx.AddMetadata(kPreviousAttemptsKey, std::to_string(n - 1));
     response.Clear();
     std::chrono::steady_clock::time_point attempt_start;
@@ -623,7 +632,7 @@ Result<Response> call(Stub& stub,
   RetryReport& report = options.report != nullptr ? *options.report : local_report;
   grpc::Status status = run_with_retries(plan, attempt, &report);
   if (observer != nullptr) {
-    Event end = detail::event_of(EventType::kCallEnd, event.source, event.method);
+    Event end = detail::event_of(EventType::kCallEnd, event.source, event.method, 0, event.trace_id);
     end.attempts = report.attempts;
     end.delay = report.total_delay;
     detail::notify_end(observer, end, status, call_start);

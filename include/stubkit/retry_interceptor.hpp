@@ -120,6 +120,7 @@
 #include "stubkit/detail/time.hpp"
 #include "stubkit/observe.hpp"
 #include "stubkit/retry.hpp"
+#include "stubkit/trace.hpp"
 
 namespace stubkit {
 
@@ -175,9 +176,11 @@ class CallWatch {
  public:
   bool active() const { return observer_ != nullptr; }
 
-  void start(Observer* observer, std::string_view method) {
+  // `trace_id` must outlive the watch.
+  void start(Observer* observer, std::string_view method, std::string_view trace_id) {
     observer_ = observer;
     method_ = method;
+    trace_id_ = trace_id;
     start_ = std::chrono::steady_clock::now();
     Event event = base(EventType::kCallStart);
     notify(observer_, event);
@@ -201,27 +204,45 @@ class CallWatch {
   }
 
  private:
-  Event base(EventType type) const { return event_of(type, "channel", method_); }
+  Event base(EventType type) const { return event_of(type, "channel", method_, 0, trace_id_); }
 
   Observer* observer_ = nullptr;
   std::string_view method_;
+  std::string_view trace_id_;
   std::chrono::steady_clock::time_point start_;
 };
 
+// The trace of a call about to send `metadata` (its first batch's): the
+// traceparent it carries, or a new one added when tracing is on.
+inline std::optional<TraceContext> trace_call(std::multimap<std::string, std::string>* metadata) {
+  std::string add;
+  auto trace = outgoing_trace(*metadata, &add);
+  if (!add.empty()) metadata->emplace(kTraceparentKey, std::move(add));
+  return trace;
+}
+
 // Observes a call it does not otherwise touch (a call the retry
-// interceptor does not retry, or any call of observe_interceptor). The
-// call starts when it is created: a stream with corked initial metadata
-// may get its status before it sends a first batch, so the first batch is
-// no place to start, while creation comes before every batch.
+// interceptor does not retry, or any call of observe_interceptor), and
+// gives it a traceparent when tracing is on. The call starts at its first
+// batch, whatever it is: that one carries the initial metadata (and so the
+// trace) except on a stream with corked initial metadata, which may also
+// end before sending any (then call.start has no trace id). The end always
+// comes from a batch started after the first.
 class ObserveInterceptor final : public grpc::experimental::Interceptor {
  public:
   ObserveInterceptor(grpc::experimental::ClientRpcInfo* info, Observer* observer)
-      : info_(info), method_(info->method()) {
-    watch_.start(observer, method_);
-  }
+      : info_(info), method_(info->method()), observer_(observer) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
+    // Batches of one call may come on several threads at once: whichever
+    // is first starts the call, and the others wait until it has.
+    std::call_once(started_, [&] {
+      if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+        trace_ = trace_call(methods->GetSendInitialMetadata());
+      }
+      if (observer_ != nullptr) watch_.start(observer_, method_, trace_id_of(trace_));
+    });
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_STATUS)) {
       watch_.end(*methods->GetRecvStatus(), *info_->client_context());
     }
@@ -231,6 +252,9 @@ class ObserveInterceptor final : public grpc::experimental::Interceptor {
  private:
   grpc::experimental::ClientRpcInfo* const info_;
   std::string const method_;  // gRPC's name of a generic call lives only as long as the call
+  Observer* const observer_;  // may be null: tracing only
+  std::once_flag started_;
+  std::optional<TraceContext> trace_;
   CallWatch watch_;
 };
 
@@ -368,9 +392,10 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     }
     if (has(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
       // The first batch: only it carries the initial metadata.
+      trace_ = trace_call(methods->GetSendInitialMetadata());
       if (!begin(methods)) {
         // A unary call's one batch also asks for the status: the end follows this.
-        if (observer_ != nullptr) watch_.start(observer_, method_name_);
+        if (observer_ != nullptr) watch_.start(observer_, method_name_, trace_id_of(trace_));
         pass_through(methods);
       }
       return;  // when retried: held until the attempts are done, then Hijack()
@@ -486,6 +511,7 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     plan.observer = observer_;
     plan.method = method_name_;
     plan.source = "channel";
+    plan.trace_id = trace_id_of(trace_);
     state_.emplace(std::move(plan));
     observe(EventType::kCallStart);
 
@@ -879,7 +905,7 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   }
 
   Event observed(EventType type, int attempt = 0) const {
-    return event_of(type, "channel", method_name_, attempt);
+    return event_of(type, "channel", method_name_, attempt, trace_id_of(trace_));
   }
 
   // Start events of a call this interceptor runs (no lock held).
@@ -903,7 +929,9 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   RetryMethod const method_;
   RetryInterceptorOptions const& options_;
   Observer* const observer_;  // may be null; outlives the call (see RetryInterceptorOptions::observer)
-  CallWatch watch_;           // a call passed through, when observed
+  // The call's trace, set by its first batch before any event but a cancel's.
+  std::optional<TraceContext> trace_;
+  CallWatch watch_;  // a call passed through, when observed
 
   // A blocking call's completion queue (see run_blocking). Declared before
   // the attempts and alarms that use it, so it outlives them.
@@ -1001,7 +1029,8 @@ class ObserveInterceptorFactory final : public grpc::experimental::ClientInterce
 
   grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo* info) override {
     Observer* const observer = detail::resolve_observer(observer_);
-    return observer != nullptr ? new detail::ObserveInterceptor(info, observer) : nullptr;
+    return observer != nullptr || tracing_enabled() ? new detail::ObserveInterceptor(info, observer)
+                                                    : nullptr;
   }
 
  private:

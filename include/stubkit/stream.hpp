@@ -28,6 +28,7 @@
 #include "stubkit/detail/method.hpp"
 #include "stubkit/observe.hpp"
 #include "stubkit/status.hpp"
+#include "stubkit/trace.hpp"
 
 namespace stubkit {
 
@@ -35,7 +36,8 @@ namespace stubkit {
 struct StreamOptions {
   /// Deadline of the whole stream; none by default (streams may be long).
   Deadline deadline;
-  /// Metadata sent when the stream starts.
+  /// Metadata sent when the stream starts. A `traceparent` here is the
+  /// stream's trace (trace.hpp); without one, tracing on adds a new one.
   std::vector<std::pair<std::string, std::string>> metadata;
   /// Told when the stream opens and ends (source "stream"); empty = the
   /// default observer when it opens (observe.hpp), if any.
@@ -44,9 +46,15 @@ struct StreamOptions {
 
 namespace detail {
 
-inline std::unique_ptr<grpc::ClientContext> stream_context(StreamOptions const& options) {
+// The context of a new stream; `trace` is set to its trace (the
+// traceparent of the options' metadata, or a new one when tracing is on).
+inline std::unique_ptr<grpc::ClientContext> stream_context(StreamOptions const& options,
+                                                           std::optional<TraceContext>* trace) {
   auto ctx = options.deadline.context();
   for (auto const& [key, value] : options.metadata) ctx->AddMetadata(key, value);
+  std::string add;
+  *trace = outgoing_trace(options.metadata, &add);
+  if (!add.empty()) ctx->AddMetadata(kTraceparentKey, add);
   return ctx;
 }
 
@@ -57,8 +65,8 @@ inline std::unique_ptr<grpc::ClientContext> stream_context(StreamOptions const& 
 class StreamWatch {
  public:
   StreamWatch() = default;
-  StreamWatch(std::shared_ptr<Observer> observer, std::string_view method)
-      : observer_(std::move(observer)), method_(method) {
+  StreamWatch(std::shared_ptr<Observer> observer, std::string_view method, std::optional<TraceContext> trace)
+      : observer_(std::move(observer)), method_(method), trace_(std::move(trace)) {
     if (!observer_) return;
     start_ = std::chrono::steady_clock::now();
     notify(observer_.get(), event(EventType::kStreamOpen));
@@ -68,6 +76,7 @@ class StreamWatch {
     observer_ = std::move(other.observer_);
     other.observer_.reset();
     method_ = other.method_;
+    trace_ = other.trace_;
     start_ = other.start_;
     items_ = other.items_;
     return *this;
@@ -85,17 +94,18 @@ class StreamWatch {
   }
 
  private:
-  Event event(EventType type) const { return event_of(type, "stream", method_); }
+  Event event(EventType type) const { return event_of(type, "stream", method_, 0, trace_id_of(trace_)); }
 
   std::shared_ptr<Observer> observer_;
   std::string_view method_;
+  std::optional<TraceContext> trace_;
   std::chrono::steady_clock::time_point start_;
   std::int64_t items_ = 0;
 };
 
 template <typename Request, typename Response>
-StreamWatch watch_stream(StreamOptions const& options) {
-  return StreamWatch(shared_observer(options.observer), method_path<Request, Response>());
+StreamWatch watch_stream(StreamOptions const& options, std::optional<TraceContext> const& trace) {
+  return StreamWatch(shared_observer(options.observer), method_path<Request, Response>(), trace);
 }
 
 // The message type R of a reader/writer handle std::unique_ptr<X<R>>.
@@ -202,10 +212,11 @@ auto read_stream(Stub& stub, Handle (Class::*method)(grpc::ClientContext*, Reque
                  Request const& request, StreamOptions const& options = {},
                  std::function<bool(typename detail::StreamMessage<Handle>::type const&)> filter = {}) {
   using Response = typename detail::StreamMessage<Handle>::type;
-  auto ctx = detail::stream_context(options);
+  std::optional<TraceContext> trace;
+  auto ctx = detail::stream_context(options, &trace);
   std::unique_ptr<grpc::ClientReaderInterface<Response>> reader = (stub.*method)(ctx.get(), request);
   return StreamRange<Response>(std::move(ctx), std::move(reader), std::move(filter),
-                               detail::watch_stream<Request, Response>(options));
+                               detail::watch_stream<Request, Response>(options, trace));
 }
 
 /// A client stream: write requests one by one (each write waits for flow
@@ -262,11 +273,12 @@ template <typename Stub, typename Class, typename Response, typename Handle>
 auto write_stream(Stub& stub, Handle (Class::*method)(grpc::ClientContext*, Response*),
                   StreamOptions const& options = {}) {
   using Request = typename detail::StreamMessage<Handle>::type;
-  auto ctx = detail::stream_context(options);
+  std::optional<TraceContext> trace;
+  auto ctx = detail::stream_context(options, &trace);
   auto response = std::make_unique<Response>();
   std::unique_ptr<grpc::ClientWriterInterface<Request>> writer = (stub.*method)(ctx.get(), response.get());
   return StreamWriter<Request, Response>(std::move(ctx), std::move(response), std::move(writer),
-                                         detail::watch_stream<Request, Response>(options));
+                                         detail::watch_stream<Request, Response>(options, trace));
 }
 
 /// A bidirectional stream. One thread may read while another writes (gRPC
@@ -340,11 +352,12 @@ template <typename Stub, typename Class, typename Handle>
 auto open_session(Stub& stub, Handle (Class::*method)(grpc::ClientContext*),
                   StreamOptions const& options = {}) {
   using Messages = detail::BidiMessages<Handle>;
-  auto ctx = detail::stream_context(options);
+  std::optional<TraceContext> trace;
+  auto ctx = detail::stream_context(options, &trace);
   Handle stream = (stub.*method)(ctx.get());
   return BidiSession<typename Messages::write, typename Messages::read>(
       std::move(ctx), std::move(stream),
-      detail::watch_stream<typename Messages::write, typename Messages::read>(options));
+      detail::watch_stream<typename Messages::write, typename Messages::read>(options, trace));
 }
 
 }  // namespace stubkit

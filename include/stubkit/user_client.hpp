@@ -29,6 +29,7 @@
 #include "stubkit/retry.hpp"
 #include "stubkit/status.hpp"
 #include "stubkit/stream.hpp"
+#include "stubkit/trace.hpp"
 
 namespace stubkit {
 
@@ -47,7 +48,8 @@ struct ResumableWatchOptions {
   bool include_heartbeats = false;
   /// Start after this sequence (0 = live events only).
   std::int64_t after_sequence = 0;
-  /// Metadata sent with every connection.
+  /// Metadata sent with every connection. A `traceparent` here is the
+  /// watch's trace (trace.hpp); without one, tracing on adds a new one.
   std::vector<std::pair<std::string, std::string>> metadata;
   /// Sleeps and randomness of the backoff (tests inject them).
   RetryClock clock;
@@ -105,7 +107,8 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
           last_sequence(options.after_sequence),
           policy_problem(options.policy.problem()),
           observer(detail::resolve_observer(options.observer)),
-          started(std::chrono::steady_clock::now()) {}
+          started(std::chrono::steady_clock::now()),
+          trace(detail::outgoing_trace(options.metadata, &new_traceparent)) {}
     myservice::v1::UserService::StubInterface& stub;
     ResumableWatchOptions options;
     Backoff backoff;
@@ -123,11 +126,15 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
     Observer* observer;
     std::chrono::steady_clock::time_point started;  // when the watch was made
     std::int64_t delivered = 0;
+    // One trace for every connection (see ResumableWatchOptions::metadata).
+    std::string new_traceparent;  // sent when the caller's metadata has none
+    std::optional<TraceContext> trace;
   };
 
   Event observed(EventType type) const {
     Event event =
-        detail::event_of(type, "watch", detail::method_path<myservice::v1::WatchUsersRequest, UserEvent>());
+        detail::event_of(type, "watch", detail::method_path<myservice::v1::WatchUsersRequest, UserEvent>(), 0,
+                         detail::trace_id_of(state_->trace));
     event.sequence = state_->last_sequence;
     return event;
   }
@@ -209,6 +216,7 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
       if (!s.cancelled) {
         s.ctx = std::make_unique<grpc::ClientContext>();
         for (auto const& [key, value] : s.options.metadata) s.ctx->AddMetadata(key, value);
+        if (!s.new_traceparent.empty()) s.ctx->AddMetadata(kTraceparentKey, s.new_traceparent);
       }
     }
     if (!s.ctx) {
