@@ -17,6 +17,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <random>
@@ -88,10 +89,13 @@ inline Flags parse(int argc, char** argv, char const* name, char const* shows, c
 
 /// The servers an example talks to: `count` embedded UserServices on
 /// loopback (each preloaded with `preload` users, answering with the
-/// trailer stubkit-server-id "backend-1"...), or the --target.
+/// trailer stubkit-server-id "backend-1"...), or the --target. `configure`
+/// may change the embedded servers' options before they start.
 class Servers {
  public:
-  explicit Servers(Flags flags, int preload = 0, int count = 1) : flags_(std::move(flags)) {
+  explicit Servers(Flags flags, int preload = 0, int count = 1,
+                   std::function<void(stubkit::testing::EmbeddedServerOptions&)> const& configure = {})
+      : flags_(std::move(flags)) {
     if (flags_.remote()) {
       target_ = flags_.target;
       return;
@@ -102,6 +106,7 @@ class Servers {
       options.service.token = flags_.token;
       options.service.fault_metadata = true;
       options.service.server_id = "backend-" + std::to_string(i + 1);
+      if (configure) configure(options);
       embedded_.push_back(std::make_unique<stubkit::testing::EmbeddedServer>(options));
       embedded_.back()->service().preload(preload);
       target_ += (i == 0 ? "" : ",") + embedded_.back()->address();

@@ -3,8 +3,10 @@
 // Shows: a LogObserver writing one logfmt line per event (here to stdout),
 // a hand-written observer counting events, both fed by fan_out; an observer
 // on a channel (every plain stub call, with the retry interceptor's attempts
-// and waits), on one stubkit::call, and on a listing. Logs for every call of
-// a program, without code: run it with STUBKIT_LOG=rpc (lines on stderr).
+// and waits), on one stubkit::call, and on a listing; and a call with
+// tracing on, whose lines carry its W3C trace id. Logs for every call of a
+// program, without code: run it with STUBKIT_LOG=rpc (lines on stderr), and
+// STUBKIT_TRACE=w3c for trace ids.
 //
 // Faults are asked of the server with the stubkit-fault request header, so
 // the same code runs against the embedded server and against
@@ -24,6 +26,7 @@
 #include "stubkit/observe.hpp"
 #include "stubkit/paginate.hpp"
 #include "stubkit/retry.hpp"
+#include "stubkit/trace.hpp"
 #include "stubkit/user_client.hpp"
 
 using myservice::v1::UserService;
@@ -101,5 +104,17 @@ int main(int argc, char** argv) {
     ok = ok && (*counts)[EventType::kCallEnd] == 2 && (*counts)[EventType::kAttemptEnd] == 3 &&
          (*counts)[EventType::kRetry] == 1 && (*counts)[EventType::kGiveUp] == 1 && (*counts)[EventType::kPage] == 3;
   }
+
+  // Tracing: the call sends a new traceparent (every attempt the same), and
+  // each of its lines names the trace. A server that calls on passes it
+  // down with stubkit::child_context.
+  std::cout << "stubkit::call with tracing on:\n";
+  stubkit::set_tracing(true);
+  stubkit::CallOptions traced;
+  traced.timeout = 5s;
+  traced.observer = std::make_shared<stubkit::LogObserver>(log_options);
+  request.set_id("u00000001");
+  ok = stubkit::call(*plain, &UserService::Stub::GetUser, request, traced).ok() && ok;
+  stubkit::set_tracing(false);
   return ok ? 0 : 1;
 }

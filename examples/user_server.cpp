@@ -197,8 +197,8 @@ int main(int argc, char** argv) {
   }
   options.service.warn = [](std::string const& message) { std::cerr << "user_server: " << message << "\n"; };
 #if STUBKIT_HAVE_METRICS
-  // Declared before the server: it outlives the server, whose calls and
-  // service it reads.
+  // Declared before the server: the exporter serves while the server
+  // runs; the service's gauges are unwatched before the server goes.
   std::optional<stubkit::MetricsServer> metrics;
   std::optional<stubkit::testing::ServerMetrics> server_metrics;
 #endif
@@ -218,7 +218,7 @@ int main(int argc, char** argv) {
   if (server->service().user_count() == 0) server->service().preload(flags.preload);
 #if STUBKIT_HAVE_METRICS
   if (metrics) {
-    server_metrics->watch(server->service());
+    server_metrics->watch(&server->service());
     std::cout << "metrics on http://" << flags.host << ":" << metrics->port() << "/metrics" << std::endl;
   }
 #endif
@@ -228,5 +228,8 @@ int main(int argc, char** argv) {
   sigwait(&signals, &received);
   std::cerr << "user_server: " << (received == SIGINT ? "SIGINT" : "SIGTERM") << ", shutting down\n";
   server->shutdown(std::chrono::seconds(5));
+#if STUBKIT_HAVE_METRICS
+  if (server_metrics) server_metrics->watch(nullptr);  // no scrape reads the service from here on
+#endif
   return 0;
 }

@@ -8,9 +8,11 @@
 Usage: examples_remote_test.py USER_SERVER EXAMPLE...
 """
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import urllib.request
 
 from peers import check, failures, start_server, stop_server
 
@@ -62,6 +64,28 @@ try:
           f"quickstart with STUBKIT_LOG=rpc: {len(logged)} call.end lines on stderr")
     r = example("quickstart", *remote)
     check(r.returncode == 0 and "event=" not in r.stderr, "quickstart without STUBKIT_LOG: no event lines")
+    # Traces without code: STUBKIT_TRACE=w3c, a trace id on every line.
+    r = example("quickstart", *remote, env={"STUBKIT_LOG": "rpc", "STUBKIT_TRACE": "w3c"})
+    logged = [line for line in r.stderr.splitlines() if " event=" in line]
+    traced = [line for line in logged if re.search(r" trace_id=[0-9a-f]{32}( |$)", line)]
+    check(r.returncode == 0 and logged and traced == logged,
+          f"quickstart with STUBKIT_TRACE=w3c: {len(traced)} of {len(logged)} lines carry a trace id")
+
+    # Metrics: the example's calls, counted by user_server --metrics-port and
+    # scraped over HTTP.
+    if "metrics" in examples:
+        address = server("--preload", "30", "--fault-metadata", "--metrics-port", "0")
+        url = servers[-1].metrics_url
+        r = example("metrics", "--target", address)
+        ok("metrics", r, "client, after 7 GetUser", 'grpc_status="UNAVAILABLE",stubkit_source="channel"} 1')
+        scraped = urllib.request.urlopen(url, timeout=10).read().decode()
+        samples = dict(line.rsplit(" ", 1) for line in scraped.splitlines() if line and not line.startswith("#"))
+        get_user = 'grpc_server_call_duration_seconds_count{grpc_method="myservice.v1.UserService/GetUser",'
+        expected = {get_user + 'grpc_status="OK"}': "5", get_user + 'grpc_status="NOT_FOUND"}': "2",
+                    get_user + 'grpc_status="UNAVAILABLE"}': "1", "stubkit_server_users": "30",
+                    "stubkit_server_watchers": "0"}
+        wrong = {k: samples.get(k) for k, v in expected.items() if samples.get(k) != v}
+        check(not wrong, f"user_server --metrics-port counted the example's calls (wrong: {wrong})")
     # The same examples a second time on the same server: new ids, same outcome.
     ok("streaming, run again", example("streaming", *remote), "bulk: created 2")
     ok("quickstart, run again", example("quickstart", *remote), "quickstart: done")

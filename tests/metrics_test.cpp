@@ -5,12 +5,15 @@
 
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <netinet/in.h>
 #include <prometheus/text_serializer.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <future>
 #include <map>
 #include <sstream>
 #include <string>
@@ -75,6 +78,9 @@ std::map<std::string, double> collect(prometheus::Registry const& registry) {
 std::string http_get_metrics(int port) {
   int const fd = socket(AF_INET, SOCK_STREAM, 0);
   REQUIRE(fd >= 0);
+  timeval timeout{10, 0};  // a hung exporter fails the test instead of hanging it
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_port = htons(static_cast<std::uint16_t>(port));
@@ -105,7 +111,7 @@ TEST_SUITE("metrics") {
   TEST_CASE("a retried stubkit::call counts its attempts, retries and one call") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
-    prometheus::Registry registry;
+    auto registry = std::make_shared<prometheus::Registry>();
     stubkit::CallOptions options;
     options.observer = std::make_shared<stubkit::MetricsObserver>(registry);
     options.retry = stubkit::RetryPolicy::standard();
@@ -116,7 +122,7 @@ TEST_SUITE("metrics") {
     auto not_found = stubkit::call(*f.stub, &UserService::Stub::GetUser, get_request("nobody"), options);
     REQUIRE(not_found.error().code() == StatusCode::NOT_FOUND);
 
-    auto const s = collect(registry);
+    auto const s = collect(*registry);
     CHECK(sample(s, "grpc_client_attempt_started_total",
                  {{"grpc_method", kGetUser}, {"stubkit_source", "call"}}) == 4);
     CHECK(sample(s, "grpc_client_attempt_duration_seconds_count",
@@ -143,7 +149,7 @@ TEST_SUITE("metrics") {
   TEST_CASE("pages, items and stream ends are counted") {
     ServerFixture f;
     for (int i = 0; i < 5; ++i) REQUIRE(f.create("u" + std::to_string(i)).ok());
-    prometheus::Registry registry;
+    auto registry = std::make_shared<prometheus::Registry>();
     auto observer = std::make_shared<stubkit::MetricsObserver>(registry);
     stubkit::PaginateOptions options;
     options.page_size = 2;
@@ -154,36 +160,50 @@ TEST_SUITE("metrics") {
       ++items;
     }
     CHECK(items == 5);
-    auto const s = collect(registry);
+    auto const s = collect(*registry);
     CHECK(sample(s, "stubkit_client_pages_total",
                  {{"grpc_method", kListUsers}, {"grpc_status", "OK"}, {"stubkit_source", "paginate"}}) == 3);
     CHECK(sample(s, "stubkit_client_page_items_total",
                  {{"grpc_method", kListUsers}, {"stubkit_source", "paginate"}}) == 5);
   }
 
-  TEST_CASE("the throttle gauge follows throttles refusing and allowing again") {
-    prometheus::Registry registry;
-    stubkit::MetricsObserver observer(registry);
-    stubkit::Event event;
-    event.type = stubkit::EventType::kThrottle;
-    event.retries_allowed = false;
-    observer.on_event(event);
-    observer.on_event(event);  // a second throttle
-    CHECK(sample(collect(registry), "stubkit_client_retry_throttles_refusing") == 2);
-    event.retries_allowed = true;
-    observer.on_event(event);
-    auto const s = collect(registry);
-    CHECK(sample(s, "stubkit_client_retry_throttles_refusing") == 1);
-    CHECK(sample(s, "stubkit_client_retry_throttle_changes_total", {{"state", "refusing"}}) == 2);
+  TEST_CASE("a retry throttle closing and opening again is counted") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    auto registry = std::make_shared<prometheus::Registry>();
+    stubkit::CallOptions options;
+    options.observer = std::make_shared<stubkit::MetricsObserver>(registry);
+    options.retry = stubkit::RetryPolicy::standard();
+    options.retry->max_attempts = 2;
+    options.clock.sleep = [](std::chrono::milliseconds) {};
+    options.throttle = std::make_shared<stubkit::RetryThrottle>(4, 1.0);  // refuses below 2 tokens
+    // Two attempts fail (4 -> 2 tokens: refusing), then one not retried.
+    f.server.faults().fail_next("GetUser", 3, StatusCode::UNAVAILABLE);
+    for (int i = 0; i < 2; ++i) {
+      REQUIRE(
+          stubkit::call(*f.stub, &UserService::Stub::GetUser, get_request("ada"), options).error().code() ==
+          StatusCode::UNAVAILABLE);
+    }
+    REQUIRE_FALSE(options.throttle->allows_retry());
+    for (int i = 0; i < 4; ++i) {
+      REQUIRE(stubkit::call(*f.stub, &UserService::Stub::GetUser, get_request("ada"), options).ok());
+    }
+    REQUIRE(options.throttle->allows_retry());
+    auto const s = collect(*registry);
+    CHECK(sample(s, "stubkit_client_retry_throttle_changes_total", {{"state", "refusing"}}) == 1);
     CHECK(sample(s, "stubkit_client_retry_throttle_changes_total", {{"state", "allowing"}}) == 1);
   }
 
   TEST_CASE("bad options are refused with a clear error") {
-    prometheus::Registry registry;
+    auto registry = std::make_shared<prometheus::Registry>();
     stubkit::MetricsOptions options;
     options.latency_buckets = {0.1, 0.1};
     CHECK_THROWS_WITH_AS(stubkit::MetricsObserver(registry, options),
                          "MetricsOptions::latency_buckets must rise strictly", std::invalid_argument);
+    CHECK_THROWS_WITH_AS(stubkit::ServerMetricsInterceptorFactory(registry, options),
+                         "MetricsOptions::latency_buckets must rise strictly", std::invalid_argument);
+    CHECK_THROWS_AS(stubkit::MetricsObserver(nullptr), std::invalid_argument);
+    CHECK_THROWS_AS(stubkit::ServerMetricsInterceptorFactory(nullptr), std::invalid_argument);
     stubkit::MetricsServer first("127.0.0.1:0");
     std::string const taken = "127.0.0.1:" + std::to_string(first.port());
     try {
@@ -194,10 +214,10 @@ TEST_SUITE("metrics") {
     }
   }
 
-  TEST_CASE("the server interceptor counts calls by method and status, CANCELLED when the client left") {
+  TEST_CASE("the server interceptor counts calls by how they ended, unknown methods as other") {
     auto registry = std::make_shared<prometheus::Registry>();
     auto options = tcp_options();
-    options.interceptors.push_back(std::make_shared<stubkit::ServerMetricsInterceptorFactory>(*registry));
+    options.interceptors.push_back(std::make_shared<stubkit::ServerMetricsInterceptorFactory>(registry));
     ServerFixture f(options);
     REQUIRE(f.create("ada").ok());
     REQUIRE(f.create("ada").error_code() == StatusCode::ALREADY_EXISTS);
@@ -205,24 +225,46 @@ TEST_SUITE("metrics") {
     REQUIRE(f.stub->GetUser(context().get(), get_request("ada"), &user).ok());
     REQUIRE(f.stub->GetUser(context().get(), get_request("nobody"), &user).error_code() ==
             StatusCode::NOT_FOUND);
-    // A call whose client gives up while the server still works on it.
-    f.server.faults().add_latency("GetUser", std::chrono::milliseconds(500));
+    // Calls the client leaves while the handler still works: it finishes
+    // them and sends OK, which nobody gets.
+    f.server.faults().add_latency("GetUser", std::chrono::milliseconds(300));
     REQUIRE(f.stub->GetUser(context(std::chrono::milliseconds(50)).get(), get_request("ada"), &user)
                 .error_code() == StatusCode::DEADLINE_EXCEEDED);
-    f.server.faults().clear();
-    // The server's side ends when its handler returns: wait for it.
-    std::map<std::string, double> s;
-    for (int i = 0; i < 200; ++i) {
-      s = collect(*registry);
-      if (sample(s, "grpc_server_call_duration_seconds_count",
-                 {{"grpc_method", kGetUser}, {"grpc_status", "CANCELLED"}}) +
-              sample(s, "grpc_server_call_duration_seconds_count",
-                     {{"grpc_method", kGetUser}, {"grpc_status", "DEADLINE_EXCEEDED"}}) >=
-          1)
-        break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    {
+      auto ctx = context();
+      std::thread cancel([&ctx] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        ctx->TryCancel();
+      });
+      CHECK(f.stub->GetUser(ctx.get(), get_request("ada"), &user).error_code() == StatusCode::CANCELLED);
+      cancel.join();
     }
-    CHECK(sample(s, "grpc_server_call_started_total", {{"grpc_method", kGetUser}}) == 3);
+    f.server.faults().clear();
+    // Any name a client makes up counts as "other": no new series per name.
+    grpc::GenericStub generic(f.server.channel());
+    for (int i = 0; i < 3; ++i) {
+      grpc::ClientContext ctx;
+      grpc::Slice empty("");
+      grpc::ByteBuffer request(&empty, 1), response;  // an empty message (a default ByteBuffer is none)
+      std::promise<grpc::Status> done;
+      generic.UnaryCall(&ctx, "/made.Up/Method" + std::to_string(i), grpc::StubOptions(), &request, &response,
+                        [&done](grpc::Status status) { done.set_value(status); });
+      CHECK(done.get_future().get().error_code() == StatusCode::UNIMPLEMENTED);
+    }
+    // The server's side of a call ends when its handler returns: wait for it.
+    auto ended = [&](std::map<std::string, double> const& s) {
+      return sample(s, "grpc_server_call_duration_seconds_count",
+                    {{"grpc_method", kGetUser}, {"grpc_status", "CANCELLED"}}) == 1 &&
+             sample(s, "grpc_server_call_duration_seconds_count",
+                    {{"grpc_method", kGetUser}, {"grpc_status", "DEADLINE_EXCEEDED"}}) == 1;
+    };
+    std::map<std::string, double> s = collect(*registry);
+    for (int i = 0; i < 300 && !ended(s); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      s = collect(*registry);
+    }
+    CHECK(ended(s));
+    CHECK(sample(s, "grpc_server_call_started_total", {{"grpc_method", kGetUser}}) == 4);
     CHECK(sample(s, "grpc_server_call_started_total", {{"grpc_method", kCreateUser}}) == 2);
     CHECK(sample(s, "grpc_server_call_duration_seconds_count",
                  {{"grpc_method", kGetUser}, {"grpc_status", "OK"}}) == 1);
@@ -232,11 +274,10 @@ TEST_SUITE("metrics") {
                  {{"grpc_method", kCreateUser}, {"grpc_status", "OK"}}) == 1);
     CHECK(sample(s, "grpc_server_call_duration_seconds_count",
                  {{"grpc_method", kCreateUser}, {"grpc_status", "ALREADY_EXISTS"}}) == 1);
+    CHECK(sample(s, "grpc_server_call_started_total", {{"grpc_method", "other"}}) == 3);
     CHECK(sample(s, "grpc_server_call_duration_seconds_count",
-                 {{"grpc_method", kGetUser}, {"grpc_status", "CANCELLED"}}) +
-              sample(s, "grpc_server_call_duration_seconds_count",
-                     {{"grpc_method", kGetUser}, {"grpc_status", "DEADLINE_EXCEEDED"}}) ==
-          1);
+                 {{"grpc_method", "other"}, {"grpc_status", "UNIMPLEMENTED"}}) == 3);
+    for (auto const& [series, value] : s) CHECK_MESSAGE(series.find("made.Up") == std::string::npos, series);
   }
 
   TEST_CASE("a real scrape: user_server's and the client's /metrics equal what was done") {

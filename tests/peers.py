@@ -18,6 +18,10 @@ def start_server(user_server, *flags):
     proc = subprocess.Popen([user_server, "--port", "0", *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()
+    proc.metrics_url = None
+    if line.startswith("metrics on "):  # --metrics-port: the URL comes first
+        proc.metrics_url = line[len("metrics on "):]
+        line = proc.stdout.readline().strip()
     if not line.startswith("listening on "):
         proc.kill()
         raise SystemExit(f"user_server did not start: {line!r} {proc.stderr.read()}")

@@ -35,6 +35,7 @@
 #include "stubkit/channel.hpp"
 #include "stubkit/observe.hpp"
 #include "stubkit/retry_interceptor.hpp"
+#include "stubkit/trace.hpp"
 #include "stubkit/testing/embedded_server.hpp"
 
 namespace {
@@ -134,6 +135,8 @@ struct Tally {
 // and ends of calls and attempts; compared with the callers' own tally.
 struct Heard final : stubkit::Observer {
   void on_event(stubkit::Event const& e) override {
+    // Tracing is on: every call has a trace from its first batch on.
+    if (e.trace_id.size() != 32) ++untraced;
     switch (e.type) {
       case stubkit::EventType::kCallStart:
         ++call_starts;
@@ -153,7 +156,7 @@ struct Heard final : stubkit::Observer {
         break;
     }
   }
-  std::atomic<int> call_starts{0}, attempt_starts{0}, attempt_ends{0};
+  std::atomic<int> call_starts{0}, attempt_starts{0}, attempt_ends{0}, untraced{0};
   std::mutex mu;
   std::map<std::string, int> ends_by_code;
 };
@@ -253,6 +256,9 @@ void worker(Target const& target, int index, int calls, unsigned seed, Tally& ta
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Every call gets a traceparent: the interceptor's trace is set on the
+  // first batch and read by attempts and cancels on other threads.
+  stubkit::set_tracing(true);
   Settings settings;
   for (int i = 1; i < argc; ++i) {
     std::string const arg = argv[i];
@@ -340,6 +346,7 @@ int main(int argc, char** argv) {
     tally.problem("the observer heard " + std::to_string(h.call_starts.load()) + " call starts for " +
                   std::to_string(total) + " calls");
   }
+  if (h.untraced != 0) tally.problem(std::to_string(h.untraced.load()) + " events had no trace id");
   if (h.attempt_starts != h.attempt_ends) {
     tally.problem("the observer heard " + std::to_string(h.attempt_starts.load()) + " attempt starts and " +
                   std::to_string(h.attempt_ends.load()) + " ends");

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -27,10 +28,14 @@ namespace {
 
 constexpr char kValid[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-// Tracing on for one test, off again after.
-struct TracingOn {
-  TracingOn() { stubkit::set_tracing(true); }
-  ~TracingOn() { stubkit::set_tracing(false); }
+// Tracing on or off for one scope, as it was after (STUBKIT_TRACE may
+// have turned it on for the whole run).
+struct Tracing {
+  explicit Tracing(bool on) : before(stubkit::tracing_enabled()) { stubkit::set_tracing(on); }
+  ~Tracing() { stubkit::set_tracing(before); }
+  Tracing(Tracing const&) = delete;
+  Tracing& operator=(Tracing const&) = delete;
+  bool const before;
 };
 
 std::string header(grpc::ServerContext const& ctx, char const* key) {
@@ -55,9 +60,33 @@ class Back final : public UserService::Service {
     return grpc::Status::OK;
   }
 
+  // Not retried by the retry interceptor (no request_id): passed through.
+  grpc::Status CreateUser(grpc::ServerContext* ctx, myservice::v1::CreateUserRequest const* request,
+                          myservice::v1::CreateUserResponse* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    traceparents.push_back(header(*ctx, stubkit::kTraceparentKey));
+    tracestates.push_back(header(*ctx, stubkit::kTracestateKey));
+    *response->mutable_user() = request->user();
+    return grpc::Status::OK;
+  }
+
+  // A stream: never retried, observed (or traced) only.
+  grpc::Status WatchUsers(grpc::ServerContext* ctx, myservice::v1::WatchUsersRequest const*,
+                          grpc::ServerWriter<myservice::v1::UserEvent>*) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    traceparents.push_back(header(*ctx, stubkit::kTraceparentKey));
+    tracestates.push_back(header(*ctx, stubkit::kTracestateKey));
+    return grpc::Status::OK;
+  }
+
   std::vector<std::string> seen() {
     std::lock_guard<std::mutex> lock(mu_);
     return traceparents;
+  }
+
+  std::vector<std::string> states() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tracestates;
   }
 
   std::mutex mu_;
@@ -79,6 +108,11 @@ class Front final : public UserService::Service {
     auto child = stubkit::child_context(*ctx);
     if (!child) return child.error().to_grpc_status();
     return back_->GetUser(child->get(), *request, user);
+  }
+
+  std::vector<std::string> seen() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return traceparents;
   }
 
   std::mutex mu_;
@@ -187,7 +221,7 @@ TEST_SUITE("trace") {
   }
 
   TEST_CASE("client -> front -> back: the back end sees the client's trace, and every log line names it") {
-    TracingOn tracing;
+    Tracing tracing(true);
     Back back;
     Serve back_server(&back);
     Front front(grpc::CreateChannel(back_server.address(), grpc::InsecureChannelCredentials()));
@@ -202,18 +236,48 @@ TEST_SUITE("trace") {
     REQUIRE(stub->GetUser(context().get(), get_request("ada"), &user).ok());
     CHECK(user.id() == "ada");
 
-    REQUIRE(front.traceparents.size() == 1);
-    REQUIRE(back.seen().size() == 1);
-    std::string const id = trace_id(front.traceparents[0]);
-    CHECK(trace_id(back.seen()[0]) == id);
+    auto const at_front = front.seen();
+    auto const at_back = back.seen();
+    REQUIRE(at_front.size() == 1);
+    REQUIRE(at_back.size() == 1);
+    std::string const id = trace_id(at_front[0]);
+    CHECK(trace_id(at_back[0]) == id);
     // The front's call is a child: a new parent id.
-    CHECK(TraceContext::parse(back.seen()[0])->parent_id() !=
-          TraceContext::parse(front.traceparents[0])->parent_id());
+    CHECK(TraceContext::parse(at_back[0])->parent_id() != TraceContext::parse(at_front[0])->parent_id());
     CHECK(log.trace_ids() == std::set<std::string>{id});
     CHECK(log.lines.size() >= 4);
   }
 
+  TEST_CASE("tracing on needs no observer: make_channel's interceptors add the traceparent") {
+    Tracing tracing(true);
+    stubkit::set_default_observer(nullptr);
+    Back back;
+    Serve server(&back);
+    stubkit::ChannelOptions options;
+    SUBCASE("a plain channel") {}
+    SUBCASE("a channel that retries") { options.retry = stubkit::RetryInterceptorOptions{}; }
+    auto stub = UserService::NewStub(stubkit::make_channel(server.address(), options));
+    myservice::v1::User user;
+    REQUIRE(stub->GetUser(context().get(), get_request("ada"), &user).ok());  // retried when it may be
+    myservice::v1::CreateUserRequest create;
+    create.mutable_user()->set_id("ada");
+    myservice::v1::CreateUserResponse created;
+    REQUIRE(stub->CreateUser(context().get(), create, &created).ok());  // no request_id: passed through
+    auto watch_ctx = context();
+    auto watch = stub->WatchUsers(watch_ctx.get(), {});  // a stream: observed or traced only
+    myservice::v1::UserEvent event;
+    while (watch->Read(&event)) {
+    }
+    REQUIRE(watch->Finish().ok());
+    auto const seen = back.seen();
+    REQUIRE(seen.size() == 3);
+    std::set<std::string> traces;
+    for (auto const& traceparent : seen) traces.insert(trace_id(traceparent));
+    CHECK(traces.size() == 3);  // three calls, three traces
+  }
+
   TEST_CASE("with tracing off, a caller's traceparent still travels, and none is made") {
+    Tracing off(false);
     Back back;
     Serve back_server(&back);
     Front front(grpc::CreateChannel(back_server.address(), grpc::InsecureChannelCredentials()));
@@ -229,10 +293,11 @@ TEST_SUITE("trace") {
     ctx->AddMetadata("tracestate", "vendor=abc");
     REQUIRE(stub->GetUser(ctx.get(), get_request("ada"), &user).ok());
     CHECK(trace_id(back.seen().at(1)) == "4bf92f3577b34da6a3ce929d0e0e4736");
-    CHECK(back.tracestates.at(1) == "vendor=abc");
+    CHECK(back.states().at(1) == "vendor=abc");
   }
 
   TEST_CASE("stubkit::call sends one trace with every attempt and reports it on every event") {
+    Tracing tracing(false);
     Back back(/*fail_first=*/2);
     Serve server(&back);
     auto stub =
@@ -247,9 +312,11 @@ TEST_SUITE("trace") {
       options.metadata.emplace_back("traceparent", kValid);
       expected = "4bf92f3577b34da6a3ce929d0e0e4736";
     }
-    SUBCASE("a new trace, tracing on") { stubkit::set_tracing(true); }
+    bool on = false;
+    SUBCASE("a new trace, tracing on") { on = true; }
+    std::optional<Tracing> scope;
+    if (on) scope.emplace(true);
     auto result = stubkit::call(*stub, &UserService::Stub::GetUser, get_request("ada"), options);
-    stubkit::set_tracing(false);
     REQUIRE(result.ok());
     auto const seen = back.seen();
     REQUIRE(seen.size() == 3);
@@ -263,6 +330,7 @@ TEST_SUITE("trace") {
   }
 
   TEST_CASE("without tracing and without a traceparent, nothing is sent and events carry no trace id") {
+    Tracing off(false);
     Back back;
     Serve server(&back);
     auto stub =
@@ -276,7 +344,7 @@ TEST_SUITE("trace") {
   }
 
   TEST_CASE("listings and streams carry one trace for all their calls") {
-    TracingOn tracing;
+    Tracing tracing(true);
     ServerFixture f;
     for (int i = 0; i < 5; ++i) REQUIRE(f.create("u" + std::to_string(i)).ok());
     LogLines log;
@@ -349,15 +417,20 @@ TEST_SUITE("trace") {
     auto stub =
         UserService::NewStub(grpc::CreateChannel(relay_server.address(), grpc::InsecureChannelCredentials()));
     auto ctx = context();
-    if (traced_upstream) ctx->AddMetadata("traceparent", kValid);
-    stubkit::set_tracing(tracing);
+    if (traced_upstream) {
+      ctx->AddMetadata("traceparent", kValid);
+      ctx->AddMetadata("tracestate", "a=1");
+      ctx->AddMetadata("tracestate", "b=2");  // several headers are one list (W3C)
+    }
+    Tracing scope(tracing);
     myservice::v1::User user;
-    auto const status = stub->GetUser(ctx.get(), get_request("ada"), &user);
-    stubkit::set_tracing(false);
-    REQUIRE(status.ok());
+    REQUIRE(stub->GetUser(ctx.get(), get_request("ada"), &user).ok());
     std::string const seen = back.seen().at(0);
     CHECK(!seen.empty() == expect_trace);
-    if (expect_trace && traced_upstream) CHECK(trace_id(seen) == "4bf92f3577b34da6a3ce929d0e0e4736");
+    if (expect_trace && traced_upstream) {
+      CHECK(trace_id(seen) == "4bf92f3577b34da6a3ce929d0e0e4736");
+      CHECK(back.states().at(0) == "a=1,b=2");
+    }
     if (expect_trace && !traced_upstream) CHECK(TraceContext::parse(seen).has_value());
   }
 }

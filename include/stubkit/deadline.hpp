@@ -139,10 +139,8 @@ inline Result<std::unique_ptr<grpc::ClientContext>> child_context(grpc::ServerCo
   if (options.propagate_trace) {
     if (auto const trace = trace_of(upstream)) {
       child->AddMetadata(kTraceparentKey, trace->child().traceparent());
-      auto const& metadata = upstream.client_metadata();
-      if (auto it = metadata.find(kTracestateKey); it != metadata.end()) {
-        child->AddMetadata(kTracestateKey, std::string(it->second.data(), it->second.size()));
-      }
+      if (std::string state = tracestate_of(upstream); !state.empty())
+        child->AddMetadata(kTracestateKey, state);
     } else if (tracing_enabled()) {
       child->AddMetadata(kTraceparentKey, TraceContext::generate().traceparent());
     }

@@ -11,6 +11,9 @@
 //   builder.experimental().SetInterceptorCreators(...
 //       std::make_unique<stubkit::ServerMetricsInterceptorFactory>(metrics.registry()) ...);
 //
+// Observers and factories share the registry (std::shared_ptr): a default
+// observer outlives main's locals, and so does what it counts into.
+//
 // Names follow gRPC's own metrics (gRFC A66) in Prometheus spelling, with
 // A66's labels grpc_method ("myservice.v1.UserService/GetUser", no leading
 // slash) and grpc_status ("OK", "UNAVAILABLE"):
@@ -23,7 +26,6 @@
 //   stubkit_client_retries_total             counter    grpc_method, grpc_status (of the failed attempt)
 //   stubkit_client_give_ups_total            counter    grpc_method, reason (why no further attempt)
 //   stubkit_client_retry_throttle_changes_total counter state ("refusing" or "allowing")
-//   stubkit_client_retry_throttles_refusing  gauge      how many throttles refuse retries now
 //   stubkit_client_pages_total               counter    grpc_method, grpc_status
 //   stubkit_client_page_items_total          counter    grpc_method
 //   stubkit_client_streams_total             counter    grpc_method, grpc_status (streams ended)
@@ -38,6 +40,7 @@
 #ifndef STUBKIT_METRICS_HPP
 #define STUBKIT_METRICS_HPP
 
+#include <grpcpp/server_context.h>
 #include <grpcpp/support/server_interceptor.h>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
@@ -58,6 +61,7 @@
 #include <utility>
 #include <vector>
 
+#include "google/protobuf/descriptor.h"
 #include "stubkit/observe.hpp"
 #include "stubkit/status.hpp"
 
@@ -79,6 +83,33 @@ namespace detail {
 inline std::string_view metric_method(std::string_view method) {
   if (!method.empty() && method.front() == '/') method.remove_prefix(1);
   return method;
+}
+
+// The same for a server, where anyone can ask for any name: "other" unless
+// the method is in the process's generated descriptors (A66: unregistered
+// methods are "other"), so a client cannot add series without end.
+inline std::string_view server_metric_method(char const* path) {
+  std::string_view const method = metric_method(path == nullptr ? "" : path);
+  auto const slash = method.find('/');
+  if (slash == std::string_view::npos) return "other";
+  std::string full(method);
+  full[slash] = '.';
+  bool const known = google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(full) != nullptr;
+  return known ? method : std::string_view("other");
+}
+
+inline std::vector<double> checked_buckets(std::vector<double> buckets) {
+  for (std::size_t i = 1; i < buckets.size(); ++i) {
+    if (!(buckets[i - 1] < buckets[i]))
+      throw std::invalid_argument("MetricsOptions::latency_buckets must rise strictly");
+  }
+  return buckets;
+}
+
+inline std::shared_ptr<prometheus::Registry> checked_registry(
+    std::shared_ptr<prometheus::Registry> registry) {
+  if (!registry) throw std::invalid_argument("stubkit metrics need a prometheus::Registry, got nullptr");
+  return registry;
 }
 
 inline double seconds(std::chrono::nanoseconds latency) { return static_cast<double>(latency.count()) / 1e9; }
@@ -121,49 +152,46 @@ class MetricCache {
 }  // namespace detail
 
 /// An Observer that counts stubkit's events into a prometheus-cpp registry
-/// (the metrics named at the top of this file). Thread-safe; the registry
-/// must outlive it. Throws std::invalid_argument if the registry already
-/// holds one of these families of another type, or for buckets that do not
-/// rise.
+/// (the metrics named at the top of this file), which it keeps alive.
+/// Thread-safe. Throws std::invalid_argument for a null registry, for
+/// buckets that do not rise, or if the registry holds one of these families
+/// with another type. Two observers on one registry share its families
+/// (and the first one's buckets).
 class MetricsObserver final : public Observer {
  public:
-  explicit MetricsObserver(prometheus::Registry& registry, MetricsOptions options = {})
-      : buckets_(check_buckets(std::move(options.latency_buckets))),
-        attempts_started_(counter(registry, "grpc_client_attempt_started_total",
-                                  "Attempts started, by method.", {"grpc_method", "stubkit_source"})),
-        attempt_duration_(histogram(registry, "grpc_client_attempt_duration_seconds",
+  explicit MetricsObserver(std::shared_ptr<prometheus::Registry> registry_in, MetricsOptions options = {})
+      : keep_(detail::checked_registry(std::move(registry_in))),
+        buckets_(detail::checked_buckets(std::move(options.latency_buckets))),
+        attempts_started_(counter(*keep_, "grpc_client_attempt_started_total", "Attempts started, by method.",
+                                  {"grpc_method", "stubkit_source"})),
+        attempt_duration_(histogram(*keep_, "grpc_client_attempt_duration_seconds",
                                     "Time from an attempt's start to its end, by method and status.",
                                     {"grpc_method", "grpc_status", "stubkit_source"})),
-        call_duration_(histogram(registry, "grpc_client_call_duration_seconds",
+        call_duration_(histogram(*keep_, "grpc_client_call_duration_seconds",
                                  "Time from a call's start to its end, attempts and waits included.",
                                  {"grpc_method", "grpc_status", "stubkit_source"})),
-        retries_(counter(registry, "stubkit_client_retries_total",
+        retries_(counter(*keep_, "stubkit_client_retries_total",
                          "Retries, by method and the status of the attempt that failed.",
                          {"grpc_method", "grpc_status", "stubkit_source"})),
-        give_ups_(counter(registry, "stubkit_client_give_ups_total",
+        give_ups_(counter(*keep_, "stubkit_client_give_ups_total",
                           "Failed attempts that were not retried, by method and reason.",
                           {"grpc_method", "reason", "stubkit_source"})),
-        throttle_changes_(counter(registry, "stubkit_client_retry_throttle_changes_total",
+        throttle_changes_(counter(*keep_, "stubkit_client_retry_throttle_changes_total",
                                   "Retry throttles starting to refuse or to allow retries.", {"state"})),
-        pages_(counter(registry, "stubkit_client_pages_total",
+        pages_(counter(*keep_, "stubkit_client_pages_total",
                        "Pages fetched (or failed), by method and status.",
                        {"grpc_method", "grpc_status", "stubkit_source"})),
-        page_items_(counter(registry, "stubkit_client_page_items_total", "Items in the pages fetched.",
+        page_items_(counter(*keep_, "stubkit_client_page_items_total", "Items in the pages fetched.",
                             {"grpc_method", "stubkit_source"})),
-        streams_(counter(registry, "stubkit_client_streams_total", "Streams ended, by method and status.",
+        streams_(counter(*keep_, "stubkit_client_streams_total", "Streams ended, by method and status.",
                          {"grpc_method", "grpc_status", "stubkit_source"})),
-        stream_messages_(counter(registry, "stubkit_client_stream_messages_total",
+        stream_messages_(counter(*keep_, "stubkit_client_stream_messages_total",
                                  "Messages read or written by the streams that ended.",
                                  {"grpc_method", "stubkit_source"})),
         resumes_(
-            counter(registry, "stubkit_client_stream_resumes_total",
+            counter(*keep_, "stubkit_client_stream_resumes_total",
                     "Resumable watches reconnecting, by method and the status that ended the connection.",
-                    {"grpc_method", "grpc_status", "stubkit_source"})),
-        throttles_refusing_(prometheus::BuildGauge()
-                                .Name("stubkit_client_retry_throttles_refusing")
-                                .Help("Retry throttles refusing retries now.")
-                                .Register(registry)
-                                .Add({})) {}
+                    {"grpc_method", "grpc_status", "stubkit_source"})) {}
 
   void on_event(Event const& e) override {
     auto const method = detail::metric_method(e.method);
@@ -186,12 +214,9 @@ class MetricsObserver final : public Observer {
         give_ups_.get({method, e.reason, e.source}).Increment();
         break;
       case EventType::kThrottle:
+        // Changes only: a throttle's changes are told while an observer
+        // watches its calls, so no gauge of its state could be kept right.
         throttle_changes_.get({e.retries_allowed ? "allowing" : "refusing"}).Increment();
-        if (e.retries_allowed) {
-          throttles_refusing_.Decrement();
-        } else {
-          throttles_refusing_.Increment();
-        }
         break;
       case EventType::kPage:
         pages_.get({method, code_name(e.code), e.source}).Increment();
@@ -211,15 +236,6 @@ class MetricsObserver final : public Observer {
   }
 
  private:
-  static std::vector<double> check_buckets(std::vector<double> buckets) {
-    for (std::size_t i = 1; i < buckets.size(); ++i) {
-      if (!(buckets[i - 1] < buckets[i])) {
-        throw std::invalid_argument("MetricsOptions::latency_buckets must rise strictly");
-      }
-    }
-    return buckets;
-  }
-
   static detail::MetricCache<prometheus::Counter> counter(prometheus::Registry& registry, char const* name,
                                                           char const* help, std::vector<std::string> labels) {
     return {prometheus::BuildCounter().Name(name).Help(help).Register(registry), std::move(labels)};
@@ -231,6 +247,7 @@ class MetricsObserver final : public Observer {
     return {prometheus::BuildHistogram().Name(name).Help(help).Register(registry), std::move(labels)};
   }
 
+  std::shared_ptr<prometheus::Registry> const keep_;  // first: the families below live in it
   prometheus::Histogram::BucketBoundaries const buckets_;
   detail::MetricCache<prometheus::Counter> attempts_started_;
   detail::MetricCache<prometheus::Histogram> attempt_duration_;
@@ -243,77 +260,111 @@ class MetricsObserver final : public Observer {
   detail::MetricCache<prometheus::Counter> streams_;
   detail::MetricCache<prometheus::Counter> stream_messages_;
   detail::MetricCache<prometheus::Counter> resumes_;
-  prometheus::Gauge& throttles_refusing_;
 };
 
 namespace detail {
 
-// The server side of one call: started when gRPC creates it, ended at the
-// status it sends, or as CANCELLED when it is destroyed without one (the
-// client went away first).
+// The server side of one call, from its creation to its end: the status
+// the handler sent, or CANCELLED / DEADLINE_EXCEEDED when the call ended
+// before the handler sent one (gRPC still runs a sync handler to the end
+// and lets it "send" a status after the client left). Recorded at
+// POST_RECV_CLOSE, which comes once the call is over, else when the
+// interceptor goes. Never throws: a metric that cannot be recorded is
+// dropped.
 template <typename Cache>
 class ServerMetricsInterceptor final : public grpc::experimental::Interceptor {
  public:
-  ServerMetricsInterceptor(std::string_view method, Cache* duration,
+  ServerMetricsInterceptor(grpc::experimental::ServerRpcInfo* info, std::string_view method, Cache* duration,
                            prometheus::Histogram::BucketBoundaries const* buckets)
-      : method_(method), duration_(duration), buckets_(buckets), start_(std::chrono::steady_clock::now()) {}
+      : info_(info),
+        method_(method),
+        duration_(duration),
+        buckets_(buckets),
+        start_(std::chrono::steady_clock::now()) {}
 
   ~ServerMetricsInterceptor() override {
-    if (!ended_) record(grpc::StatusCode::CANCELLED);
+    if (!recorded_) record(sent_.load());
   }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
-      record(methods->GetSendStatus().error_code());
+    using grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+      sent_.store(static_cast<int>(methods->GetSendStatus().error_code()));
+    }
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_CLOSE) && !recorded_) {
+      // The call is over. No status sent yet means it ended first: the
+      // client cancelled, or the deadline passed. (IsCancelled() cannot be
+      // asked here: it runs this hook again.)
+      int code = sent_.load();
+      if (code < 0) {
+        grpc::ServerContextBase const* const ctx = info_->server_context();
+        bool const late = ctx != nullptr && std::chrono::system_clock::now() >= ctx->deadline();
+        code = static_cast<int>(late ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED);
+      }
+      record(code);
     }
     methods->Proceed();
   }
 
  private:
-  void record(grpc::StatusCode code) {
-    ended_ = true;
-    duration_->get({method_, code_name(code)}, *buckets_)
-        .Observe(seconds(std::chrono::steady_clock::now() - start_));
+  void record(int code) noexcept {
+    recorded_ = true;
+    if (code < 0) code = static_cast<int>(grpc::StatusCode::CANCELLED);  // ended with no status at all
+    try {
+      duration_->get({method_, code_name(code)}, *buckets_)
+          .Observe(seconds(std::chrono::steady_clock::now() - start_));
+    } catch (...) {
+    }
   }
 
+  grpc::experimental::ServerRpcInfo* const info_;
   std::string const method_;
   Cache* const duration_;
   prometheus::Histogram::BucketBoundaries const* const buckets_;
   std::chrono::steady_clock::time_point const start_;
-  bool ended_ = false;
+  std::atomic<int> sent_{-1};  // the status code the handler sent; a handler thread writes it
+  bool recorded_ = false;      // by the thread of POST_RECV_CLOSE, then the destructor
 };
 
 }  // namespace detail
 
 /// Counts every call of a grpc::Server: grpc_server_call_started_total and
-/// grpc_server_call_duration_seconds (A66), by method and the status sent
-/// (CANCELLED when the call ended before the server sent one). Give it to
+/// grpc_server_call_duration_seconds (A66), by method and status (see
+/// detail::ServerMetricsInterceptor for calls the client left). Methods the
+/// process has no generated descriptor for count as "other". Give it to
 /// ServerBuilder::experimental().SetInterceptorCreators, last, so that it
-/// sees the status other interceptors may rewrite. Thread-safe; the
-/// registry must outlive it.
+/// sees the status other interceptors may rewrite. Thread-safe; keeps the
+/// registry alive. Throws std::invalid_argument like MetricsObserver.
 class ServerMetricsInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  explicit ServerMetricsInterceptorFactory(prometheus::Registry& registry, MetricsOptions options = {})
-      : buckets_(std::move(options.latency_buckets)),
+  explicit ServerMetricsInterceptorFactory(std::shared_ptr<prometheus::Registry> registry,
+                                           MetricsOptions options = {})
+      : keep_(detail::checked_registry(std::move(registry))),
+        buckets_(detail::checked_buckets(std::move(options.latency_buckets))),
         started_(prometheus::BuildCounter()
                      .Name("grpc_server_call_started_total")
                      .Help("Calls the server started, by method.")
-                     .Register(registry),
+                     .Register(*keep_),
                  {"grpc_method"}),
         duration_(prometheus::BuildHistogram()
                       .Name("grpc_server_call_duration_seconds")
-                      .Help("Time from a call's start to its status, by method and status.")
-                      .Register(registry),
+                      .Help("Time from a call's start to its end, by method and status.")
+                      .Register(*keep_),
                   {"grpc_method", "grpc_status"}) {}
 
   grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
-    std::string_view const method = detail::metric_method(info->method() == nullptr ? "" : info->method());
-    started_.get({method}).Increment();
-    return new detail::ServerMetricsInterceptor<detail::MetricCache<prometheus::Histogram>>(
-        method, &duration_, &buckets_);
+    try {
+      std::string_view const method = detail::server_metric_method(info->method());
+      started_.get({method}).Increment();
+      return new detail::ServerMetricsInterceptor<detail::MetricCache<prometheus::Histogram>>(
+          info, method, &duration_, &buckets_);
+    } catch (...) {
+      return nullptr;  // this call goes uncounted; it goes on
+    }
   }
 
  private:
+  std::shared_ptr<prometheus::Registry> const keep_;
   prometheus::Histogram::BucketBoundaries const buckets_;
   detail::MetricCache<prometheus::Counter> started_;
   detail::MetricCache<prometheus::Histogram> duration_;
@@ -327,13 +378,12 @@ class MetricsServer {
   /// `address` is "host:port"; port 0 picks a free one (see port()).
   explicit MetricsServer(std::string const& address, std::shared_ptr<prometheus::Registry> registry =
                                                          std::make_shared<prometheus::Registry>())
-      : registry_(std::move(registry)), exposer_(make_exposer(address)) {
+      : registry_(detail::checked_registry(std::move(registry))), exposer_(make_exposer(address)) {
     exposer_->RegisterCollectable(registry_);
   }
 
-  /// The registry served; add metrics (or a MetricsObserver) to it.
-  prometheus::Registry& registry() { return *registry_; }
-  std::shared_ptr<prometheus::Registry> const& shared_registry() const { return registry_; }
+  /// The registry served; give it to a MetricsObserver or add metrics.
+  std::shared_ptr<prometheus::Registry> const& registry() const { return registry_; }
 
   /// Serves another collectable too (held weakly: keep it alive).
   void add(std::weak_ptr<prometheus::Collectable> const& collectable) {

@@ -224,10 +224,11 @@ inline std::optional<TraceContext> trace_call(std::multimap<std::string, std::st
 // Observes a call it does not otherwise touch (a call the retry
 // interceptor does not retry, or any call of observe_interceptor), and
 // gives it a traceparent when tracing is on. The call starts at its first
-// batch, whatever it is: that one carries the initial metadata (and so the
-// trace) except on a stream with corked initial metadata, which may also
-// end before sending any (then call.start has no trace id). The end always
-// comes from a batch started after the first.
+// batch, whatever it is; the end always comes from a batch started after
+// it. The first batch carries the initial metadata, and so the trace,
+// except on a stream with corked initial metadata that reads (or is
+// cancelled) before it writes: its events then carry no trace id, though
+// the metadata, when it goes, still gets a traceparent with tracing on.
 class ObserveInterceptor final : public grpc::experimental::Interceptor {
  public:
   ObserveInterceptor(grpc::experimental::ClientRpcInfo* info, Observer* observer)
@@ -235,14 +236,17 @@ class ObserveInterceptor final : public grpc::experimental::Interceptor {
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
+    bool const sends_metadata =
+        methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA);
+    bool first = false;
     // Batches of one call may come on several threads at once: whichever
     // is first starts the call, and the others wait until it has.
     std::call_once(started_, [&] {
-      if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
-        trace_ = trace_call(methods->GetSendInitialMetadata());
-      }
+      first = true;
+      if (sends_metadata) trace_ = trace_call(methods->GetSendInitialMetadata());
       if (observer_ != nullptr) watch_.start(observer_, method_, trace_id_of(trace_));
     });
+    if (sends_metadata && !first) trace_call(methods->GetSendInitialMetadata());  // on the wire only
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_STATUS)) {
       watch_.end(*methods->GetRecvStatus(), *info_->client_context());
     }
@@ -254,7 +258,7 @@ class ObserveInterceptor final : public grpc::experimental::Interceptor {
   std::string const method_;  // gRPC's name of a generic call lives only as long as the call
   Observer* const observer_;  // may be null: tracing only
   std::once_flag started_;
-  std::optional<TraceContext> trace_;
+  std::optional<TraceContext> trace_;  // written once, in the call_once
   CallWatch watch_;
 };
 
@@ -1002,7 +1006,8 @@ class RetryInterceptorFactory final : public grpc::experimental::ClientIntercept
     if (detail::RetryInterceptor::creating_attempt()) return nullptr;  // an attempt of ours: reported by it
     Observer* const observer = detail::resolve_observer(options_.observer);
     auto observe_only = [&]() -> grpc::experimental::Interceptor* {
-      return observer != nullptr ? new detail::ObserveInterceptor(info, observer) : nullptr;
+      return observer != nullptr || tracing_enabled() ? new detail::ObserveInterceptor(info, observer)
+                                                      : nullptr;
     };
     if (info->type() != grpc::experimental::ClientRpcInfo::Type::UNARY) return observe_only();
     detail::RetryMethod const method = methods_.lookup(info->method());

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <random>
@@ -93,10 +94,11 @@ class TraceContext {
   std::string_view parent_id() const { return {span_.data(), span_.size()}; }
   bool sampled() const { return (flags_ & 0x01) != 0; }
 
-  /// The traceparent header value (version 00).
+  /// The traceparent header value (version 00; of the flags only
+  /// "sampled", which version 00 defines: the others are sent as zero).
   std::string traceparent() const {
     char flags[3];
-    std::snprintf(flags, sizeof flags, "%02x", flags_);
+    std::snprintf(flags, sizeof flags, "%02x", flags_ & 0x01);
     return "00-" + std::string(trace_id()) + "-" + std::string(parent_id()) + "-" + flags;
   }
 
@@ -164,12 +166,24 @@ inline bool tracing_enabled() { return detail::tracing_flag().load(std::memory_o
 inline void set_tracing(bool on) { detail::tracing_flag().store(on, std::memory_order_relaxed); }
 
 /// The trace context a server call came with (its traceparent header), if
-/// valid.
+/// valid. (A traceparent sent more than once is not valid: nullopt.)
 inline std::optional<TraceContext> trace_of(grpc::ServerContextBase const& upstream) {
   auto const& metadata = upstream.client_metadata();
-  auto it = metadata.find(kTraceparentKey);
-  if (it == metadata.end()) return std::nullopt;
-  return TraceContext::parse(std::string_view(it->second.data(), it->second.size()));
+  auto const [first, last] = metadata.equal_range(kTraceparentKey);
+  if (first == last || std::next(first) != last) return std::nullopt;
+  return TraceContext::parse(std::string_view(first->second.data(), first->second.size()));
+}
+
+/// The tracestate a server call came with: its tracestate headers joined
+/// with commas, as W3C Trace Context reads several; "" when none.
+inline std::string tracestate_of(grpc::ServerContextBase const& upstream) {
+  std::string joined;
+  auto const [first, last] = upstream.client_metadata().equal_range(kTracestateKey);
+  for (auto it = first; it != last; ++it) {
+    if (!joined.empty()) joined += ',';
+    joined.append(it->second.data(), it->second.size());
+  }
+  return joined;
 }
 
 namespace detail {

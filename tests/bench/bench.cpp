@@ -29,6 +29,9 @@
 #include "stubkit/stream.hpp"
 #include "stubkit/testing/embedded_server.hpp"
 #include "stubkit/user_client.hpp"
+#if STUBKIT_HAVE_METRICS
+#include "stubkit/metrics.hpp"
+#endif
 
 namespace {
 
@@ -352,6 +355,20 @@ int main(int argc, char** argv) {
     rows.push_back(compare(
         "B10", n + "retry interceptor logging every event vs no observer", rounds,
         [&] { get_users(*retried_logged, calls, false); }, [&] { get_users(*retried, calls, false); }, 1.05));
+#if STUBKIT_HAVE_METRICS
+    // Logs and Prometheus metrics together, as a production client runs.
+    auto both = stubkit::fan_out(
+        {logged, std::make_shared<stubkit::MetricsObserver>(std::make_shared<prometheus::Registry>())});
+    auto retried_both =
+        myservice::v1::UserService::NewStub(grpc::experimental::CreateCustomChannelWithInterceptors(
+            server.address(), creds, grpc::ChannelArguments(), retrying(both)));
+    rows.push_back(compare(
+        "B10", n + "stubkit::call with logs (discarding sink) and metrics vs no observer", rounds,
+        [&] { get_users(*plain, calls, true, both); }, [&] { get_users(*plain, calls, true); }, 1.05));
+    rows.push_back(compare(
+        "B10", n + "retry interceptor with logs and metrics vs no observer", rounds,
+        [&] { get_users(*retried_both, calls, false); }, [&] { get_users(*retried, calls, false); }, 1.05));
+#endif
   }
 
   if (wanted("B5")) {  // B5: deadline overshoot

@@ -5,7 +5,9 @@
 //   stubkit::testing::EmbeddedServerOptions options;
 //   stubkit::testing::ServerMetrics server_metrics(metrics, options);  // before the server starts
 //   stubkit::testing::EmbeddedServer server(options);
-//   server_metrics.watch(server.service());
+//   server_metrics.watch(&server.service());
+//   ...
+//   server_metrics.watch(nullptr);                       // before the service goes
 //
 // Served:
 //   grpc_server_call_started_total, grpc_server_call_duration_seconds
@@ -22,8 +24,8 @@
 #include <prometheus/collectable.h>
 #include <prometheus/metric_family.h>
 
-#include <atomic>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "stubkit/metrics.hpp"
@@ -35,7 +37,8 @@ namespace stubkit::testing {
 class UserServiceCollectable final : public prometheus::Collectable {
  public:
   std::vector<prometheus::MetricFamily> Collect() const override {
-    UserServiceImpl const* service = service_.load(std::memory_order_acquire);
+    std::lock_guard<std::mutex> lock(mu_);  // watch(nullptr) waits for a scrape in progress
+    UserServiceImpl const* service = service_;
     if (service == nullptr) return {};
     return {
         family("stubkit_server_users", "Users stored now.", prometheus::MetricType::Gauge,
@@ -50,9 +53,12 @@ class UserServiceCollectable final : public prometheus::Collectable {
     };
   }
 
-  /// Starts reading `service` (which must outlive this, or be unwatched
-  /// with nullptr first).
-  void watch(UserServiceImpl const* service) { service_.store(service, std::memory_order_release); }
+  /// Starts reading `service`; nullptr stops, and returns once no scrape
+  /// reads the old one. Unwatch before the service is destroyed.
+  void watch(UserServiceImpl const* service) {
+    std::lock_guard<std::mutex> lock(mu_);
+    service_ = service;
+  }
 
  private:
   static prometheus::MetricFamily family(char const* name, char const* help, prometheus::MetricType type,
@@ -71,13 +77,15 @@ class UserServiceCollectable final : public prometheus::Collectable {
     return family;
   }
 
-  std::atomic<UserServiceImpl const*> service_{nullptr};
+  mutable std::mutex mu_;
+  UserServiceImpl const* service_ = nullptr;
 };
 
 /// The server side of `user_server --metrics-port`: every call counted by a
 /// ServerMetricsInterceptorFactory added to `options`, and the service's
 /// gauges, both served by `metrics`. Construct before the server, call
-/// watch() once it runs, and keep this alive as long as both.
+/// watch(&service) once it runs and watch(nullptr) before it is destroyed
+/// (the destructor does too); keep this alive as long as `metrics` serves.
 class ServerMetrics {
  public:
   ServerMetrics(MetricsServer& metrics, EmbeddedServerOptions& options)
@@ -87,7 +95,11 @@ class ServerMetrics {
     metrics.add(gauges_);
   }
 
-  void watch(UserServiceImpl const& service) { gauges_->watch(&service); }
+  ~ServerMetrics() { gauges_->watch(nullptr); }
+  ServerMetrics(ServerMetrics const&) = delete;
+  ServerMetrics& operator=(ServerMetrics const&) = delete;
+
+  void watch(UserServiceImpl const* service) { gauges_->watch(service); }
 
  private:
   std::shared_ptr<ServerMetricsInterceptorFactory> calls_;
