@@ -21,6 +21,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "example.hpp"
 #include "myservice/v1/user.grpc.pb.h"
@@ -109,6 +110,12 @@ int main(int argc, char** argv) {
   ok = ok && value(*client_metrics.registry(),
                    "grpc_client_attempt_started_total" + get_user + "stubkit_source=\"channel\"}") == 8;
   if (server_metrics) {
+    // A call's server side ends a moment after its client has the answer.
+    std::string const server_ok =
+        "grpc_server_call_duration_seconds_count" + get_user + "grpc_status=\"OK\"}";
+    for (int i = 0; i < 200 && value(*server_metrics->registry(), server_ok) < 5; ++i) {
+      std::this_thread::sleep_for(10ms);
+    }
     std::cout << "server:\n";
     print(*server_metrics->registry(), {"grpc_server_call_duration_seconds_count"});
     // The retried call's first attempt failed on the server too: 8 GetUser there.

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 from peers import check, failures, start_server, stop_server
@@ -78,13 +79,18 @@ try:
         url = servers[-1].metrics_url
         r = example("metrics", "--target", address)
         ok("metrics", r, "client, after 7 GetUser", 'grpc_status="UNAVAILABLE",stubkit_source="channel"} 1')
-        scraped = urllib.request.urlopen(url, timeout=10).read().decode()
-        samples = dict(line.rsplit(" ", 1) for line in scraped.splitlines() if line and not line.startswith("#"))
         get_user = 'grpc_server_call_duration_seconds_count{grpc_method="myservice.v1.UserService/GetUser",'
         expected = {get_user + 'grpc_status="OK"}': "5", get_user + 'grpc_status="NOT_FOUND"}': "2",
                     get_user + 'grpc_status="UNAVAILABLE"}': "1", "stubkit_server_users": "30",
                     "stubkit_server_watchers": "0"}
-        wrong = {k: samples.get(k) for k, v in expected.items() if samples.get(k) != v}
+        # A call's server side ends a moment after the client has its answer.
+        for _ in range(50):
+            scraped = urllib.request.urlopen(url, timeout=10).read().decode()
+            samples = dict(line.rsplit(" ", 1) for line in scraped.splitlines() if line and not line.startswith("#"))
+            wrong = {k: samples.get(k) for k, v in expected.items() if samples.get(k) != v}
+            if not wrong:
+                break
+            time.sleep(0.1)
         check(not wrong, f"user_server --metrics-port counted the example's calls (wrong: {wrong})")
     # The same examples a second time on the same server: new ids, same outcome.
     ok("streaming, run again", example("streaming", *remote), "bulk: created 2")

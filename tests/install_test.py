@@ -20,6 +20,7 @@ work.mkdir(parents=True)
 prefix = work / "prefix"
 app = root / "tests" / "consumer" / "app.cpp"  # uses the embedded server
 sdk_app = root / "tests" / "consumer" / "sdk_only.cpp"  # the SDK alone
+metrics_app = root / "tests" / "consumer" / "metrics_app.cpp"  # with Prometheus metrics
 
 
 def run(*cmd, **kw):
@@ -71,6 +72,12 @@ if any("stubkit-google-rpc" in flag or "stubkit_google_rpc" in flag for flag in 
 run("c++", "-std=c++17", own_app, *own_sources, f"-I{own / 'gen'}", "-o", work / "own-pkgconfig",
     *pkg_flags("stubkit-core"), "-lgrpc++_reflection", *pkg_flags("libcrypto"), "-pthread")
 run(work / "own-pkgconfig")
+# Metrics: only where prometheus-cpp is installed (stubkit-metrics exists then).
+have_metrics = subprocess.run(["pkg-config", "--exists", "prometheus-cpp-pull"]).returncode == 0
+if have_metrics:
+    run("c++", "-std=c++17", metrics_app, "-o", work / "metrics-pkgconfig", *pkg_flags("stubkit-metrics"),
+        "-pthread")
+    run(work / "metrics-pkgconfig")
 
 # CMake: stubkit::stubkit for the SDK, stubkit::testing with the embedded server.
 cmake_project = work / "cmake-project"
@@ -78,6 +85,7 @@ cmake_project.mkdir()
 shutil.copy(app, cmake_project / "app.cpp")
 shutil.copy(sdk_app, cmake_project / "sdk_only.cpp")
 shutil.copy(own_app, cmake_project / "own_rpc.cpp")
+shutil.copy(metrics_app, cmake_project / "metrics_app.cpp")
 (cmake_project / "CMakeLists.txt").write_text(
     "cmake_minimum_required(VERSION 3.16)\n"
     "project(stubkit_cmake_consumer CXX)\n"
@@ -88,7 +96,9 @@ shutil.copy(own_app, cmake_project / "own_rpc.cpp")
     "target_link_libraries(app PRIVATE stubkit::testing)\n"
     f"add_executable(own_rpc own_rpc.cpp {' '.join(map(str, own_sources))})\n"
     f"target_include_directories(own_rpc PRIVATE {own / 'gen'})\n"
-    "target_link_libraries(own_rpc PRIVATE stubkit::core grpc++_reflection crypto)\n")
+    "target_link_libraries(own_rpc PRIVATE stubkit::core grpc++_reflection crypto)\n"
+    + ("add_executable(metrics_app metrics_app.cpp)\n"
+       "target_link_libraries(metrics_app PRIVATE stubkit::metrics)\n" if have_metrics else ""))
 # Ninja, which the build already needs: Debian's cmake does not pull in
 # make, and a minimal machine has none.
 run("cmake", "-G", "Ninja", "-S", cmake_project, "-B", work / "cmake-build", f"-DCMAKE_PREFIX_PATH={prefix}")
@@ -98,5 +108,7 @@ if "grpc++_reflection" in (work / "cmake-build" / "build.ninja").read_text().spl
 run(work / "cmake-build" / "sdk_only")
 run(work / "cmake-build" / "app")
 run(work / "cmake-build" / "own_rpc")
+if have_metrics:
+    run(work / "cmake-build" / "metrics_app")
 print("install: the installed stubkit builds and runs with pkg-config and with CMake: the SDK alone, with "
-      "the embedded server, and beside the program's own google.rpc")
+      "the embedded server, beside the program's own google.rpc, and with Prometheus metrics")

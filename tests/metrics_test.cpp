@@ -100,6 +100,17 @@ std::string http_get_metrics(int port) {
   return response.substr(body + 4);
 }
 
+// The server calls whose end was recorded: the sum of the duration
+// histograms' counts. A call's server side ends a moment after its client
+// has the answer, so tests wait for this to reach what they made.
+double server_calls_ended(std::map<std::string, double> const& samples) {
+  double sum = 0;
+  for (auto const& [series, value] : samples) {
+    if (series.rfind("grpc_server_call_duration_seconds_count{", 0) == 0) sum += value;
+  }
+  return sum;
+}
+
 int port_of(std::string const& url) {
   auto const colon = url.rfind(':');
   return std::atoi(url.c_str() + colon + 1);
@@ -251,19 +262,17 @@ TEST_SUITE("metrics") {
                         [&done](grpc::Status status) { done.set_value(status); });
       CHECK(done.get_future().get().error_code() == StatusCode::UNIMPLEMENTED);
     }
-    // The server's side of a call ends when its handler returns: wait for it.
-    auto ended = [&](std::map<std::string, double> const& s) {
-      return sample(s, "grpc_server_call_duration_seconds_count",
-                    {{"grpc_method", kGetUser}, {"grpc_status", "CANCELLED"}}) == 1 &&
-             sample(s, "grpc_server_call_duration_seconds_count",
-                    {{"grpc_method", kGetUser}, {"grpc_status", "DEADLINE_EXCEEDED"}}) == 1;
-    };
+    // 4 GetUser, 2 CreateUser, 3 made up: wait until the server ended all.
     std::map<std::string, double> s = collect(*registry);
-    for (int i = 0; i < 300 && !ended(s); ++i) {
+    for (int i = 0; i < 500 && server_calls_ended(s) < 9; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
       s = collect(*registry);
     }
-    CHECK(ended(s));
+    CHECK(server_calls_ended(s) == 9);
+    CHECK(sample(s, "grpc_server_call_duration_seconds_count",
+                 {{"grpc_method", kGetUser}, {"grpc_status", "CANCELLED"}}) == 1);
+    CHECK(sample(s, "grpc_server_call_duration_seconds_count",
+                 {{"grpc_method", kGetUser}, {"grpc_status", "DEADLINE_EXCEEDED"}}) == 1);
     CHECK(sample(s, "grpc_server_call_started_total", {{"grpc_method", kGetUser}}) == 4);
     CHECK(sample(s, "grpc_server_call_started_total", {{"grpc_method", kCreateUser}}) == 2);
     CHECK(sample(s, "grpc_server_call_duration_seconds_count",
@@ -317,7 +326,13 @@ TEST_SUITE("metrics") {
     REQUIRE(watch->Read(&first));  // the heartbeat at start: the stream is open
 
     auto const client = parse(http_get_metrics(client_metrics.port()));
-    auto const served = parse(http_get_metrics(server_port));
+    auto served = parse(http_get_metrics(server_port));
+    double const made = found + missing + created;
+    for (int i = 0; i < 500 && server_calls_ended(served) < made; ++i) {  // the watch is still open
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      served = parse(http_get_metrics(server_port));
+    }
+    CHECK(server_calls_ended(served) == made);
     for (auto const& [method, code, count] : std::vector<std::tuple<std::string, std::string, int>>{
              {kGetUser, "OK", found}, {kGetUser, "NOT_FOUND", missing}, {kCreateUser, "OK", created}}) {
       CAPTURE(method);
