@@ -111,6 +111,15 @@ double server_calls_ended(std::map<std::string, double> const& samples) {
   return sum;
 }
 
+// Options of a stubkit::call counted into `registry`, retried without waits.
+stubkit::CallOptions counted(std::shared_ptr<prometheus::Registry> const& registry) {
+  stubkit::CallOptions options;
+  options.observer = std::make_shared<stubkit::MetricsObserver>(registry);
+  options.retry = stubkit::RetryPolicy::standard();
+  options.clock.sleep = [](std::chrono::milliseconds) {};
+  return options;
+}
+
 int port_of(std::string const& url) {
   auto const colon = url.rfind(':');
   return std::atoi(url.c_str() + colon + 1);
@@ -123,10 +132,7 @@ TEST_SUITE("metrics") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
     auto registry = std::make_shared<prometheus::Registry>();
-    stubkit::CallOptions options;
-    options.observer = std::make_shared<stubkit::MetricsObserver>(registry);
-    options.retry = stubkit::RetryPolicy::standard();
-    options.clock.sleep = [](std::chrono::milliseconds) {};
+    stubkit::CallOptions options = counted(registry);
     f.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE, "backend down");
     auto result = stubkit::call(*f.stub, &UserService::Stub::GetUser, get_request("ada"), options);
     REQUIRE(result.ok());
@@ -182,11 +188,8 @@ TEST_SUITE("metrics") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
     auto registry = std::make_shared<prometheus::Registry>();
-    stubkit::CallOptions options;
-    options.observer = std::make_shared<stubkit::MetricsObserver>(registry);
-    options.retry = stubkit::RetryPolicy::standard();
+    stubkit::CallOptions options = counted(registry);
     options.retry->max_attempts = 2;
-    options.clock.sleep = [](std::chrono::milliseconds) {};
     options.throttle = std::make_shared<stubkit::RetryThrottle>(4, 1.0);  // refuses below 2 tokens
     // Two attempts fail (4 -> 2 tokens: refusing), then one not retried.
     f.server.faults().fail_next("GetUser", 3, StatusCode::UNAVAILABLE);

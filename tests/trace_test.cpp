@@ -132,6 +132,10 @@ struct Serve {
     REQUIRE(server != nullptr);
   }
   std::string address() const { return "127.0.0.1:" + std::to_string(port); }
+  // A stub on a plain channel to it.
+  std::unique_ptr<UserService::Stub> stub() const {
+    return UserService::NewStub(grpc::CreateChannel(address(), grpc::InsecureChannelCredentials()));
+  }
   int port = 0;
   std::unique_ptr<grpc::Server> server;
 };
@@ -146,6 +150,11 @@ struct LogLines {
       lines.emplace_back(line);
     };
     return std::make_shared<stubkit::LogObserver>(options);
+  }
+  stubkit::CallOptions call_options() {
+    stubkit::CallOptions options;
+    options.observer = observer();
+    return options;
   }
   std::set<std::string> trace_ids() {
     std::lock_guard<std::mutex> lock(mu);
@@ -282,8 +291,7 @@ TEST_SUITE("trace") {
     Serve back_server(&back);
     Front front(grpc::CreateChannel(back_server.address(), grpc::InsecureChannelCredentials()));
     Serve front_server(&front);
-    auto stub =
-        UserService::NewStub(grpc::CreateChannel(front_server.address(), grpc::InsecureChannelCredentials()));
+    auto stub = front_server.stub();
     myservice::v1::User user;
     REQUIRE(stub->GetUser(context().get(), get_request("ada"), &user).ok());
     CHECK(back.seen().at(0).empty());
@@ -300,11 +308,9 @@ TEST_SUITE("trace") {
     Tracing tracing(false);
     Back back(/*fail_first=*/2);
     Serve server(&back);
-    auto stub =
-        UserService::NewStub(grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+    auto stub = server.stub();
     LogLines log;
-    stubkit::CallOptions options;
-    options.observer = log.observer();
+    stubkit::CallOptions options = log.call_options();
     options.retry = stubkit::RetryPolicy::standard();
     options.clock.sleep = [](std::chrono::milliseconds) {};
     std::string expected;
@@ -333,11 +339,9 @@ TEST_SUITE("trace") {
     Tracing off(false);
     Back back;
     Serve server(&back);
-    auto stub =
-        UserService::NewStub(grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+    auto stub = server.stub();
     LogLines log;
-    stubkit::CallOptions options;
-    options.observer = log.observer();
+    stubkit::CallOptions options = log.call_options();
     REQUIRE(stubkit::call(*stub, &UserService::Stub::GetUser, get_request("ada"), options).ok());
     CHECK(back.seen().at(0).empty());
     CHECK(log.trace_ids() == std::set<std::string>{""});
@@ -414,8 +418,7 @@ TEST_SUITE("trace") {
     }
     Relay relay(grpc::CreateChannel(back_server.address(), grpc::InsecureChannelCredentials()), options);
     Serve relay_server(&relay);
-    auto stub =
-        UserService::NewStub(grpc::CreateChannel(relay_server.address(), grpc::InsecureChannelCredentials()));
+    auto stub = relay_server.stub();
     auto ctx = context();
     if (traced_upstream) {
       ctx->AddMetadata("traceparent", kValid);
