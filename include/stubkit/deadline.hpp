@@ -115,9 +115,10 @@ struct ChildContextOptions {
 /// A ClientContext for a call made while serving `upstream`: its deadline
 /// is the upstream deadline minus `reserve`, and (by default) it is
 /// cancelled when the upstream call is cancelled, through gRPC's own
-/// propagation; and (by default) it carries the upstream trace. Fails with DEADLINE_EXCEEDED "Insufficient
-/// time" when less than `min_remaining` is left. An upstream call without a deadline gives a child without
-/// one.
+/// propagation; and (by default) it carries the upstream trace. Fails
+/// with DEADLINE_EXCEEDED "Insufficient time" when less than
+/// `min_remaining` is left. An upstream call without a deadline gives a
+/// child without one.
 inline Result<std::unique_ptr<grpc::ClientContext>> child_context(grpc::ServerContextBase const& upstream,
                                                                   ChildContextOptions const& options = {}) {
   auto const deadline = upstream.deadline();

@@ -149,6 +149,18 @@ class MetricCache {
   std::unordered_map<std::string, Metric*> metrics_;
 };
 
+// A family registered in `registry`, with its cache of metrics by labels.
+inline MetricCache<prometheus::Counter> counter_family(prometheus::Registry& registry, char const* name,
+                                                       char const* help, std::vector<std::string> labels) {
+  return {prometheus::BuildCounter().Name(name).Help(help).Register(registry), std::move(labels)};
+}
+
+inline MetricCache<prometheus::Histogram> histogram_family(prometheus::Registry& registry, char const* name,
+                                                           char const* help,
+                                                           std::vector<std::string> labels) {
+  return {prometheus::BuildHistogram().Name(name).Help(help).Register(registry), std::move(labels)};
+}
+
 }  // namespace detail
 
 /// An Observer that counts stubkit's events into a prometheus-cpp registry
@@ -162,36 +174,41 @@ class MetricsObserver final : public Observer {
   explicit MetricsObserver(std::shared_ptr<prometheus::Registry> registry_in, MetricsOptions options = {})
       : keep_(detail::checked_registry(std::move(registry_in))),
         buckets_(detail::checked_buckets(std::move(options.latency_buckets))),
-        attempts_started_(counter(*keep_, "grpc_client_attempt_started_total", "Attempts started, by method.",
-                                  {"grpc_method", "stubkit_source"})),
-        attempt_duration_(histogram(*keep_, "grpc_client_attempt_duration_seconds",
-                                    "Time from an attempt's start to its end, by method and status.",
-                                    {"grpc_method", "grpc_status", "stubkit_source"})),
-        call_duration_(histogram(*keep_, "grpc_client_call_duration_seconds",
-                                 "Time from a call's start to its end, attempts and waits included.",
-                                 {"grpc_method", "grpc_status", "stubkit_source"})),
-        retries_(counter(*keep_, "stubkit_client_retries_total",
-                         "Retries, by method and the status of the attempt that failed.",
-                         {"grpc_method", "grpc_status", "stubkit_source"})),
-        give_ups_(counter(*keep_, "stubkit_client_give_ups_total",
-                          "Failed attempts that were not retried, by method and reason.",
-                          {"grpc_method", "reason", "stubkit_source"})),
-        throttle_changes_(counter(*keep_, "stubkit_client_retry_throttle_changes_total",
-                                  "Retry throttles starting to refuse or to allow retries.", {"state"})),
-        pages_(counter(*keep_, "stubkit_client_pages_total",
-                       "Pages fetched (or failed), by method and status.",
-                       {"grpc_method", "grpc_status", "stubkit_source"})),
-        page_items_(counter(*keep_, "stubkit_client_page_items_total", "Items in the pages fetched.",
-                            {"grpc_method", "stubkit_source"})),
-        streams_(counter(*keep_, "stubkit_client_streams_total", "Streams ended, by method and status.",
-                         {"grpc_method", "grpc_status", "stubkit_source"})),
-        stream_messages_(counter(*keep_, "stubkit_client_stream_messages_total",
-                                 "Messages read or written by the streams that ended.",
-                                 {"grpc_method", "stubkit_source"})),
-        resumes_(
-            counter(*keep_, "stubkit_client_stream_resumes_total",
-                    "Resumable watches reconnecting, by method and the status that ended the connection.",
-                    {"grpc_method", "grpc_status", "stubkit_source"})) {}
+        attempts_started_(detail::counter_family(*keep_, "grpc_client_attempt_started_total",
+                                                 "Attempts started, by method.",
+                                                 {"grpc_method", "stubkit_source"})),
+        attempt_duration_(
+            detail::histogram_family(*keep_, "grpc_client_attempt_duration_seconds",
+                                     "Time from an attempt's start to its end, by method and status.",
+                                     {"grpc_method", "grpc_status", "stubkit_source"})),
+        call_duration_(
+            detail::histogram_family(*keep_, "grpc_client_call_duration_seconds",
+                                     "Time from a call's start to its end, attempts and waits included.",
+                                     {"grpc_method", "grpc_status", "stubkit_source"})),
+        retries_(detail::counter_family(*keep_, "stubkit_client_retries_total",
+                                        "Retries, by method and the status of the attempt that failed.",
+                                        {"grpc_method", "grpc_status", "stubkit_source"})),
+        give_ups_(detail::counter_family(*keep_, "stubkit_client_give_ups_total",
+                                         "Failed attempts that were not retried, by method and reason.",
+                                         {"grpc_method", "reason", "stubkit_source"})),
+        throttle_changes_(detail::counter_family(*keep_, "stubkit_client_retry_throttle_changes_total",
+                                                 "Retry throttles starting to refuse or to allow retries.",
+                                                 {"state"})),
+        pages_(detail::counter_family(*keep_, "stubkit_client_pages_total",
+                                      "Pages fetched (or failed), by method and status.",
+                                      {"grpc_method", "grpc_status", "stubkit_source"})),
+        page_items_(detail::counter_family(*keep_, "stubkit_client_page_items_total",
+                                           "Items in the pages fetched.", {"grpc_method", "stubkit_source"})),
+        streams_(detail::counter_family(*keep_, "stubkit_client_streams_total",
+                                        "Streams ended, by method and status.",
+                                        {"grpc_method", "grpc_status", "stubkit_source"})),
+        stream_messages_(detail::counter_family(*keep_, "stubkit_client_stream_messages_total",
+                                                "Messages read or written by the streams that ended.",
+                                                {"grpc_method", "stubkit_source"})),
+        resumes_(detail::counter_family(
+            *keep_, "stubkit_client_stream_resumes_total",
+            "Resumable watches reconnecting, by method and the status that ended the connection.",
+            {"grpc_method", "grpc_status", "stubkit_source"})) {}
 
   void on_event(Event const& e) override {
     auto const method = detail::metric_method(e.method);
@@ -236,17 +253,6 @@ class MetricsObserver final : public Observer {
   }
 
  private:
-  static detail::MetricCache<prometheus::Counter> counter(prometheus::Registry& registry, char const* name,
-                                                          char const* help, std::vector<std::string> labels) {
-    return {prometheus::BuildCounter().Name(name).Help(help).Register(registry), std::move(labels)};
-  }
-
-  static detail::MetricCache<prometheus::Histogram> histogram(prometheus::Registry& registry,
-                                                              char const* name, char const* help,
-                                                              std::vector<std::string> labels) {
-    return {prometheus::BuildHistogram().Name(name).Help(help).Register(registry), std::move(labels)};
-  }
-
   std::shared_ptr<prometheus::Registry> const keep_;  // first: the families below live in it
   prometheus::Histogram::BucketBoundaries const buckets_;
   detail::MetricCache<prometheus::Counter> attempts_started_;
@@ -271,10 +277,10 @@ namespace detail {
 // POST_RECV_CLOSE, which comes once the call is over, else when the
 // interceptor goes. Never throws: a metric that cannot be recorded is
 // dropped.
-template <typename Cache>
 class ServerMetricsInterceptor final : public grpc::experimental::Interceptor {
  public:
-  ServerMetricsInterceptor(grpc::experimental::ServerRpcInfo* info, std::string_view method, Cache* duration,
+  ServerMetricsInterceptor(grpc::experimental::ServerRpcInfo* info, std::string_view method,
+                           MetricCache<prometheus::Histogram>* duration,
                            prometheus::Histogram::BucketBoundaries const* buckets)
       : info_(info),
         method_(method),
@@ -319,7 +325,7 @@ class ServerMetricsInterceptor final : public grpc::experimental::Interceptor {
 
   grpc::experimental::ServerRpcInfo* const info_;
   std::string const method_;
-  Cache* const duration_;
+  MetricCache<prometheus::Histogram>* const duration_;
   prometheus::Histogram::BucketBoundaries const* const buckets_;
   std::chrono::steady_clock::time_point const start_;
   std::atomic<int> sent_{-1};  // the status code the handler sent; a handler thread writes it
@@ -341,23 +347,17 @@ class ServerMetricsInterceptorFactory final : public grpc::experimental::ServerI
                                            MetricsOptions options = {})
       : keep_(detail::checked_registry(std::move(registry))),
         buckets_(detail::checked_buckets(std::move(options.latency_buckets))),
-        started_(prometheus::BuildCounter()
-                     .Name("grpc_server_call_started_total")
-                     .Help("Calls the server started, by method.")
-                     .Register(*keep_),
-                 {"grpc_method"}),
-        duration_(prometheus::BuildHistogram()
-                      .Name("grpc_server_call_duration_seconds")
-                      .Help("Time from a call's start to its end, by method and status.")
-                      .Register(*keep_),
-                  {"grpc_method", "grpc_status"}) {}
+        started_(detail::counter_family(*keep_, "grpc_server_call_started_total",
+                                        "Calls the server started, by method.", {"grpc_method"})),
+        duration_(detail::histogram_family(*keep_, "grpc_server_call_duration_seconds",
+                                           "Time from a call's start to its end, by method and status.",
+                                           {"grpc_method", "grpc_status"})) {}
 
   grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
     try {
       std::string_view const method = detail::server_metric_method(info->method());
       started_.get({method}).Increment();
-      return new detail::ServerMetricsInterceptor<detail::MetricCache<prometheus::Histogram>>(
-          info, method, &duration_, &buckets_);
+      return new detail::ServerMetricsInterceptor(info, method, &duration_, &buckets_);
     } catch (...) {
       return nullptr;  // this call goes uncounted; it goes on
     }

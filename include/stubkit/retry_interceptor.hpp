@@ -262,6 +262,13 @@ class ObserveInterceptor final : public grpc::experimental::Interceptor {
   CallWatch watch_;
 };
 
+// An ObserveInterceptor for a call, when there is anything to do: an
+// observer to tell, or tracing to add.
+inline grpc::experimental::Interceptor* observe_only(grpc::experimental::ClientRpcInfo* info,
+                                                     Observer* observer) {
+  return observer != nullptr || tracing_enabled() ? new ObserveInterceptor(info, observer) : nullptr;
+}
+
 // What the interceptor knows about a method, looked up once per method.
 struct RetryMethod {
   bool known = false;                // in the generated descriptor pool
@@ -1005,13 +1012,11 @@ class RetryInterceptorFactory final : public grpc::experimental::ClientIntercept
   grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo* info) override {
     if (detail::RetryInterceptor::creating_attempt()) return nullptr;  // an attempt of ours: reported by it
     Observer* const observer = detail::resolve_observer(options_.observer);
-    auto observe_only = [&]() -> grpc::experimental::Interceptor* {
-      return observer != nullptr || tracing_enabled() ? new detail::ObserveInterceptor(info, observer)
-                                                      : nullptr;
-    };
-    if (info->type() != grpc::experimental::ClientRpcInfo::Type::UNARY) return observe_only();
+    if (info->type() != grpc::experimental::ClientRpcInfo::Type::UNARY)
+      return detail::observe_only(info, observer);
     detail::RetryMethod const method = methods_.lookup(info->method());
-    if (!method.known || (!method.declared_idempotent && method.request_id_field == 0)) return observe_only();
+    if (!method.known || (!method.declared_idempotent && method.request_id_field == 0))
+      return detail::observe_only(info, observer);
     return new detail::RetryInterceptor(info, method, options_, observer);
   }
 
@@ -1033,9 +1038,7 @@ class ObserveInterceptorFactory final : public grpc::experimental::ClientInterce
       : observer_(std::move(observer)) {}
 
   grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo* info) override {
-    Observer* const observer = detail::resolve_observer(observer_);
-    return observer != nullptr || tracing_enabled() ? new detail::ObserveInterceptor(info, observer)
-                                                    : nullptr;
+    return detail::observe_only(info, detail::resolve_observer(observer_));
   }
 
  private:
