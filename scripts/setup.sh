@@ -11,6 +11,7 @@ packages=(
   libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libabsl-dev grpc-proto
   libssl-dev                        # HMAC-SHA256 page tokens of the embedded UserService
   prometheus-cpp-dev                # stubkit/metrics.hpp and user_server --metrics-port (optional for users)
+  libasio-dev                       # stubkit/asio.hpp: co_await with asio::use_awaitable (optional for users)
   doctest-dev libtrompeloeil-cpp-dev
   python3-grpcio python3-protobuf   # the reference Python client, run as a real peer in tests
 )

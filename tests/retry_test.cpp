@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "stubkit/async.hpp"
 #include "stubkit/deadline.hpp"
 #include "support.hpp"
 
@@ -38,6 +39,73 @@ struct FakeTime {
   }
 };
 
+// The retry rules hold whichever way a call is made: the cases below run
+// once through each driver.
+template <typename Request>
+struct Rpc;
+template <>
+struct Rpc<myservice::v1::GetUserRequest> {
+  static constexpr auto sync = &Stub::GetUser;
+  static constexpr stubkit::AsyncUnaryMethod<class Stub::async, myservice::v1::GetUserRequest, User> async =
+      &Stub::async::GetUser;
+};
+template <>
+struct Rpc<myservice::v1::CreateUserRequest> {
+  static constexpr auto sync = &Stub::CreateUser;
+  static constexpr stubkit::AsyncUnaryMethod<class Stub::async, myservice::v1::CreateUserRequest,
+                                             myservice::v1::CreateUserResponse>
+      async = &Stub::async::CreateUser;
+};
+
+// stubkit::call: attempts and sleeps on the caller's thread.
+struct BlockingCall {
+  template <typename Request>
+  static auto call(Stub& stub, Request const& request, stubkit::CallOptions const& options) {
+    return stubkit::call(stub, Rpc<Request>::sync, request, options);
+  }
+};
+
+// stubkit::async_call: attempts on gRPC's callback API; an injected sleeper
+// becomes the async call's schedule (it records the wait and goes on at once).
+struct AsyncCall {
+  template <typename Request>
+  static auto call(Stub& stub, Request const& request, stubkit::CallOptions options) {
+    if (options.clock.sleep && !options.schedule) {
+      options.schedule = [sleep = options.clock.sleep](std::chrono::milliseconds delay,
+                                                       std::function<void()> done) {
+        sleep(delay);
+        done();
+      };
+    }
+    auto future =
+        stubkit::async_call(stub, Rpc<Request>::async, request, std::move(options), stubkit::use_future);
+    REQUIRE(future.wait_for(60s) == std::future_status::ready);
+    return future.get();
+  }
+};
+
+// A case of the table: its body runs once per driver.
+struct Driver {
+  char const* name;
+  bool async;
+  template <typename Request>
+  auto call(Stub& stub, Request const& request, stubkit::CallOptions const& options) const {
+    return async ? AsyncCall::call(stub, request, options) : BlockingCall::call(stub, request, options);
+  }
+};
+constexpr Driver kDrivers[] = {{"stubkit::call", false}, {"stubkit::async_call", true}};
+
+#define RETRY_CASE_WITH(title, body)        \
+  static void body(Driver const& driver);   \
+  TEST_CASE(title) {                        \
+    for (Driver const& driver : kDrivers) { \
+      CAPTURE(driver.name);                 \
+      body(driver);                         \
+    }                                       \
+  }                                         \
+  static void body(Driver const& driver)
+#define RETRY_CASE(title) RETRY_CASE_WITH(title, DOCTEST_CAT(retry_case_, __LINE__))
+
 stubkit::CallOptions retrying(FakeTime& time, stubkit::RetryReport* report = nullptr) {
   stubkit::CallOptions options;
   options.retry = stubkit::RetryPolicy::standard();
@@ -49,13 +117,13 @@ stubkit::CallOptions retrying(FakeTime& time, stubkit::RetryReport* report = nul
 }  // namespace
 
 TEST_SUITE("retry") {
-  TEST_CASE("a call succeeds after N UNAVAILABLE, and the server sees the attempt number") {
+  RETRY_CASE("a call succeeds after N UNAVAILABLE, and the server sees the attempt number") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
     f.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
     FakeTime time;
     stubkit::RetryReport report;
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), retrying(time, &report));
+    auto user = driver.call(*f.stub, get_request("ada"), retrying(time, &report));
     REQUIRE(user.ok());
     CHECK(user->email() == "ada@example.com");
     CHECK(f.server.faults().calls("GetUser") == 3);
@@ -64,7 +132,7 @@ TEST_SUITE("retry") {
     CHECK(f.server.faults().attempt_headers("GetUser") == std::vector<std::string>{"", "1", "2"});
   }
 
-  TEST_CASE("trailers hold the trailing metadata of the last attempt only") {
+  RETRY_CASE("trailers hold the trailing metadata of the last attempt only") {
     stubkit::testing::EmbeddedServerOptions options;
     options.service.server_id = "backend-2";
     ServerFixture f(options);
@@ -74,7 +142,7 @@ TEST_SUITE("retry") {
     std::multimap<std::string, std::string> trailers{{"stale", "entry"}};
     auto call = retrying(time);
     call.trailers = &trailers;
-    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), call).ok());
+    REQUIRE(driver.call(*f.stub, get_request("ada"), call).ok());
     CHECK(time.sleeps == std::vector<std::chrono::milliseconds>{10ms});  // the first attempt had pushback
     CHECK(trailers.count("grpc-retry-pushback-ms") == 0);
     CHECK(trailers.count("stale") == 0);
@@ -82,7 +150,7 @@ TEST_SUITE("retry") {
     CHECK(trailers.find("stubkit-server-id")->second == "backend-2");
   }
 
-  TEST_CASE("wait_for_ready waits for a backend that is not up yet; without it the call fails at once") {
+  RETRY_CASE("wait_for_ready waits for a backend that is not up yet; without it the call fails at once") {
     int port = 0;
     {
       stubkit::testing::EmbeddedServer probe(tcp_options());
@@ -92,7 +160,7 @@ TEST_SUITE("retry") {
     auto stub = UserService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
     stubkit::CallOptions options;
     options.timeout = 10s;
-    auto const fail_fast = stubkit::call(*stub, &Stub::GetUser, get_request("ada"), options);
+    auto const fail_fast = driver.call(*stub, get_request("ada"), options);
     REQUIRE_FALSE(fail_fast.ok());
     CHECK(fail_fast.error().code() == StatusCode::UNAVAILABLE);
 
@@ -104,20 +172,20 @@ TEST_SUITE("retry") {
       server_options.listen_address = address;
       late = std::make_unique<stubkit::testing::EmbeddedServer>(server_options);
     });
-    auto const waited = stubkit::call(*stub, &Stub::GetUser, get_request("ada"), options);
+    auto const waited = driver.call(*stub, get_request("ada"), options);
     starter.join();
     REQUIRE_FALSE(waited.ok());
     CHECK(waited.error().code() == StatusCode::NOT_FOUND);  // it reached the late server
   }
 
-  TEST_CASE("retries stop at max_attempts with the last status") {
+  RETRY_CASE("retries stop at max_attempts with the last status") {
     ServerFixture f;
     f.server.faults().fail_next("GetUser", 10, StatusCode::UNAVAILABLE, "still down");
     FakeTime time;
     stubkit::RetryReport report;
     auto options = retrying(time, &report);
     options.retry->max_attempts = 3;
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);
+    auto user = driver.call(*f.stub, get_request("ada"), options);
     REQUIRE_FALSE(user.ok());
     CHECK(user.error().is<stubkit::Unavailable>());
     CHECK(user.error().message() == "still down");
@@ -125,75 +193,74 @@ TEST_SUITE("retry") {
     CHECK(report.stop_reason == "max_attempts reached");
   }
 
-  TEST_CASE("codes outside the policy are not retried") {
+  RETRY_CASE("codes outside the policy are not retried") {
     ServerFixture f;
     FakeTime time;
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("nobody"), retrying(time));
+    auto user = driver.call(*f.stub, get_request("nobody"), retrying(time));
     CHECK(user.error().is<stubkit::NotFound>());
     CHECK(f.server.faults().calls("GetUser") == 1);
     CHECK(time.sleeps.empty());
   }
 
-  TEST_CASE("a non-idempotent CreateUser without request_id is attempted exactly once") {
+  RETRY_CASE("a non-idempotent CreateUser without request_id is attempted exactly once") {
     ServerFixture f;
     f.server.faults().fail_after_next("CreateUser", 1, StatusCode::UNAVAILABLE);
     FakeTime time;
     stubkit::RetryReport report;
     myservice::v1::CreateUserRequest request;
     request.mutable_user()->set_id("ada");
-    auto created = stubkit::call(*f.stub, &Stub::CreateUser, request, retrying(time, &report));
+    auto created = driver.call(*f.stub, request, retrying(time, &report));
     CHECK(created.error().is<stubkit::Unavailable>());
     CHECK(f.server.faults().calls("CreateUser") == 1);
     CHECK(report.stop_reason.find("not idempotent") != std::string::npos);
   }
 
-  TEST_CASE("CreateUser with a request_id is retried after a lost reply and creates no duplicate") {
+  RETRY_CASE("CreateUser with a request_id is retried after a lost reply and creates no duplicate") {
     ServerFixture f;
     f.server.faults().fail_after_next("CreateUser", 2, StatusCode::UNAVAILABLE);
     FakeTime time;
     myservice::v1::CreateUserRequest request;
     request.mutable_user()->set_display_name("no id: the server assigns one");
     request.set_request_id("req-42");
-    auto created = stubkit::call(*f.stub, &Stub::CreateUser, request, retrying(time));
+    auto created = driver.call(*f.stub, request, retrying(time));
     REQUIRE(created.ok());
     CHECK_FALSE(created->user().id().empty());
     CHECK(f.server.faults().calls("CreateUser") == 3);
     CHECK(f.server.service().user_count() == 1);
   }
 
-  TEST_CASE("the caller can mark a call idempotent, or not") {
+  RETRY_CASE("the caller can mark a call idempotent, or not") {
     ServerFixture f;
     FakeTime time;
     f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
     auto options = retrying(time);
     options.idempotent = false;
-    CHECK(
-        stubkit::call(*f.stub, &Stub::GetUser, get_request("x"), options).error().is<stubkit::Unavailable>());
+    CHECK(driver.call(*f.stub, get_request("x"), options).error().is<stubkit::Unavailable>());
     CHECK(f.server.faults().calls("GetUser") == 1);
   }
 
-  TEST_CASE("a RetryInfo delay from the server replaces the backoff") {
+  RETRY_CASE("a RetryInfo delay from the server replaces the backoff") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
     f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE, "busy", 700ms);
     FakeTime time;
-    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), retrying(time)).ok());
+    REQUIRE(driver.call(*f.stub, get_request("ada"), retrying(time)).ok());
     CHECK(time.sleeps == std::vector<std::chrono::milliseconds>{700ms});
   }
 
-  TEST_CASE("grpc-retry-pushback-ms sets the delay; negative or malformed stops retrying") {
+  RETRY_CASE("grpc-retry-pushback-ms sets the delay; negative or malformed stops retrying") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
     FakeTime time;
     f.server.faults().fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, "250");
-    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), retrying(time)).ok());
+    REQUIRE(driver.call(*f.stub, get_request("ada"), retrying(time)).ok());
     CHECK(time.sleeps == std::vector<std::chrono::milliseconds>{250ms});
 
     for (std::string bad : {"-1", "soon", ""}) {
       f.server.faults().fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, bad);
       auto const before = f.server.faults().calls("GetUser");
       stubkit::RetryReport report;
-      auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), retrying(time, &report));
+      auto user = driver.call(*f.stub, get_request("ada"), retrying(time, &report));
       if (bad.empty()) {  // an empty trailer is no pushback at all: retried
         CHECK(user.ok());
         continue;
@@ -204,7 +271,7 @@ TEST_SUITE("retry") {
     }
   }
 
-  TEST_CASE("hostile pushback and RetryInfo values give bounded waits") {
+  RETRY_CASE("hostile pushback and RetryInfo values give bounded waits") {
     using stubkit::kMaxServerRetryDelay;
     auto pushback = [](std::string value) {
       std::multimap<grpc::string_ref, grpc::string_ref> trailers;
@@ -239,7 +306,7 @@ TEST_SUITE("retry") {
     FakeTime time;
     f.server.faults().fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, "9999999999999");
     stubkit::RetryReport capped_report;
-    auto capped = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), retrying(time, &capped_report));
+    auto capped = driver.call(*f.stub, get_request("ada"), retrying(time, &capped_report));
     REQUIRE_MESSAGE(capped.ok(), capped_report.stop_reason);
     CHECK(time.sleeps == std::vector<std::chrono::milliseconds>{kMaxServerRetryDelay});
     // With a deadline nearer than the cap, the call stops instead of waiting.
@@ -248,20 +315,18 @@ TEST_SUITE("retry") {
     options.timeout = 2s;
     stubkit::RetryReport report;
     options.report = &report;
-    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options)
-              .error()
-              .is<stubkit::Unavailable>());
+    CHECK(driver.call(*f.stub, get_request("ada"), options).error().is<stubkit::Unavailable>());
     CHECK(report.stop_reason == "the deadline would pass before the next attempt");
   }
 
-  TEST_CASE("user callbacks that throw end stubkit::call with UNKNOWN naming them") {
+  RETRY_CASE("user callbacks that throw end the call with UNKNOWN naming them") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
     FakeTime time;
     f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
     auto options = retrying(time);
     options.on_retry = [](stubkit::RetryEvent const&) { throw std::runtime_error("observer broke"); };
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);
+    auto user = driver.call(*f.stub, get_request("ada"), options);
     REQUIRE_FALSE(user.ok());
     CHECK(user.error().code() == StatusCode::UNKNOWN);
     CHECK(user.error().message().find("observer broke") != std::string::npos);
@@ -269,7 +334,7 @@ TEST_SUITE("retry") {
     options = retrying(time);
     options.timeout = 1s;
     options.clock.now = []() -> std::chrono::system_clock::time_point { throw std::logic_error("no time"); };
-    user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);
+    user = driver.call(*f.stub, get_request("ada"), options);
     REQUIRE_FALSE(user.ok());
     CHECK(user.error().message().find("no time") != std::string::npos);
   }
@@ -295,7 +360,7 @@ TEST_SUITE("retry") {
     CHECK(none.within(std::chrono::milliseconds::max()).when() == TimePoint::max());
   }
 
-  TEST_CASE("attempts and sleeps never pass the caller's deadline") {
+  RETRY_CASE("attempts and sleeps never pass the caller's deadline") {
     ServerFixture f;
     f.server.faults().fail_next("GetUser", 100, StatusCode::UNAVAILABLE);
     FakeTime time;
@@ -308,14 +373,14 @@ TEST_SUITE("retry") {
     options.clock = time.clock(0.999);  // delays near the cap: 299, 599, 1198, ...
     options.report = &report;
     auto const start = time.now;
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("x"), options);
+    auto user = driver.call(*f.stub, get_request("x"), options);
     CHECK(user.error().is<stubkit::Unavailable>());
     CHECK(time.now - start == 898ms);  // 299 + 599; 1198 more would pass the deadline
     CHECK(report.attempts == 3);
     CHECK(report.stop_reason == "the deadline would pass before the next attempt");
   }
 
-  TEST_CASE("the per-attempt timeout makes a slow attempt retryable, the overall deadline does not") {
+  RETRY_CASE("the per-attempt timeout makes a slow attempt retryable, the overall deadline does not") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
     f.server.faults().add_latency("GetUser", 300ms);
@@ -325,7 +390,7 @@ TEST_SUITE("retry") {
     options.retry->max_attempts = 3;
     options.retry->initial_backoff = 1ms;
     options.retry->per_attempt_timeout = 50ms;
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);
+    auto user = driver.call(*f.stub, get_request("ada"), options);
     CHECK(user.error().is<stubkit::DeadlineExceeded>());
     CHECK(f.server.faults().calls("GetUser") == 3);
 
@@ -333,7 +398,7 @@ TEST_SUITE("retry") {
     overall.timeout = 50ms;
     overall.retry = stubkit::RetryPolicy::standard();
     overall.retry->initial_backoff = 1ms;
-    auto again = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), overall);
+    auto again = driver.call(*f.stub, get_request("ada"), overall);
     CHECK(again.error().is<stubkit::DeadlineExceeded>());
     CHECK(f.server.faults().calls("GetUser") == 4);  // one more attempt only
   }
@@ -362,7 +427,7 @@ TEST_SUITE("retry") {
     CHECK(half.next() == 100ms);
   }
 
-  TEST_CASE("an exhausted retry throttle stops retries until successes refill it") {
+  RETRY_CASE("an exhausted retry throttle stops retries until successes refill it") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
     auto throttle = std::make_shared<stubkit::RetryThrottle>(4, 1.0);  // retries while tokens > 2
@@ -370,30 +435,30 @@ TEST_SUITE("retry") {
     auto options = retrying(time);
     options.throttle = throttle;
     f.server.faults().fail_next("GetUser", 1000, StatusCode::UNAVAILABLE);
-    (void)stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);  // 4 -> 3 -> 2: stops
+    (void)driver.call(*f.stub, get_request("ada"), options);  // 4 -> 3 -> 2: stops
     CHECK(f.server.faults().calls("GetUser") == 2);
     CHECK_FALSE(throttle->allows_retry());
-    (void)stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);  // no retry at all: 2 -> 1
+    (void)driver.call(*f.stub, get_request("ada"), options);  // no retry at all: 2 -> 1
     CHECK(f.server.faults().calls("GetUser") == 3);
     f.server.faults().clear();
-    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options).ok());  // 1 -> 2
+    REQUIRE(driver.call(*f.stub, get_request("ada"), options).ok());  // 1 -> 2
     CHECK_FALSE(throttle->allows_retry());
-    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options).ok());  // 2 -> 3
+    REQUIRE(driver.call(*f.stub, get_request("ada"), options).ok());  // 2 -> 3
     CHECK(throttle->allows_retry());
   }
 
-  TEST_CASE("an invalid policy is INVALID_ARGUMENT, and no call is made") {
+  RETRY_CASE("an invalid policy is INVALID_ARGUMENT, and no call is made") {
     ServerFixture f;
     stubkit::CallOptions options;
     options.retry = stubkit::RetryPolicy::standard();
     options.retry->multiplier = 0.5;
-    auto user = stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options);
+    auto user = driver.call(*f.stub, get_request("ada"), options);
     CHECK(user.error().is<stubkit::InvalidArgument>());
     CHECK(user.error().message().find("multiplier") != std::string::npos);
     CHECK(f.server.faults().calls("GetUser") == 0);
   }
 
-  TEST_CASE("the observer hears of each retry with its delay") {
+  RETRY_CASE("the observer hears of each retry with its delay") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
     f.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
@@ -404,7 +469,7 @@ TEST_SUITE("retry") {
       attempts.push_back(e.attempt);
       CHECK(e.status.error_code() == StatusCode::UNAVAILABLE);
     };
-    REQUIRE(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options).ok());
+    REQUIRE(driver.call(*f.stub, get_request("ada"), options).ok());
     CHECK(attempts == std::vector<int>{1, 2});
   }
 
@@ -425,17 +490,15 @@ TEST_SUITE("retry") {
           "UpdateUser");
   }
 
-  TEST_CASE("a call without a retry policy makes one attempt with the timeout and metadata") {
+  RETRY_CASE("a call without a retry policy makes one attempt with the timeout and metadata") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
     stubkit::CallOptions options;
     options.timeout = 2s;
     options.metadata = {{"x-trace", "t1"}};
     f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
-    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options)
-              .error()
-              .is<stubkit::Unavailable>());
-    CHECK(stubkit::call(*f.stub, &Stub::GetUser, get_request("ada"), options).ok());
+    CHECK(driver.call(*f.stub, get_request("ada"), options).error().is<stubkit::Unavailable>());
+    CHECK(driver.call(*f.stub, get_request("ada"), options).ok());
     CHECK(f.server.faults().calls("GetUser") == 2);
   }
 }

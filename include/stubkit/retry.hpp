@@ -538,24 +538,45 @@ struct CallOptions {
   /// Filled with the trailing metadata of the last attempt (e.g. which
   /// backend answered); optional.
   std::multimap<std::string, std::string>* trailers = nullptr;
-  /// Clock, sleeper and randomness (tests inject them).
+  /// Clock, sleeper and randomness (tests inject them). The async call
+  /// (async.hpp) does not sleep: it waits with `schedule`.
   RetryClock clock;
+  /// Async calls only: arranges for `done` to run after `delay`, on any
+  /// thread; empty = a grpc::Alarm. It is called on a gRPC thread, so it
+  /// must not block: start a timer, or run `done` at once (tests do). A call
+  /// cancelled while it waits ends at once; a later `done` then does nothing.
+  std::function<void(std::chrono::milliseconds delay, std::function<void()> done)> schedule;
   /// Told of the call, each attempt and each retry decision (source
   /// "call"); empty = the default observer (observe.hpp), if any.
   std::shared_ptr<Observer> observer;
 };
 
-/// Calls a unary method of a generated stub (Stub or StubInterface) with a
-/// deadline, metadata and the retry policy of `options`; returns the typed
-/// result. Idempotency comes from the method's proto option
-/// (NO_SIDE_EFFECTS/IDEMPOTENT), a non-empty `request_id` in the request, or
-/// `options.idempotent`; a call that is not idempotent is attempted once.
-template <typename Stub, typename Class, typename Request, typename Response>
-Result<Response> call(Stub& stub,
-                      grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
-                      Request const& request, CallOptions const& options = {}) {
-  static_assert(std::is_base_of_v<Class, Stub>, "the method must belong to the stub");
+namespace detail {
+
+// What a call (stubkit::call, or the async call of async.hpp) works out
+// before its first attempt. Not copyable or movable: the plan's
+// string_views point into it.
+struct CallSetup {
   RetryPlan plan;
+  Observer* observer = nullptr;  ///< the options' or the default; null = none
+  Event event;                   ///< method, source and trace id of the call's events
+  std::optional<TraceContext> trace;
+  std::string new_traceparent;  ///< sent with every attempt when the caller sent none
+  std::chrono::steady_clock::time_point start;
+
+  CallSetup() = default;
+  CallSetup(CallSetup const&) = delete;
+  CallSetup& operator=(CallSetup const&) = delete;
+};
+
+// Fills `setup` from `options` for a call of Request -> Response and tells
+// the observer the call started. Returns the error the call ends with
+// instead when the options are unusable (the call then makes no attempt
+// and reports nothing).
+template <typename Request, typename Response>
+std::optional<Error> setup_call(CallOptions const& options, Request const& request, std::string_view source,
+                                CallSetup& setup) {
+  RetryPlan& plan = setup.plan;
   if (options.retry) {
     if (auto problem = options.retry->problem(); !problem.empty()) {
       return Error(grpc::StatusCode::INVALID_ARGUMENT, "invalid RetryPolicy: " + problem);
@@ -578,65 +599,99 @@ Result<Response> call(Stub& stub,
   plan.throttle = options.throttle;
   plan.on_retry = options.on_retry;
   plan.clock = options.clock;
-  Observer* const observer = detail::resolve_observer(options.observer);
-  auto const call_start =
-      observer != nullptr ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
   // Every attempt carries the call's trace: the caller's traceparent, or a
   // new one when tracing is on.
-  std::string new_traceparent;
-  std::optional<TraceContext> const trace = detail::outgoing_trace(options.metadata, &new_traceparent);
-  Event event;
-  if (observer != nullptr) {
-    plan.observer = observer;
-    plan.method = event.method = detail::method_path<Request, Response>();
-    plan.source = event.source = "call";
-    plan.trace_id = event.trace_id = detail::trace_id_of(trace);
-    detail::notify(observer, event);
+  setup.trace = detail::outgoing_trace(options.metadata, &setup.new_traceparent);
+  setup.observer = detail::resolve_observer(options.observer);
+  if (setup.observer != nullptr) {
+    setup.start = std::chrono::steady_clock::now();
+    plan.observer = setup.observer;
+    plan.method = setup.event.method = detail::method_path<Request, Response>();
+    plan.source = setup.event.source = source;
+    plan.trace_id = setup.event.trace_id = detail::trace_id_of(setup.trace);
+    detail::notify(setup.observer, setup.event);
   }
+  return std::nullopt;
+}
 
+// Readies attempt `n`'s context: deadline, wait_for_ready, metadata, trace
+// and the attempt number; tells the observer the attempt starts. Returns
+// when it started (for the attempt's latency).
+inline std::chrono::steady_clock::time_point start_attempt(
+    grpc::ClientContext& ctx, CallOptions const& options, CallSetup& setup, int n,
+    std::optional<std::chrono::system_clock::time_point> deadline) {
+  if (deadline) ctx.set_deadline(*deadline);
+  if (options.wait_for_ready) ctx.set_wait_for_ready(true);
+  for (auto const& [key, value] : options.metadata) ctx.AddMetadata(key, value);
+  if (!setup.new_traceparent.empty()) ctx.AddMetadata(kTraceparentKey, setup.new_traceparent);
+  if (n > 1) ctx.AddMetadata(kPreviousAttemptsKey, std::to_string(n - 1));
+  if (setup.observer == nullptr) return {};
+  setup.event.type = EventType::kAttemptStart;
+  setup.event.attempt = n;
+  detail::notify(setup.observer, setup.event);
+  return std::chrono::steady_clock::now();
+}
+
+// What the retry loop needs of an attempt that ended with `status`: tells
+// the observer, reads the pushback and copies the trailers the caller asked for.
+inline AttemptOutcome end_attempt(grpc::ClientContext& ctx, grpc::Status status, CallOptions const& options,
+                                  CallSetup const& setup, std::chrono::steady_clock::time_point started) {
+  if (setup.observer != nullptr) {
+    Event end = setup.event;
+    end.type = EventType::kAttemptEnd;
+    std::string const peer = ctx.peer();
+    end.peer = peer;
+    detail::notify_end(setup.observer, end, status, started);
+  }
+  AttemptOutcome outcome{std::move(status), std::nullopt};
+  if (!outcome.status.ok()) outcome.pushback_ms = detail::parse_pushback(ctx.GetServerTrailingMetadata());
+  if (options.trailers != nullptr) {
+    options.trailers->clear();
+    for (auto const& [key, value] : ctx.GetServerTrailingMetadata()) {
+      options.trailers->emplace(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+    }
+  }
+  return outcome;
+}
+
+// Tells the observer the call ended.
+inline void end_call(CallSetup const& setup, RetryReport const& report, grpc::Status const& status) {
+  if (setup.observer == nullptr) return;
+  Event end =
+      detail::event_of(EventType::kCallEnd, setup.event.source, setup.event.method, 0, setup.event.trace_id);
+  end.attempts = report.attempts;
+  end.delay = report.total_delay;
+  detail::notify_end(setup.observer, end, status, setup.start);
+}
+
+}  // namespace detail
+
+/// Calls a unary method of a generated stub (Stub or StubInterface) with a
+/// deadline, metadata and the retry policy of `options`; returns the typed
+/// result. Idempotency comes from the method's proto option
+/// (NO_SIDE_EFFECTS/IDEMPOTENT), a non-empty `request_id` in the request, or
+/// `options.idempotent`; a call that is not idempotent is attempted once.
+/// The thread waits through every attempt and backoff; async.hpp has the
+/// same call without a blocked thread.
+template <typename Stub, typename Class, typename Request, typename Response>
+Result<Response> call(Stub& stub,
+                      grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
+                      Request const& request, CallOptions const& options = {}) {
+  static_assert(std::is_base_of_v<Class, Stub>, "the method must belong to the stub");
+  detail::CallSetup setup;
+  if (auto error = detail::setup_call<Request, Response>(options, request, "call", setup)) return *error;
   Response response;
   auto attempt = [&](int n, std::optional<std::chrono::system_clock::time_point> deadline) {
     grpc::ClientContext ctx;
-    if (deadline) ctx.set_deadline(*deadline);
-    if (options.wait_for_ready) ctx.set_wait_for_ready(true);
-    for (auto const& [key, value] : options.metadata) ctx.AddMetadata(key, value);
-    if (!new_traceparent.empty()) ctx.AddMetadata(kTraceparentKey, new_traceparent);
-    if (n > 1) ctx.AddMetadata(kPreviousAttemptsKey, std::to_string(n - 1));
     response.Clear();
-    std::chrono::steady_clock::time_point attempt_start;
-    if (observer != nullptr) {
-      event.type = EventType::kAttemptStart;
-      event.attempt = n;
-      detail::notify(observer, event);
-      attempt_start = std::chrono::steady_clock::now();
-    }
-    AttemptOutcome outcome{(stub.*method)(&ctx, request, &response), std::nullopt};
-    if (observer != nullptr) {
-      Event end = event;
-      end.type = EventType::kAttemptEnd;
-      std::string const peer = ctx.peer();
-      end.peer = peer;
-      detail::notify_end(observer, end, outcome.status, attempt_start);
-    }
-    if (!outcome.status.ok()) outcome.pushback_ms = detail::parse_pushback(ctx.GetServerTrailingMetadata());
-    if (options.trailers != nullptr) {
-      options.trailers->clear();
-      for (auto const& [key, value] : ctx.GetServerTrailingMetadata()) {
-        options.trailers->emplace(std::string(key.data(), key.size()),
-                                  std::string(value.data(), value.size()));
-      }
-    }
-    return outcome;
+    auto const started = detail::start_attempt(ctx, options, setup, n, deadline);
+    grpc::Status status = (stub.*method)(&ctx, request, &response);
+    return detail::end_attempt(ctx, std::move(status), options, setup, started);
   };
   RetryReport local_report;
   RetryReport& report = options.report != nullptr ? *options.report : local_report;
-  grpc::Status status = run_with_retries(plan, attempt, &report);
-  if (observer != nullptr) {
-    Event end = detail::event_of(EventType::kCallEnd, event.source, event.method, 0, event.trace_id);
-    end.attempts = report.attempts;
-    end.delay = report.total_delay;
-    detail::notify_end(observer, end, status, call_start);
-  }
+  grpc::Status status = run_with_retries(setup.plan, attempt, &report);
+  detail::end_call(setup, report, status);
   return to_result(status, std::move(response));
 }
 
