@@ -4,6 +4,7 @@
 #include "stubkit/paginate.hpp"
 
 #include <doctest/doctest.h>
+#include <unistd.h>  // gettid
 
 #include <atomic>
 #include <condition_variable>
@@ -370,6 +371,34 @@ TEST_SUITE("paginate") {
     std::vector<std::string> ids;
     for (; it != items.end(); ++it) ids.push_back((*it)->id());
     CHECK(ids.size() == 6);
+  }
+
+  TEST_CASE("a listing's prefetches all run on one thread of its own, not a new thread per page") {
+    ServerFixture f;
+    f.server.service().preload(20);
+    std::mutex mu;
+    std::set<pid_t> threads;  // kernel thread ids: unlike std::thread::id, not soon reused
+    int fetches = 0;
+    auto fetch = [&](grpc::ClientContext& ctx, ListUsersRequest const& request) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        threads.insert(gettid());
+        ++fetches;
+      }
+      ListUsersResponse response;
+      return stubkit::to_result(f.stub->ListUsers(&ctx, request, &response), std::move(response));
+    };
+    stubkit::PaginateOptions options;
+    options.page_size = 2;
+    options.prefetch = true;
+    auto all = stubkit::paginate(fetch, ListUsersRequest{}, options).collect();
+    REQUIRE(all.ok());
+    CHECK(all->size() == 20);
+    std::lock_guard<std::mutex> lock(mu);
+    CHECK(fetches == 10);
+    // The first page on the caller's thread, every later page on one prefetch thread.
+    CHECK(threads.size() == 2);
+    CHECK(threads.count(gettid()) == 1);
   }
 
   TEST_CASE("dropping a range with a prefetch in flight cancels it and waits for it") {

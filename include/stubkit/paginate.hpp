@@ -34,13 +34,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <future>
+#include <condition_variable>
 #include <iterator>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <unordered_set>
 #include <utility>
@@ -119,6 +121,73 @@ using ItemOf = typename std::remove_pointer_t<std::invoke_result_t<Accessor cons
 // Loads a page: the context has the page's deadline set already.
 template <typename Request, typename Response>
 using PageFetch = std::function<Result<Response>(grpc::ClientContext&, Request const&)>;
+
+// The thread that fetches the next page while the caller consumes the
+// current one: one per listing, started at its first prefetch and kept for
+// the listing, so a page costs a wake-up, not a thread start. One job at a
+// time: start() it, then take() its page.
+template <typename Response>
+class Prefetcher {
+ public:
+  Prefetcher() = default;
+  Prefetcher(Prefetcher const&) = delete;
+  Prefetcher& operator=(Prefetcher const&) = delete;
+  ~Prefetcher() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  bool busy() const { return busy_; }
+
+  void start(std::function<Result<Response>()> job) {
+    if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = std::move(job);
+    }
+    busy_ = true;
+    cv_.notify_all();
+  }
+
+  // The page of the job started last; waits for it.
+  Result<Response> take() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return result_.has_value(); });
+    Result<Response> page = *std::move(result_);
+    result_.reset();
+    busy_ = false;
+    return page;
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return stop_ || job_; });
+      if (stop_) return;
+      std::function<Result<Response>()> job = std::move(job_);
+      job_ = nullptr;
+      lock.unlock();
+      Result<Response> page = job();
+      lock.lock();
+      result_.emplace(std::move(page));
+      cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::function<Result<Response>()> job_;
+  std::optional<Result<Response>> result_;
+  bool stop_ = false;
+  bool busy_ = false;  // the consumer's own view: a job started and not taken
+  std::thread thread_;
+};
 
 // The state machine shared by the item and page views: requests pages in
 // order, guards against misbehaving servers, applies deadlines and limits,
@@ -221,8 +290,8 @@ class Pager {
   }
 
   Result<Response> take_page() {
-    if (inflight_.valid()) {
-      Result<Response> page = inflight_.get();
+    if (prefetcher_ && prefetcher_->busy()) {
+      Result<Response> page = prefetcher_->take();
       inflight_ctx_.reset();
       return page;
     }
@@ -237,8 +306,10 @@ class Pager {
   void start_prefetch() {
     if (options_.deadline && now() >= *options_.deadline) return;  // take_page reports it
     inflight_ctx_ = make_context();
-    inflight_ = std::async(std::launch::async, [fetch = fetch_, ctx = inflight_ctx_.get(),
-                                                request = next_request()] { return fetch(*ctx, request); });
+    if (!prefetcher_) prefetcher_ = std::make_unique<Prefetcher<Response>>();
+    prefetcher_->start([fetch = fetch_, ctx = inflight_ctx_.get(), request = next_request()] {
+      return fetch(*ctx, request);
+    });
   }
 
   // Wraps the fetch to report each page, on the thread that fetched it (a
@@ -270,10 +341,10 @@ class Pager {
 
   // A prefetch nobody will read: cancel it and wait, so no call outlives us.
   void abandon_prefetch() {
-    if (!inflight_.valid()) return;
+    if (!prefetcher_ || !prefetcher_->busy()) return;
     if (abandoned_) abandoned_->store(true);
     inflight_ctx_->TryCancel();
-    inflight_.wait();
+    static_cast<void>(prefetcher_->take());  // the page nobody will read
   }
 
   PageFetch<Request, Response> fetch_;
@@ -282,7 +353,7 @@ class Pager {
   std::function<std::size_t(Response const&)> count_;
   std::unordered_set<std::size_t> seen_;  // hashes of the page tokens seen
   std::optional<Error> pending_error_;
-  std::future<Result<Response>> inflight_;
+  std::unique_ptr<Prefetcher<Response>> prefetcher_;  // made at the first prefetch
   std::unique_ptr<grpc::ClientContext> inflight_ctx_;
   std::shared_ptr<std::atomic<bool>> abandoned_;  // set when observing
   std::size_t delivered_ = 0;
