@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -16,12 +18,15 @@
 #include <functional>
 #include <iomanip>
 #include <iostream>
+#include <mutex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../process.hpp"
 #include "google/protobuf/util/json_util.h"
+#include "stubkit/async.hpp"
 #include "stubkit/observe.hpp"
 #include "stubkit/paginate.hpp"
 #include "stubkit/retry.hpp"
@@ -161,6 +166,102 @@ long client_rss(std::string const& self, std::string const& user_server, int use
   return rss;
 }
 
+// ---- B11: many calls in flight --------------------------------------------
+
+// Keeps `window` calls in flight until `total` have completed: each
+// completion starts the next call, on the gRPC thread that completed it, so
+// the client needs no thread of its own beyond the one that waits.
+void in_flight(int total, int window, std::function<void(std::function<void(bool)>)> const& start_one) {
+  std::atomic<int> started{0};
+  std::atomic<int> done{0};
+  std::atomic<int> failed{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::function<void()> launch = [&] {
+    if (started.fetch_add(1) >= total) return;
+    start_one([&](bool ok) {
+      if (!ok) ++failed;
+      if (++done == total) {
+        std::lock_guard<std::mutex> lock(mu);
+        cv.notify_all();
+      } else {
+        launch();
+      }
+    });
+  };
+  for (int i = 0; i < window; ++i) launch();
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done == total; });
+  if (failed > 0) {
+    std::cerr << "B11: " << failed << " calls failed\n";
+    std::abort();
+  }
+}
+
+// One GetUser on the raw callback API.
+void raw_get(Stub& stub, myservice::v1::GetUserRequest const& request, std::function<void(bool)> done) {
+  struct Call {
+    grpc::ClientContext ctx;
+    myservice::v1::User user;
+  };
+  auto* call = new Call;
+  call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  stub.async()->GetUser(&call->ctx, &request, &call->user,
+                        [call, done = std::move(done)](grpc::Status status) {
+                          delete call;
+                          done(status.ok());
+                        });
+}
+
+// The same through stubkit::async_call, with the standard retry policy.
+void stubkit_get(Stub& stub, myservice::v1::GetUserRequest const& request, std::function<void(bool)> done) {
+  stubkit::CallOptions options;
+  options.timeout = std::chrono::seconds(5);
+  options.retry = stubkit::RetryPolicy::standard();
+  stubkit::async_call(
+      stub, &Stub::async::GetUser, request, std::move(options),
+      [done = std::move(done)](stubkit::Result<myservice::v1::User> user) { done(user.ok()); });
+}
+
+// `total` GetUser with stubkit::call, spread over `threads` threads.
+void threaded_gets(Stub& stub, myservice::v1::GetUserRequest const& request, int total, int threads) {
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      stubkit::CallOptions options;
+      options.timeout = std::chrono::seconds(5);
+      options.retry = stubkit::RetryPolicy::standard();
+      for (int i = t; i < total; i += threads) {
+        if (!stubkit::call(stub, &Stub::GetUser, request, options)) std::abort();
+      }
+    });
+  }
+  for (auto& thread : pool) thread.join();
+}
+
+// One B11 workload in a process of its own, for its peak RSS: prints the
+// seconds of each of `rounds` runs (after a warm-up), then VmHWM in KiB.
+int b11_child(std::string const& mode, std::string const& target, int total, int rounds) {
+  auto stub =
+      myservice::v1::UserService::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  myservice::v1::GetUserRequest request;
+  request.set_id("u00000001");
+  auto run = [&] {
+    if (mode == "threads") {
+      threaded_gets(*stub, request, total, 256);
+    } else {
+      in_flight(total, 256, [&](std::function<void(bool)> done) {
+        mode == "raw" ? raw_get(*stub, request, std::move(done))
+                      : stubkit_get(*stub, request, std::move(done));
+      });
+    }
+  };
+  run();
+  for (int i = 0; i < rounds; ++i) std::cout << seconds_of(run) << " ";
+  std::cout << stubkit_tests::status_kib(getpid(), "VmHWM") << std::endl;
+  return 0;
+}
+
 // ---- B8: binary vs JSON ---------------------------------------------------
 
 ListUsersResponse user_heavy_page(int users) {
@@ -247,6 +348,9 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string const flag = argv[i];
     if (flag == "--rss-child" && i + 2 < argc) return rss_child(argv[i + 1], std::atoi(argv[i + 2]));
+    if (flag == "--b11-child" && i + 4 < argc) {
+      return b11_child(argv[i + 1], argv[i + 2], std::atoi(argv[i + 3]), std::atoi(argv[i + 4]));
+    }
     if (flag == "--list-once" && i + 3 < argc) {
       // One listing by one side, for instruction counts under callgrind:
       // stubkit-bench --list-once paginate|hand PAGE_SIZE USERS
@@ -562,6 +666,90 @@ int main(int argc, char** argv) {
     rows.push_back(
         row("10k users + 20 us work each: reference Python client vs paginate() with prefetch (speedup)",
             py_heavy, ours_heavy, 1.6, ">= 1.6 (work-bound: see docs)", false));
+  }
+
+  if (!user_server.empty() && wanted("B11")) {
+    // B11: GetUser with 256 calls in flight over TCP to a user_server
+    // process: stubkit's async call vs the raw callback API (one client
+    // thread each), vs stubkit::call on 256 threads, vs Python's grpc.aio.
+    int const total = quick ? 4000 : 20000;
+    int const b11_rounds = quick ? 3 : 9;
+    std::cerr << "B11: " << total
+              << " GetUser, 256 in flight: async, raw callback API, 256 threads, grpc.aio...\n";
+    stubkit_tests::Process server({user_server, "--preload", "1"});
+    std::string const target = stubkit_tests::start_user_server(server);
+    auto stub =
+        myservice::v1::UserService::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+    myservice::v1::GetUserRequest request;
+    request.set_id("u00000001");
+    rows.push_back(compare(
+        "B11",
+        std::to_string(total) +
+            " GetUser, 256 in flight, TCP: stubkit::async_call (retry policy) vs raw callback API",
+        b11_rounds,
+        [&] {
+          in_flight(total, 256,
+                    [&](std::function<void(bool)> done) { stubkit_get(*stub, request, std::move(done)); });
+        },
+        [&] {
+          in_flight(total, 256,
+                    [&](std::function<void(bool)> done) { raw_get(*stub, request, std::move(done)); });
+        },
+        1.05));
+    // Each way in a process of its own: time and peak RSS.
+    auto child = [&](std::string const& mode) {
+      stubkit_tests::Process process({std::string(argv[0]), "--b11-child", mode, target,
+                                      std::to_string(total), std::to_string(b11_rounds)});
+      std::istringstream line(process.read_line());
+      process.wait();
+      std::vector<double> times;
+      double value = 0;
+      while (line >> value) times.push_back(value);
+      double const rss = times.empty() ? -1 : times.back();
+      if (!times.empty()) times.pop_back();
+      return std::make_pair(times, rss);
+    };
+    auto const [async_times, async_rss] = child("async");
+    auto const [thread_times, thread_rss] = child("threads");
+    auto const [raw_times, raw_rss] = child("raw");
+    if (async_times.empty() || thread_times.empty() || raw_times.empty()) {
+      std::cerr << "B11: a client process did not run\n";
+      return 1;
+    }
+    double const time_ratio = median(thread_times) / median(async_times);
+    rows.push_back(Row{
+        "B11", "same, each in its own process: stubkit::call on 256 threads vs stubkit::async_call (time)",
+        median(thread_times) * 1e3, median(async_times) * 1e3, "ms", time_ratio, time_ratio, time_ratio,
+        "report", true});
+    double const rss_ratio = thread_rss / async_rss;
+    rows.push_back(Row{"B11",
+                       "same: client peak RSS, 256 threads vs async (raw callback API: " +
+                           std::to_string(static_cast<long>(raw_rss)) + " KiB)",
+                       thread_rss, async_rss, "KiB", rss_ratio, rss_ratio, rss_ratio, "report", true});
+    if (!proto_dir.empty() && !seed_dir.empty()) {
+      stubkit_tests::Process py({"/usr/bin/python3", seed_dir + "/../bench/aio_get.py", proto_dir, target,
+                                 std::to_string(b11_rounds), std::to_string(total), "256", "u00000001"});
+      std::string const line = py.read_line();
+      py.wait();
+      std::vector<double> py_times;
+      std::string number;
+      for (char c : line) {
+        if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == '-') {
+          number += c;
+        } else if (!number.empty()) {
+          py_times.push_back(std::stod(number));
+          number.clear();
+        }
+      }
+      if (py_times.empty()) {
+        std::cerr << "B11: the grpc.aio client did not run\n";
+        return 1;
+      }
+      double const speedup = median(py_times) / median(async_times);
+      rows.push_back(Row{"B11", "same: Python grpc.aio, 256 concurrent, vs stubkit::async_call (speedup)",
+                         median(py_times) * 1e3, median(async_times) * 1e3, "ms", speedup, speedup, speedup,
+                         ">= 3", speedup >= 3});
+    }
   }
 
   if (wanted("B8")) {  // B8: the reference document's "binary, 5-10x faster" claim.
