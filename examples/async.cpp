@@ -85,10 +85,11 @@ int main(int argc, char** argv) {
   options.retry = stubkit::RetryPolicy::standard();
   options.metadata.emplace_back("stubkit-fault", "code=UNAVAILABLE,attempts=2");
   std::promise<std::string> said;
-  stubkit::async_call(
-      *stub, &UserService::Stub::async::GetUser, request, options, [&](stubkit::Result<User> user) {
-        said.set_value(user ? "ok: " + user->display_name() : user.error().to_string());  // on a gRPC thread
-      });
+  stubkit::async_call(*stub, &UserService::Stub::async::GetUser, request, options,
+                      [&](stubkit::Result<User> user) {
+                        said.set_value(user ? std::string("ok: ").append(user->display_name())
+                                            : user.error().to_string());  // on a gRPC thread
+                      });
   std::string const answer = said.get_future().get();
   std::cout << "callback, first 2 attempts fail: " << answer << "\n";
   ok = ok && answer.rfind("ok", 0) == 0;
@@ -107,6 +108,7 @@ int main(int argc, char** argv) {
   auto cancelled = call.get();
   std::cout << "cancelled during its backoff: " << (cancelled ? "ok" : cancelled.error().to_string())
             << " after " << report.attempts << " attempt(s)\n";
-  ok = ok && (servers.remote() || (!cancelled.ok() && cancelled.error().code() == grpc::StatusCode::CANCELLED));
+  ok = ok &&
+       (servers.remote() || (!cancelled.ok() && cancelled.error().code() == grpc::StatusCode::CANCELLED));
   return ok ? 0 : 1;
 }

@@ -9,7 +9,9 @@
 # and metrics suites of stubkit_tests (stream and server: Chat sessions, the
 # stubkit-fault header; metrics only when built with prometheus-cpp),
 # retry_stress on an embedded server (4 threads, 1000 calls) and
-# retry_stress against a user_server process (1 thread, 500 calls); every
+# retry_stress against a user_server process (1 thread, 500 calls); the
+# async suite and async_stress (2000 calls in flight; 500 against a
+# user_server process) when built (they need C++20); every
 # 4th run also the channel suite (the slowest, some 5 s). Two runs go
 # side by side, and one busy loop per core competes with them. Logs of every
 # failed step are kept in BUILD_DIR/stress-loop/. Ends with one line
@@ -52,6 +54,13 @@ one_run() {
     "stress:$build/tests/retry_stress --calls 1000 --threads 4 --seed $run"
     "stress_process:$build/tests/retry_stress --calls 500 --threads 1 --seed $run --user-server $STUBKIT_USER_SERVER"
   )
+  if [ -x "$build/tests/async_tests" ]; then
+    steps+=(
+      "async:$build/tests/async_tests --no-version"
+      "async_stress:$build/tests/async_stress --calls 2000 --seed $run"
+      "async_stress_process:$build/tests/async_stress --calls 500 --seed $run --user-server $STUBKIT_USER_SERVER"
+    )
+  fi
   for entry in "${steps[@]}"; do
     step=${entry%%:*}
     timeout 300 ${entry#*:} >"$logs/$run-$step.log" 2>&1

@@ -21,10 +21,12 @@
 
 #if defined(STUBKIT_TEST_ASIO)
 #include <asio/bind_cancellation_slot.hpp>
+#include <asio/bind_executor.hpp>
 #include <asio/cancellation_signal.hpp>
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/io_context.hpp>
+#include <asio/post.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/use_future.hpp>
@@ -186,6 +188,79 @@ TEST_SUITE("async") {
     CHECK(f.server.faults().calls("GetUser") == 1);
   }
 
+  TEST_CASE("a schedule's done counts once; dropped uncalled, or throwing first, it ends the call") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    auto retried = [&](std::function<void(std::chrono::milliseconds, std::function<void()>)> schedule) {
+      f.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
+      stubkit::CallOptions options;
+      options.retry = stubkit::RetryPolicy::standard();
+      options.schedule = std::move(schedule);
+      stubkit::RetryReport report;
+      options.report = &report;
+      std::atomic<int> runs{0};
+      std::promise<stubkit::Result<User>> result;
+      stubkit::async_call(*f.stub, kGetUser, get_request("ada"), options, [&](stubkit::Result<User> user) {
+        if (++runs == 1) result.set_value(std::move(user));
+      });
+      auto future = result.get_future();
+      REQUIRE(future.wait_for(30s) == std::future_status::ready);
+      std::this_thread::sleep_for(20ms);  // a second completion would land here
+      CHECK(runs == 1);
+      return std::make_pair(future.get(), report);
+    };
+    // done twice: the second does nothing.
+    auto [twice, twice_report] = retried([](std::chrono::milliseconds, std::function<void()> done) {
+      done();
+      done();
+    });
+    CHECK(twice.ok());
+    CHECK(twice_report.attempts == 2);
+    // done, then a throw: the call goes on (the exception is reported on stderr).
+    auto [then_threw, threw_report] = retried([](std::chrono::milliseconds, std::function<void()> done) {
+      done();
+      throw std::runtime_error("schedule broke after done");
+    });
+    CHECK(then_threw.ok());
+    CHECK(threw_report.attempts == 2);
+    // A throw before done: the call ends, naming the exception.
+    auto [threw, threw_first_report] = retried(
+        [](std::chrono::milliseconds, std::function<void()>) { throw std::runtime_error("no timers left"); });
+    REQUIRE_FALSE(threw.ok());
+    CHECK(threw.error().code() == StatusCode::UNKNOWN);
+    CHECK(threw.error().message().find("no timers left") != std::string::npos);
+    CHECK(threw_first_report.stop_reason == "the retry schedule threw");
+    // done dropped without a call: the call ends instead of waiting forever.
+    auto [dropped, dropped_report] = retried([](std::chrono::milliseconds, std::function<void()>) {});
+    REQUIRE_FALSE(dropped.ok());
+    CHECK(dropped.error().code() == StatusCode::UNKNOWN);
+    CHECK(dropped.error().message().find("dropped") != std::string::npos);
+    CHECK(dropped_report.attempts == 1);
+  }
+
+  TEST_CASE("a cancel from the call's own on_retry ends it before another attempt") {
+    ServerFixture f;
+    f.server.faults().fail_next("GetUser", 5, StatusCode::UNAVAILABLE);
+    stubkit::CallOptions options;
+    options.retry = stubkit::RetryPolicy::standard();
+    options.retry->initial_backoff = 1ms;
+    auto handle = std::make_shared<stubkit::AsyncHandle>();
+    std::promise<void> handle_set;
+    auto ready = handle_set.get_future().share();
+    options.on_retry = [handle, ready](stubkit::RetryEvent const&) {
+      ready.wait();
+      handle->cancel();  // on the gRPC thread that decided to retry
+    };
+    std::promise<stubkit::Result<User>> result;
+    *handle = stubkit::async_call(*f.stub, kGetUser, get_request("ada"), options,
+                                  [&](stubkit::Result<User> user) { result.set_value(std::move(user)); });
+    handle_set.set_value();
+    auto future = result.get_future();
+    REQUIRE(future.wait_for(30s) == std::future_status::ready);
+    CHECK(future.get().error().code() == StatusCode::CANCELLED);
+    CHECK(f.server.faults().calls("GetUser") == 1);
+  }
+
   TEST_CASE("a stop token cancels the call; one already stopped means no attempt at all") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
@@ -330,6 +405,38 @@ TEST_SUITE("async") {
     CHECK_THROWS_WITH(stubkit::sync_wait(fails()), "inside the task");
   }
 
+  TEST_CASE("a coroutine destroyed while it awaits a call is never resumed, and its call is cancelled") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    f.server.faults().add_latency("GetUser", 300ms);
+    std::atomic<bool> resumed{false};
+    // A bare coroutine, started by hand and destroyed while it is suspended.
+    struct Bare {
+      struct promise_type {
+        Bare get_return_object() { return Bare{std::coroutine_handle<promise_type>::from_promise(*this)}; }
+        std::suspend_always initial_suspend() noexcept { return {}; }
+        std::suspend_always final_suspend() noexcept { return {}; }
+        void return_void() {}
+        void unhandled_exception() { std::terminate(); }
+      };
+      std::coroutine_handle<promise_type> coroutine;
+    };
+    auto body = [](Stub& stub, std::atomic<bool>& flag) -> Bare {
+      auto user =
+          co_await stubkit::async_call(stub, kGetUser, get_request("ada"), {}, stubkit::use_awaitable);
+      flag = true;
+    };
+    Bare bare = body(*f.stub, resumed);
+    bare.coroutine.resume();  // runs to the co_await and suspends there
+    while (f.server.faults().calls("GetUser") == 0) std::this_thread::sleep_for(1ms);
+    bare.coroutine.destroy();  // the Awaitable in its frame goes with it
+    for (int i = 0; i < 500 && f.server.service().cancelled_calls() == 0; ++i)
+      std::this_thread::sleep_for(10ms);
+    CHECK(f.server.service().cancelled_calls() == 1);
+    std::this_thread::sleep_for(400ms);  // past the server's latency: a resume would have run by now
+    CHECK_FALSE(resumed);
+  }
+
   TEST_CASE("dropping an Awaitable that was never awaited cancels its call") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
@@ -377,6 +484,31 @@ TEST_SUITE("async") {
     auto future = stubkit::async_call(*f.stub, kGetUser, get_request("ada"), {}, asio::use_future);
     REQUIRE(future.wait_for(30s) == std::future_status::ready);
     CHECK(future.get().ok());
+  }
+
+  TEST_CASE(
+      "asio: a lambda bound to an executor and a slot goes through asio: run there, cancelled by the slot") {
+    ServerFixture f;
+    REQUIRE(f.create("ada").ok());
+    f.server.faults().add_latency("GetUser", 20s);
+    asio::io_context io;
+    asio::cancellation_signal signal;
+    std::thread::id ran_on;
+    stubkit::Result<User> result = stubkit::Error(StatusCode::UNKNOWN, "not run");
+    stubkit::async_call(
+        *f.stub, kGetUser, get_request("ada"), {},
+        asio::bind_executor(io, asio::bind_cancellation_slot(signal.slot(), [&](stubkit::Result<User> user) {
+                              ran_on = std::this_thread::get_id();
+                              result = std::move(user);
+                            })));
+    std::thread emitter([&] {
+      while (f.server.faults().calls("GetUser") == 0) std::this_thread::sleep_for(1ms);
+      asio::post(io, [&] { signal.emit(asio::cancellation_type::terminal); });
+    });
+    io.run();  // the call is outstanding work: run() waits for it
+    emitter.join();
+    CHECK(result.error().code() == StatusCode::CANCELLED);
+    CHECK(ran_on == std::this_thread::get_id());
   }
 
   TEST_CASE("asio: a cancellation slot cancels the call in flight") {

@@ -14,17 +14,21 @@
 // completes it counts as outstanding work of the executor, so
 // io_context::run() does not return under it.
 //
-// Which overload: a plain callable (a lambda, also one bound with
-// asio::bind_executor) is async.hpp's callback form and runs on a gRPC
-// thread; asio's tokens (asio::use_awaitable, asio::use_future,
-// asio::deferred, asio::detached, ...) take this one. For a handler on an
-// executor, use such a token, or post from the lambda.
+// Which overload: asio's tokens (asio::use_awaitable, asio::use_future,
+// asio::deferred, asio::detached, ...) and handlers bound with
+// asio::bind_executor or asio::bind_cancellation_slot take this one; a plain
+// callable (a lambda) stays async.hpp's callback form and runs on a gRPC
+// thread. Only terminal cancellation is honoured (a call cancelled in flight
+// may have had effects on the server). Keep the io_context alive until its
+// calls have completed: a completion is posted to its executor.
 #ifndef STUBKIT_ASIO_HPP
 #define STUBKIT_ASIO_HPP
 
 #include <asio/associated_cancellation_slot.hpp>
 #include <asio/associated_executor.hpp>
 #include <asio/async_result.hpp>
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/bind_executor.hpp>
 #include <asio/cancellation_type.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/post.hpp>
@@ -48,6 +52,13 @@ inline constexpr bool is_stubkit_tag_v = std::is_same_v<std::decay_t<Token>, use
 #endif
     ;
 
+// asio's binders wrap a handler with an executor or a cancellation slot:
+// they are callables, but must go through asio to be honoured.
+template <typename T, typename Executor>
+struct ForeignToken<asio::executor_binder<T, Executor>> : std::true_type {};
+template <typename T, typename Slot>
+struct ForeignToken<asio::cancellation_slot_binder<T, Slot>> : std::true_type {};
+
 template <typename Response, typename Token>
 inline constexpr bool is_asio_token_v = !is_completion_v<Response, Token> && !is_stubkit_tag_v<Token>;
 
@@ -63,10 +74,9 @@ struct AsioCancel {
   std::shared_ptr<Target> target;
 
   void operator()(asio::cancellation_type type) const {
-    if ((type & (asio::cancellation_type::terminal | asio::cancellation_type::partial |
-                 asio::cancellation_type::total)) == asio::cancellation_type::none) {
-      return;
-    }
+    // Only terminal cancellation is honoured: a call cancelled in flight may
+    // have had effects on the server, which partial and total promise not.
+    if ((type & asio::cancellation_type::terminal) == asio::cancellation_type::none) return;
     AsyncHandle handle;
     {
       std::lock_guard<std::mutex> lock(target->mu);
@@ -115,20 +125,23 @@ auto async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> meth
     auto slot = asio::get_associated_cancellation_slot(handler);
     if (slot.is_connected()) slot.template emplace<detail::AsioCancel>(detail::AsioCancel{target});
     auto completion = std::make_shared<detail::AsioCompletion<Handler, Response>>(std::move(handler));
-    AsyncHandle handle(detail::start_unary(
+    // The slot's target gets the call before its first attempt, so a cancel
+    // that came first means no attempt at all.
+    detail::start_unary(
         stub, method, std::move(request), std::move(options),
         [completion](Result<Response> result) {
           detail::AsioCompletion<Handler, Response>::complete(completion, std::move(result));
         },
-        detail::NoStop{}));
-    bool cancel_now = false;
-    {
-      std::lock_guard<std::mutex> lock(target->mu);
-      target->handle = handle;
-      target->started = true;
-      cancel_now = target->cancel_requested;
-    }
-    if (cancel_now) handle.cancel();
+        [&target](std::shared_ptr<detail::AsyncOperation> const& op) {
+          bool cancel_now = false;
+          {
+            std::lock_guard<std::mutex> lock(target->mu);
+            target->handle = AsyncHandle(op);
+            target->started = true;
+            cancel_now = target->cancel_requested;
+          }
+          if (cancel_now) op->cancel();
+        });
   };
   return asio::async_initiate<Token, void(Result<Response>)>(std::move(initiation), token, std::move(request),
                                                              std::move(options));

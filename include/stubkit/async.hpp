@@ -22,13 +22,14 @@
 // or `StubInterface::async_interface::Method`); the stub must outlive the
 // operation, i.e. stay alive until its completion has run.
 //
-// Where things run. The completion runs on a gRPC thread, or inline in
+// Where things run. The completion runs on a gRPC thread; or inline in
 // async_call when the call ends before its first attempt (unusable options,
-// a stub without the callback API, a stop token already stopped), or on the
-// thread that cancels when the cancel ends it. So do not block in a
-// completion or in a coroutine resumed by one: it holds one of gRPC's few
-// callback threads. Observers, on_retry, the clock and `schedule` run on gRPC
-// threads with no stubkit lock held.
+// a stub without the callback API, a stop token already stopped); or on the
+// thread that cancels, or that runs a `schedule`'s `done`, when that ends
+// it. So do not block in a completion or in a coroutine resumed by one: it
+// may hold one of gRPC's few callback threads. Observers, on_retry, the
+// clock and `schedule` run with no stubkit lock held: for the first attempt
+// on the caller's thread inside async_call, later on gRPC threads.
 //
 // Cancellation. AsyncHandle::cancel() (and a std::stop_token, or asio's
 // cancellation slot) ends the operation promptly with CANCELLED in any
@@ -64,6 +65,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -114,7 +116,7 @@ inline grpc::Status cancelled_status(char const* when) {
 
 // A completion that throws is the caller's bug; it must not unwind into
 // gRPC (which would terminate the process), nor vanish without a word.
-inline void completion_threw(std::exception_ptr error) {
+inline void completion_threw(std::exception_ptr error, char const* who = "the completion of an async call") {
   std::string what = "unknown exception";
   try {
     std::rethrow_exception(std::move(error));
@@ -122,22 +124,26 @@ inline void completion_threw(std::exception_ptr error) {
     what = e.what();
   } catch (...) {
   }
-  std::fprintf(stderr, "stubkit: the completion of an async call threw (ignored): %s\n", what.c_str());
+  std::fprintf(stderr, "stubkit: %s threw (ignored): %s\n", who, what.c_str());
 }
 
 // One async unary call: the state machine that runs attempts on the
 // callback API and waits on an alarm (or the caller's `schedule`) between.
 //
 // Threads. The flow (begin_attempt -> attempt_done -> wait -> wake ->
-// begin_attempt ...) runs one step at a time, each step on the thread gRPC
-// (or the scheduler) calls it on, ordered by gRPC. cancel() may come from
-// any thread at any time: it reads the phase under mu_ and, outside the
-// lock (gRPC may run a callback inline in TryCancel or Alarm::Cancel),
-// cancels the context or alarm of that phase. A thread that uses ctx_ or
-// alarm_ outside the lock pins the operation (pins_); a call that finishes
-// while pinned is delivered by the last unpin, so the context or alarm
-// stays alive while it is used. The completion is delivered exactly once,
-// after every gRPC object is released.
+// begin_attempt ...) runs one step at a time, each on the thread gRPC (or
+// the scheduler) calls it on. Exactly one thread owns the flow at a time:
+// a wait is ended by whoever claims it first (claim_wait: the alarm, the
+// schedule's `done`, a cancel, or the schedule's own failure), and only the
+// claimer goes on. cancel() may come from any thread at any time: it reads
+// the phase under mu_ and, outside the lock (gRPC may run a callback inline
+// in TryCancel or Alarm::Cancel), cancels the attempt or the alarm of that
+// phase. A thread that uses ctx_ or runs user code outside the lock pins the
+// operation (pins_); a call that finishes while pinned is delivered by the
+// last unpin. gRPC objects are never destroyed with mu_ held. The completion
+// is delivered exactly once, after every gRPC object is released, and then
+// the operation drops the caller's callables (observer, on_retry, clock,
+// schedule), so a callable that holds the call's handle makes no cycle.
 template <typename Response>
 class AsyncUnary final : public AsyncOperation, public std::enable_shared_from_this<AsyncUnary<Response>> {
  public:
@@ -152,10 +158,11 @@ class AsyncUnary final : public AsyncOperation, public std::enable_shared_from_t
   // `start` sends one attempt; set once, before begin().
   void set_start(Start start) { start_ = std::move(start); }
 
-  // Starts the first attempt; the setup is filled.
+  // Starts the first attempt; the setup is filled. Never throws: a failure
+  // ends the call.
   void begin() {
-    state_.emplace(setup_.plan);
-    begin_attempt(1);
+    state_.emplace(std::move(setup_.plan));  // its views point into setup_, which stays
+    guarded([&] { begin_attempt(1); });
   }
 
   // Ends the call before it started (unusable options): completes inline.
@@ -183,35 +190,62 @@ class AsyncUnary final : public AsyncOperation, public std::enable_shared_from_t
     std::unique_lock<std::mutex> lock(mu_);
     if (finished_ || cancel_requested_) return;
     cancel_requested_ = true;
-    switch (phase_) {
-      case Phase::kAttempt: {
-        grpc::ClientContext* const ctx = ctx_.get();
-        ++pins_;
-        lock.unlock();
-        ctx->TryCancel();  // the attempt ends with CANCELLED; attempt_done finishes
-        unpin();
-        return;
-      }
-      case Phase::kWaiting:
-        if (alarm_) {
-          grpc::Alarm* const alarm = alarm_.get();
-          ++pins_;
-          lock.unlock();
-          alarm->Cancel();  // wake(ok = false) finishes
-          unpin();
-        } else {  // the caller's schedule holds the wait: nothing to interrupt
-          lock.unlock();
-          finish(cancelled_status("during the backoff wait"));
-        }
-        return;
-      case Phase::kIdle:
-      case Phase::kDeciding:
-        return;  // the flow's next step sees the flag
+    if (phase_ == Phase::kAttempt) {
+      // ctx_ stays: the flow replaces it only in begin_attempt, which the
+      // attempt's end reaches only after seeing this flag.
+      grpc::ClientContext* const ctx = ctx_.get();
+      ++pins_;
+      lock.unlock();
+      ctx->TryCancel();  // the attempt ends with CANCELLED; attempt_done finishes
+      unpin();
+    } else if (phase_ == Phase::kWaiting && alarm_) {
+      std::shared_ptr<grpc::Alarm> alarm = alarm_;
+      ++pins_;
+      lock.unlock();
+      alarm->Cancel();  // wake(ok = false) finishes
+      alarm.reset();    // before a delivery: nothing of gRPC's is released after it
+      unpin();
+    } else if (phase_ == Phase::kWaiting) {
+      // The caller's schedule holds the wait: claim it and end the call.
+      ++wait_id_;
+      phase_ = Phase::kIdle;
+      lock.unlock();
+      report_.stop_reason = "cancelled";
+      finish(cancelled_status("during the backoff wait"));
     }
+    // kIdle, kDeciding: the flow's next step sees the flag.
   }
 
  private:
   enum class Phase { kIdle, kAttempt, kDeciding, kWaiting };
+
+  // The schedule's `done`, once: a second call does nothing, and dropping
+  // it uncalled ends the call instead of leaving it waiting forever.
+  struct WaitToken {
+    std::shared_ptr<AsyncUnary> op;
+    int next;
+    std::uint64_t id;
+    std::atomic<bool> used{false};
+    WaitToken(std::shared_ptr<AsyncUnary> o, int n, std::uint64_t i) : op(std::move(o)), next(n), id(i) {}
+    ~WaitToken() {
+      if (!used.exchange(true)) op->dropped(id);
+    }
+    void fire() {
+      if (!used.exchange(true)) op->wake(next, id, true);
+    }
+  };
+
+  // Runs a step of the flow; an exception (out of memory, say) ends the
+  // call instead of unwinding into gRPC.
+  template <typename Step>
+  void guarded(Step&& step) {
+    try {
+      step();
+    } catch (...) {
+      report_.stop_reason = "an internal error";
+      finish(callback_threw("an async call's step", std::current_exception()));
+    }
+  }
 
   void begin_attempt(int n) {
     if (cancel_requested_now()) {
@@ -231,34 +265,36 @@ class AsyncUnary final : public AsyncOperation, public std::enable_shared_from_t
                              std::get<std::optional<std::chrono::system_clock::time_point>>(deadline));
     grpc::ClientContext* raw = nullptr;
     bool cancel_now = false;
+    std::unique_ptr<grpc::ClientContext> previous;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      ctx_ = std::move(ctx);  // the previous attempt's context goes here
+      previous = std::exchange(ctx_, std::move(ctx));
       raw = ctx_.get();
       phase_ = Phase::kAttempt;
       // A cancel since the check above found no attempt to cancel: cancel
       // this one as it starts (TryCancel before the call cancels it at once).
       cancel_now = cancel_requested_;
-      if (cancel_now) ++pins_;
+      ++pins_;  // raw stays valid until the attempt is started
     }
+    previous.reset();  // the last attempt's context, outside the lock
     start_(raw, &response_, [self = this->shared_from_this(), n](grpc::Status status) {
-      self->attempt_done(n, std::move(status));
+      self->guarded([&] { self->attempt_done(n, std::move(status)); });
     });
-    if (cancel_now) {
-      raw->TryCancel();
-      unpin();
-    }
+    if (cancel_now) raw->TryCancel();
+    unpin();
   }
 
   void attempt_done(int n, grpc::Status status) {
     AttemptOutcome const outcome = end_attempt(*ctx_, std::move(status), options_, setup_, started_);
     report_.attempts = n;
     report_.last_status = outcome.status;
-    if (cancel_requested_now(Phase::kDeciding)) {
+    if (cancel_requested_now(Phase::kDeciding) && !outcome.status.ok()) {
       report_.stop_reason = "cancelled";
-      finish(outcome.status.ok() ? outcome.status : cancelled_status("during an attempt"));
+      finish(cancelled_status("during an attempt"));
       return;
     }
+    // (An attempt that succeeded before the cancel reached it delivers its
+    // result, and the throttle hears of the success.)
     RetryDecision const decision = state_->after_attempt(n, outcome);
     if (!decision.retry) {
       report_.stop_reason = decision.stop_reason;
@@ -279,40 +315,76 @@ class AsyncUnary final : public AsyncOperation, public std::enable_shared_from_t
       return;
     }
     phase_ = Phase::kWaiting;
-    ++wait_id_;
-    auto wake = [self = this->shared_from_this(), next, id = wait_id_](bool ok) { self->wake(next, id, ok); };
+    std::uint64_t const id = ++wait_id_;
+    std::shared_ptr<grpc::Alarm> previous = std::move(alarm_);
+    ++pins_;  // until the schedule returns, or the alarm is set and checked
     if (options_.schedule) {
-      alarm_.reset();
       lock.unlock();
+      previous.reset();
+      auto token = std::make_shared<WaitToken>(this->shared_from_this(), next, id);
       try {
-        options_.schedule(delay, [wake] { wake(true); });
+        options_.schedule(delay, [token] { token->fire(); });
       } catch (...) {
-        report_.stop_reason = "the retry schedule threw";
-        finish(callback_threw("the retry schedule", std::current_exception()));
+        auto const error = std::current_exception();
+        if (claim_wait(id)) {
+          report_.stop_reason = "the retry schedule threw";
+          finish(callback_threw("the retry schedule", error));
+        } else {  // the wait was over already (done ran, or a cancel): the call goes on
+          completion_threw(error, "the retry schedule, after its done ran,");
+        }
       }
+      unpin();
       return;
     }
-    alarm_ = std::make_unique<grpc::Alarm>();  // the previous wait's alarm goes here
-    grpc::Alarm* const alarm = alarm_.get();
-    ++pins_;
+    auto alarm = std::make_shared<grpc::Alarm>();
+    alarm_ = alarm;
     lock.unlock();
-    alarm->Set(std::chrono::system_clock::now() + delay, std::move(wake));
-    if (cancel_requested_now()) alarm->Cancel();  // a cancel that came while it was being set
+    previous.reset();
+    alarm->Set(std::chrono::system_clock::now() + delay,
+               [self = this->shared_from_this(), next, id](bool ok) {
+                 self->guarded([&] { self->wake(next, id, ok); });
+               });
+    bool cancel_now = false;
+    {
+      std::lock_guard<std::mutex> relock(mu_);
+      // A cancel that came while the alarm was being set found no alarm.
+      cancel_now = cancel_requested_ && phase_ == Phase::kWaiting && wait_id_ == id;
+    }
+    if (cancel_now) alarm->Cancel();  // our own copy: alive even if the flow moved on
+    alarm.reset();                    // before a delivery: nothing of gRPC's is released after it
     unpin();
   }
 
+  // Ends wait `id` for the caller: true if it was still on (the caller
+  // then owns the flow), false if it was over or claimed already.
+  bool claim_wait(std::uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_ || phase_ != Phase::kWaiting || id != wait_id_) return false;
+    ++wait_id_;
+    phase_ = Phase::kIdle;
+    return true;
+  }
+
   void wake(int next, std::uint64_t id, bool ok) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (finished_ || phase_ != Phase::kWaiting || id != wait_id_) return;  // over, or a stale `done`
-      phase_ = Phase::kIdle;
-    }
+    if (!claim_wait(id)) return;  // over, or a stale or second `done`
     if (!ok) {
+      bool const asked = cancel_requested_now();
       report_.stop_reason = "cancelled";
-      finish(cancelled_status("during the backoff wait"));
+      finish(asked ? cancelled_status("during the backoff wait")
+                   : grpc::Status(grpc::StatusCode::CANCELLED,
+                                  "stubkit: the backoff alarm ended early (gRPC is "
+                                  "shutting down?)"));
       return;
     }
     begin_attempt(next);
+  }
+
+  // The schedule dropped its `done` without calling it.
+  void dropped(std::uint64_t id) {
+    if (!claim_wait(id)) return;
+    report_.stop_reason = "the retry schedule dropped its done";
+    finish(grpc::Status(grpc::StatusCode::UNKNOWN,
+                        "stubkit: the retry schedule dropped its `done` callback without calling it"));
   }
 
   // Reads the cancel flag; optionally moves to `phase` in the same step.
@@ -336,11 +408,12 @@ class AsyncUnary final : public AsyncOperation, public std::enable_shared_from_t
   }
 
   // Releases the gRPC objects, then runs the completion (see Ownership at
-  // the top of the file). Called once, with the lock held; unlocks it.
+  // the top of the file), then drops the caller's callables. Called once,
+  // with the lock held; unlocks it.
   void deliver(std::unique_lock<std::mutex>& lock) {
     delivered_ = true;
     std::unique_ptr<grpc::ClientContext> ctx = std::move(ctx_);
-    std::unique_ptr<grpc::Alarm> alarm = std::move(alarm_);
+    std::shared_ptr<grpc::Alarm> alarm = std::move(alarm_);
     std::shared_ptr<void> registration = std::move(registration_);
     Done done = std::move(done_fn_);
     lock.unlock();
@@ -348,9 +421,16 @@ class AsyncUnary final : public AsyncOperation, public std::enable_shared_from_t
     alarm.reset();  // a cancelled alarm's pending callback keeps what it needs
     registration.reset();
     report_.last_status = final_;
+    if (final_.ok()) report_.stop_reason.clear();
     if (options_.report != nullptr) *options_.report = report_;
     end_call(setup_, report_, final_);
     Result<Response> result = to_result(final_, std::move(response_));
+    state_.reset();
+    options_.on_retry = nullptr;
+    options_.schedule = nullptr;
+    options_.clock = RetryClock{};
+    options_.observer.reset();
+    setup_.observer = nullptr;
     done_.store(true, std::memory_order_release);
     try {
       done(std::move(result));
@@ -359,7 +439,7 @@ class AsyncUnary final : public AsyncOperation, public std::enable_shared_from_t
     }
   }
 
-  CallOptions const options_;
+  CallOptions options_;
   CallSetup setup_;
   Start start_;
   std::optional<RetryState> state_;
@@ -371,7 +451,7 @@ class AsyncUnary final : public AsyncOperation, public std::enable_shared_from_t
   std::mutex mu_;
   Done done_fn_;
   std::unique_ptr<grpc::ClientContext> ctx_;
-  std::unique_ptr<grpc::Alarm> alarm_;
+  std::shared_ptr<grpc::Alarm> alarm_;
   std::shared_ptr<void> registration_;
   Phase phase_ = Phase::kIdle;
   std::uint64_t wait_id_ = 0;
@@ -512,8 +592,15 @@ struct IsCompletion<
     Response, Callback,
     std::enable_if_t<std::is_void_v<std::invoke_result_t<std::decay_t<Callback>&, Result<Response>>>>>
     : std::true_type {};
+// Completion tokens of other libraries that are callables too (asio's
+// executor and cancellation-slot binders): stubkit/asio.hpp marks them, so
+// they take its overload instead of the plain callback form.
+template <typename Token>
+struct ForeignToken : std::false_type {};
+
 template <typename Response, typename Callback>
-inline constexpr bool is_completion_v = IsCompletion<Response, Callback>::value;
+inline constexpr bool is_completion_v =
+    IsCompletion<Response, Callback>::value && !ForeignToken<std::decay_t<Callback>>::value;
 
 // A completion as the operation keeps it (std::function needs a copyable
 // callable: a move-only one is shared instead).
@@ -601,6 +688,7 @@ struct AwaitState {
   std::mutex mu;
   std::optional<T> value;
   std::coroutine_handle<> waiter;
+  bool taken = false;  // the value was handed to the coroutine
 
   void complete(T result) {
     std::coroutine_handle<> resume;
@@ -640,6 +728,9 @@ class [[nodiscard]] Awaitable {
   ~Awaitable() { abandon(); }
 
   bool await_ready() const {
+    if (!state_ || state_->taken) {
+      throw std::logic_error("stubkit::Awaitable: awaited twice, or after it was moved from");
+    }
     std::lock_guard<std::mutex> lock(state_->mu);
     return state_->value.has_value();
   }
@@ -651,6 +742,7 @@ class [[nodiscard]] Awaitable {
   }
   T await_resume() {
     std::lock_guard<std::mutex> lock(state_->mu);
+    state_->taken = true;
     return std::move(*state_->value);
   }
 
@@ -659,8 +751,15 @@ class [[nodiscard]] Awaitable {
   AsyncHandle const& handle() const { return handle_; }
 
  private:
+  // Dropped: a coroutine suspended here is being destroyed (or never
+  // awaited), so nobody may be resumed; the call is cancelled if still on.
   void abandon() {
-    if (state_ && !handle_.done()) handle_.cancel();
+    if (!state_) return;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      state_->waiter = nullptr;
+    }
+    if (!handle_.done()) handle_.cancel();
   }
 
   std::shared_ptr<detail::AwaitState<T>> state_;

@@ -544,7 +544,9 @@ struct CallOptions {
   /// Async calls only: arranges for `done` to run after `delay`, on any
   /// thread; empty = a grpc::Alarm. It is called on a gRPC thread, so it
   /// must not block: start a timer, or run `done` at once (tests do). A call
-  /// cancelled while it waits ends at once; a later `done` then does nothing.
+  /// cancelled while it waits ends at once; a later `done` then does nothing,
+  /// as does a second one. Dropping `done` uncalled ends the call with
+  /// UNKNOWN; so does a `schedule` that throws before its `done` ran.
   std::function<void(std::chrono::milliseconds delay, std::function<void()> done)> schedule;
   /// Told of the call, each attempt and each retry decision (source
   /// "call"); empty = the default observer (observe.hpp), if any.

@@ -4,6 +4,7 @@
 // Benchmarks never fail on timing: the exit status only reports errors.
 //
 //   stubkit-bench --user-server PATH [--json FILE] [--quick] [--only ROW]
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -256,9 +257,18 @@ int b11_child(std::string const& mode, std::string const& target, int total, int
       });
     }
   };
+  auto cpu_seconds = [] {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+           static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+  };
   run();
+  double const cpu_before = cpu_seconds();
   for (int i = 0; i < rounds; ++i) std::cout << seconds_of(run) << " ";
-  std::cout << stubkit_tests::status_kib(getpid(), "VmHWM") << std::endl;
+  // The client's own CPU time per round, then its peak RSS.
+  std::cout << (cpu_seconds() - cpu_before) / rounds << " " << stubkit_tests::status_kib(getpid(), "VmHWM")
+            << std::endl;
   return 0;
 }
 
@@ -696,7 +706,12 @@ int main(int argc, char** argv) {
                     [&](std::function<void(bool)> done) { raw_get(*stub, request, std::move(done)); });
         },
         1.05));
-    // Each way in a process of its own: time and peak RSS.
+    // Each way in a process of its own: time, CPU time and peak RSS.
+    struct Child {
+      std::vector<double> times;
+      double cpu = -1;
+      double rss = -1;
+    };
     auto child = [&](std::string const& mode) {
       stubkit_tests::Process process({std::string(argv[0]), "--b11-child", mode, target,
                                       std::to_string(total), std::to_string(b11_rounds)});
@@ -705,13 +720,18 @@ int main(int argc, char** argv) {
       std::vector<double> times;
       double value = 0;
       while (line >> value) times.push_back(value);
-      double const rss = times.empty() ? -1 : times.back();
-      if (!times.empty()) times.pop_back();
-      return std::make_pair(times, rss);
+      Child result;
+      if (times.size() < 3) return result;
+      result.rss = times.back();
+      times.pop_back();
+      result.cpu = times.back();
+      times.pop_back();
+      result.times = times;
+      return result;
     };
-    auto const [async_times, async_rss] = child("async");
-    auto const [thread_times, thread_rss] = child("threads");
-    auto const [raw_times, raw_rss] = child("raw");
+    auto const [async_times, async_cpu, async_rss] = child("async");
+    auto const [thread_times, thread_cpu, thread_rss] = child("threads");
+    auto const [raw_times, raw_cpu, raw_rss] = child("raw");
     if (async_times.empty() || thread_times.empty() || raw_times.empty()) {
       std::cerr << "B11: a client process did not run\n";
       return 1;
@@ -722,6 +742,12 @@ int main(int argc, char** argv) {
         median(thread_times) * 1e3, median(async_times) * 1e3, "ms", time_ratio, time_ratio, time_ratio,
         "report", true});
     double const rss_ratio = thread_rss / async_rss;
+    double const cpu_ratio = thread_cpu / async_cpu;
+    rows.push_back(Row{"B11",
+                       "same: client CPU time per round, 256 threads vs async (raw callback API: " +
+                           std::to_string(static_cast<long>(raw_cpu * 1e3)) + " ms)",
+                       thread_cpu * 1e3, async_cpu * 1e3, "ms", cpu_ratio, cpu_ratio, cpu_ratio, "report",
+                       true});
     rows.push_back(Row{"B11",
                        "same: client peak RSS, 256 threads vs async (raw callback API: " +
                            std::to_string(static_cast<long>(raw_rss)) + " KiB)",
@@ -741,14 +767,20 @@ int main(int argc, char** argv) {
           number.clear();
         }
       }
-      if (py_times.empty()) {
+      if (py_times.size() < 2) {
         std::cerr << "B11: the grpc.aio client did not run\n";
         return 1;
       }
+      double const py_cpu = py_times.back();  // its CPU time per round comes last
+      py_times.pop_back();
       double const speedup = median(py_times) / median(async_times);
       rows.push_back(Row{"B11", "same: Python grpc.aio, 256 concurrent, vs stubkit::async_call (speedup)",
                          median(py_times) * 1e3, median(async_times) * 1e3, "ms", speedup, speedup, speedup,
                          ">= 3", speedup >= 3});
+      double const cpu_speedup = py_cpu / async_cpu;
+      rows.push_back(Row{"B11", "same: client CPU time per round, grpc.aio vs stubkit::async_call (factor)",
+                         py_cpu * 1e3, async_cpu * 1e3, "ms", cpu_speedup, cpu_speedup, cpu_speedup, "report",
+                         true});
     }
   }
 
