@@ -117,14 +117,7 @@ inline grpc::Status cancelled_status(char const* when) {
 // A completion that throws is the caller's bug; it must not unwind into
 // gRPC (which would terminate the process), nor vanish without a word.
 inline void completion_threw(std::exception_ptr error, char const* who = "the completion of an async call") {
-  std::string what = "unknown exception";
-  try {
-    std::rethrow_exception(std::move(error));
-  } catch (std::exception const& e) {
-    what = e.what();
-  } catch (...) {
-  }
-  std::fprintf(stderr, "stubkit: %s threw (ignored): %s\n", who, what.c_str());
+  std::fprintf(stderr, "stubkit: %s threw (ignored): %s\n", who, what_of(std::move(error)).c_str());
 }
 
 // One async unary call: the state machine that runs attempts on the
@@ -510,6 +503,12 @@ inline void cancel_on_stop(std::shared_ptr<AsyncOperation> const& op, std::stop_
   };
   op->keep_until_done(std::make_shared<std::stop_callback<Cancel>>(stop, Cancel{op}));
 }
+
+// The before-begin step of the overloads that take a stop token.
+struct StopHook {
+  std::stop_token const& stop;
+  void operator()(std::shared_ptr<AsyncOperation> const& op) const { cancel_on_stop(op, stop); }
+};
 #endif
 
 // Starts a call whose completion is `done`; `before_begin(op)` runs first
@@ -658,10 +657,9 @@ template <typename Stub, typename AsyncClass, typename Request, typename Respons
           std::enable_if_t<detail::is_completion_v<Response, Callback>, int> = 0>
 AsyncHandle async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method, Request request,
                        CallOptions options, std::stop_token stop, Callback&& callback) {
-  return AsyncHandle(detail::start_unary(
-      stub, method, std::move(request), std::move(options),
-      detail::as_done<Response>(std::forward<Callback>(callback)),
-      [&stop](std::shared_ptr<detail::AsyncOperation> const& op) { detail::cancel_on_stop(op, stop); }));
+  return AsyncHandle(detail::start_unary(stub, method, std::move(request), std::move(options),
+                                         detail::as_done<Response>(std::forward<Callback>(callback)),
+                                         detail::StopHook{stop}));
 }
 
 /// The future form, also cancelled when `stop` is requested.
@@ -669,9 +667,8 @@ template <typename Stub, typename AsyncClass, typename Request, typename Respons
 AsyncFuture<Result<Response>> async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method,
                                          Request request, CallOptions options, std::stop_token stop,
                                          use_future_t) {
-  return detail::future_call<Response>(
-      stub, method, std::move(request), std::move(options),
-      [&stop](std::shared_ptr<detail::AsyncOperation> const& op) { detail::cancel_on_stop(op, stop); });
+  return detail::future_call<Response>(stub, method, std::move(request), std::move(options),
+                                       detail::StopHook{stop});
 }
 #endif
 
@@ -796,9 +793,8 @@ template <typename Stub, typename AsyncClass, typename Request, typename Respons
 Awaitable<Result<Response>> async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method,
                                        Request request, CallOptions options, std::stop_token stop,
                                        use_awaitable_t) {
-  return detail::awaitable_call<Response>(
-      stub, method, std::move(request), std::move(options),
-      [&stop](std::shared_ptr<detail::AsyncOperation> const& op) { detail::cancel_on_stop(op, stop); });
+  return detail::awaitable_call<Response>(stub, method, std::move(request), std::move(options),
+                                          detail::StopHook{stop});
 }
 #endif
 

@@ -282,15 +282,20 @@ inline std::optional<std::chrono::milliseconds> retry_info_delay(grpc::Status co
 
 // The status a call ends with when user code called by the retry loop
 // (on_retry, a clock, a random source, a scheduler) threw.
-inline grpc::Status callback_threw(char const* what, std::exception_ptr error) {
-  std::string reason = "unknown exception";
+// What an exception says: its what(), or "unknown exception".
+inline std::string what_of(std::exception_ptr error) {
   try {
     std::rethrow_exception(std::move(error));
   } catch (std::exception const& e) {
-    reason = e.what();
+    return e.what();
   } catch (...) {
   }
-  return grpc::Status(grpc::StatusCode::UNKNOWN, std::string("stubkit: ") + what + " threw: " + reason);
+  return "unknown exception";
+}
+
+inline grpc::Status callback_threw(char const* what, std::exception_ptr error) {
+  return grpc::Status(grpc::StatusCode::UNKNOWN,
+                      std::string("stubkit: ") + what + " threw: " + what_of(std::move(error)));
 }
 
 }  // namespace detail

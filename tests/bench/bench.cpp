@@ -167,6 +167,21 @@ long client_rss(std::string const& self, std::string const& user_server, int use
   return rss;
 }
 
+// The numbers of a JSON list a helper script printed, in order.
+std::vector<double> numbers_in(std::string const& line) {
+  std::vector<double> numbers;
+  std::string number;
+  for (char c : line + " ") {
+    if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == '-') {
+      number += c;
+    } else if (!number.empty()) {
+      numbers.push_back(std::stod(number));
+      number.clear();
+    }
+  }
+  return numbers;
+}
+
 // ---- B11: many calls in flight --------------------------------------------
 
 // Keeps `window` calls in flight until `total` have completed: each
@@ -609,17 +624,7 @@ int main(int argc, char** argv) {
                                  target, std::to_string(b6_rounds), std::to_string(work)});
       std::string line = py.read_line();
       py.wait();
-      std::vector<double> times;
-      std::string number;
-      for (char c : line) {
-        if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == '-') {
-          number += c;
-        } else if (!number.empty()) {
-          times.push_back(std::stod(number));
-          number.clear();
-        }
-      }
-      return times;
+      return numbers_in(line);
     };
     auto timed = [&](auto&& f) {
       std::vector<double> times;
@@ -757,16 +762,7 @@ int main(int argc, char** argv) {
                                  std::to_string(b11_rounds), std::to_string(total), "256", "u00000001"});
       std::string const line = py.read_line();
       py.wait();
-      std::vector<double> py_times;
-      std::string number;
-      for (char c : line) {
-        if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == '-') {
-          number += c;
-        } else if (!number.empty()) {
-          py_times.push_back(std::stod(number));
-          number.clear();
-        }
-      }
+      std::vector<double> py_times = numbers_in(line);
       if (py_times.size() < 2) {
         std::cerr << "B11: the grpc.aio client did not run\n";
         return 1;
