@@ -31,10 +31,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <condition_variable>
 #include <iterator>
 #include <limits>
 #include <memory>
@@ -189,83 +189,80 @@ class Prefetcher {
   std::thread thread_;
 };
 
-// The state machine shared by the item and page views: requests pages in
-// order, guards against misbehaving servers, applies deadlines and limits,
-// and optionally prefetches. Not thread-safe: one consumer.
+// The guards of a listing, shared by paginate's ranges and the async
+// listings of async_paginate.hpp: the request of each page, the page token
+// checks (a token seen before, a run of empty pages), max_items, the
+// deadlines, and the listing's trace. It runs no call itself. One thread
+// at a time.
 template <typename Request, typename Response>
-class Pager {
+class PageGuard {
  public:
-  Pager(PageFetch<Request, Response> fetch, Request request, PaginateOptions options,
-        std::function<std::size_t(Response const&)> count)
-      : fetch_(std::move(fetch)),
-        request_(std::move(request)),
-        options_(std::move(options)),
-        count_(std::move(count)) {
+  using Clock = std::chrono::system_clock;
+
+  PageGuard(Request request, PaginateOptions options, std::function<std::size_t(Response const&)> count)
+      : request_(std::move(request)), options_(std::move(options)), count_(std::move(count)) {
     std::string add;
-    std::optional<TraceContext> const trace = outgoing_trace(options_.metadata, &add);
+    trace_ = outgoing_trace(options_.metadata, &add);
     if (!add.empty()) options_.metadata.emplace_back(kTraceparentKey, std::move(add));
-    if (Observer* const observer = resolve_observer(options_.observer)) {
-      observe_pages(observer, std::string(trace_id_of(trace)));
-    }
+    observer_ = resolve_observer(options_.observer);
     if (options_.page_size > 0) request_.set_page_size(options_.page_size);
     if (!request_.page_token().empty()) seen_.insert(std::hash<std::string>{}(request_.page_token()));
   }
 
-  ~Pager() { abandon_prefetch(); }
-  Pager(Pager const&) = delete;
-  Pager& operator=(Pager const&) = delete;
+  /// The listing has ended: no page is to be fetched or delivered.
+  bool finished() const { return done_; }
+  /// Another page is to be fetched: not finished, and no error pending.
+  bool more() const { return !done_ && !pending_error_; }
 
-  /// The next page, the error that ended the listing, or nullopt at the end.
-  std::optional<Result<Response>> next() {
-    while (!done_) {
-      if (pending_error_) {
-        done_ = true;
-        return Result<Response>(*std::move(pending_error_));
-      }
-      Result<Response> page = take_page();
-      if (!page.ok()) {
-        done_ = true;
-        return page;
-      }
-      ++pages_;
-      std::string const& token = page->next_page_token();
-      std::size_t const items = count_(*page);
-      delivered_ += items;
-      empty_run_ = items == 0 ? empty_run_ + 1 : 0;
-      if (token.empty() || limit_reached()) {
-        done_ = true;
-      } else if (!seen_.insert(std::hash<std::string>{}(token)).second) {
-        pending_error_ = misbehaving("returned a page token it had returned before");
-      } else if (empty_run_ >= options_.max_empty_pages) {
-        pending_error_ = misbehaving("returned " + std::to_string(empty_run_) + " empty pages in a row");
-      } else {
-        request_.set_page_token(token);
-        if (options_.prefetch) start_prefetch();
-      }
-      return page;
+  /// The error a misbehaving server earned, delivered after its last page;
+  /// taking it ends the listing.
+  std::optional<Error> take_pending_error() {
+    if (!pending_error_) return std::nullopt;
+    done_ = true;
+    return std::exchange(pending_error_, std::nullopt);
+  }
+
+  /// Ends the listing with `error` as its last element (a cancel).
+  void end_with(Error error) {
+    if (done_) return;
+    pending_error_ = std::move(error);
+  }
+
+  /// Takes in a page as it is delivered; true if another page follows
+  /// (its request is then ready).
+  bool accept(Result<Response> const& page) {
+    if (!page.ok()) {
+      done_ = true;
+      return false;
     }
-    return std::nullopt;
+    ++pages_;
+    std::string const& token = page->next_page_token();
+    std::size_t const items = count_(*page);
+    delivered_ += items;
+    empty_run_ = items == 0 ? empty_run_ + 1 : 0;
+    if (token.empty() || limit_reached()) {
+      done_ = true;
+    } else if (!seen_.insert(std::hash<std::string>{}(token)).second) {
+      pending_error_ = misbehaving("returned a page token it had returned before");
+    } else if (empty_run_ >= options_.max_empty_pages) {
+      pending_error_ = misbehaving("returned " + std::to_string(empty_run_) + " empty pages in a row");
+    } else {
+      request_.set_page_token(token);
+      return true;
+    }
+    return false;
   }
 
-  /// Items delivered so far (counted per page, before any max_items trim).
-  std::size_t delivered() const { return delivered_; }
-  PaginateOptions const& options() const { return options_; }
-
- private:
-  using Clock = std::chrono::system_clock;
-
-  Clock::time_point now() const { return options_.clock ? options_.clock() : Clock::now(); }
-
-  bool limit_reached() const { return options_.max_items != 0 && delivered_ >= options_.max_items; }
-
-  Error misbehaving(std::string const& what) const {
-    return Error(grpc::StatusCode::INTERNAL, "the server of " + Response::descriptor()->full_name() + " " +
-                                                 what + " after " + std::to_string(pages_) +
-                                                 " pages; the listing stopped instead of looping forever");
+  /// The error of a page not requested because the listing's deadline has
+  /// passed; none while it has not.
+  std::optional<Error> deadline_error() const {
+    if (!options_.deadline || now() < *options_.deadline) return std::nullopt;
+    return Error(grpc::StatusCode::DEADLINE_EXCEEDED,
+                 "the listing's deadline passed after " + std::to_string(pages_) + " pages");
   }
 
-  // The request for the next page, with page_size capped to what remains.
-  Request next_request() {
+  /// The request for the next page, with page_size capped to what remains.
+  Request next_request() const {
     Request request = request_;
     if (options_.max_items != 0) {
       std::size_t const remaining = options_.max_items - delivered_;
@@ -277,15 +274,101 @@ class Pager {
     return request;
   }
 
-  std::unique_ptr<grpc::ClientContext> make_context() const {
-    auto ctx = std::make_unique<grpc::ClientContext>();
+  /// The deadline of a page call starting now: the listing's, or
+  /// page_timeout from now if that is earlier.
+  std::optional<Clock::time_point> page_deadline() const {
     std::optional<Clock::time_point> deadline = options_.deadline;
     if (options_.page_timeout.count() > 0) {
       auto const page_deadline = detail::saturating_add(now(), options_.page_timeout);
       if (!deadline || page_deadline < *deadline) deadline = page_deadline;
     }
-    if (deadline) ctx->set_deadline(*deadline);
-    for (auto const& [key, value] : options_.metadata) ctx->AddMetadata(key, value);
+    return deadline;
+  }
+
+  /// Items delivered so far (counted per page, before any max_items trim).
+  std::size_t delivered() const { return delivered_; }
+  PaginateOptions const& options() const { return options_; }
+  /// The observer of the listing's pages; null = none.
+  Observer* observer() const { return observer_; }
+  std::string_view trace_id() const { return trace_id_of(trace_); }
+  std::size_t count(Response const& page) const { return count_(page); }
+  std::function<std::size_t(Response const&)> const& counter() const { return count_; }
+
+ private:
+  Clock::time_point now() const { return options_.clock ? options_.clock() : Clock::now(); }
+
+  bool limit_reached() const { return options_.max_items != 0 && delivered_ >= options_.max_items; }
+
+  Error misbehaving(std::string const& what) const {
+    return Error(grpc::StatusCode::INTERNAL, "the server of " + Response::descriptor()->full_name() + " " +
+                                                 what + " after " + std::to_string(pages_) +
+                                                 " pages; the listing stopped instead of looping forever");
+  }
+
+  Request request_;
+  PaginateOptions options_;
+  std::function<std::size_t(Response const&)> count_;
+  std::optional<TraceContext> trace_;
+  Observer* observer_ = nullptr;
+  std::unordered_set<std::size_t> seen_;  // hashes of the page tokens seen
+  std::optional<Error> pending_error_;
+  std::size_t delivered_ = 0;
+  std::size_t pages_ = 0;
+  int empty_run_ = 0;
+  bool done_ = false;
+};
+
+// The kPage event of page number `page` of a listing.
+template <typename Request, typename Response>
+Event page_event(std::string_view trace_id, std::int64_t page, std::chrono::steady_clock::time_point start,
+                 Result<Response> const& result, std::size_t items) {
+  Event event = event_of(EventType::kPage, "paginate", method_path<Request, Response>(), 0, trace_id);
+  event.page = page;
+  event.latency = since(start);
+  if (result.ok()) {
+    event.items = static_cast<std::int64_t>(items);
+    event.has_next_page = !result->next_page_token().empty();
+  } else {
+    event.code = result.error().code();
+    event.message = result.error().message();
+  }
+  return event;
+}
+
+// The blocking state machine shared by the item and page views: fetches
+// pages in order through the guards, optionally prefetching. Not
+// thread-safe: one consumer.
+template <typename Request, typename Response>
+class Pager {
+ public:
+  Pager(PageFetch<Request, Response> fetch, Request request, PaginateOptions options,
+        std::function<std::size_t(Response const&)> count)
+      : fetch_(std::move(fetch)), guard_(std::move(request), std::move(options), std::move(count)) {
+    if (Observer* const observer = guard_.observer()) observe_pages(observer);
+  }
+
+  ~Pager() { abandon_prefetch(); }
+  Pager(Pager const&) = delete;
+  Pager& operator=(Pager const&) = delete;
+
+  /// The next page, the error that ended the listing, or nullopt at the end.
+  std::optional<Result<Response>> next() {
+    if (guard_.finished()) return std::nullopt;
+    if (auto error = guard_.take_pending_error()) return Result<Response>(*std::move(error));
+    Result<Response> page = take_page();
+    if (guard_.accept(page) && guard_.options().prefetch) start_prefetch();
+    return page;
+  }
+
+  /// Items delivered so far (counted per page, before any max_items trim).
+  std::size_t delivered() const { return guard_.delivered(); }
+  PaginateOptions const& options() const { return guard_.options(); }
+
+ private:
+  std::unique_ptr<grpc::ClientContext> make_context() const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    if (auto deadline = guard_.page_deadline()) ctx->set_deadline(*deadline);
+    for (auto const& [key, value] : guard_.options().metadata) ctx->AddMetadata(key, value);
     return ctx;
   }
 
@@ -295,19 +378,16 @@ class Pager {
       inflight_ctx_.reset();
       return page;
     }
-    if (options_.deadline && now() >= *options_.deadline) {
-      return Error(grpc::StatusCode::DEADLINE_EXCEEDED,
-                   "the listing's deadline passed after " + std::to_string(pages_) + " pages");
-    }
+    if (auto error = guard_.deadline_error()) return *std::move(error);
     auto ctx = make_context();
-    return fetch_(*ctx, next_request());
+    return fetch_(*ctx, guard_.next_request());
   }
 
   void start_prefetch() {
-    if (options_.deadline && now() >= *options_.deadline) return;  // take_page reports it
+    if (guard_.deadline_error()) return;  // take_page reports it
     inflight_ctx_ = make_context();
     if (!prefetcher_) prefetcher_ = std::make_unique<Prefetcher<Response>>();
-    prefetcher_->start([fetch = fetch_, ctx = inflight_ctx_.get(), request = next_request()] {
+    prefetcher_->start([fetch = fetch_, ctx = inflight_ctx_.get(), request = guard_.next_request()] {
       return fetch(*ctx, request);
     });
   }
@@ -316,25 +396,17 @@ class Pager {
   // prefetch thread too); pages are fetched one at a time, in order. The
   // count is shared: a prefetch runs a copy of the fetch. A prefetch
   // abandoned (the range dropped) is no page of the listing: not reported.
-  void observe_pages(Observer* observer, std::string trace_id) {
+  void observe_pages(Observer* observer) {
     abandoned_ = std::make_shared<std::atomic<bool>>(false);
-    fetch_ = [fetch = std::move(fetch_), count = count_, observer, trace_id = std::move(trace_id),
+    fetch_ = [fetch = std::move(fetch_), count = guard_.counter(), observer,
+              trace_id = std::string(guard_.trace_id()),
               pages = std::make_shared<std::atomic<std::int64_t>>(0),
               abandoned = abandoned_](grpc::ClientContext& ctx, Request const& request) -> Result<Response> {
       auto const start = std::chrono::steady_clock::now();
       Result<Response> result = fetch(ctx, request);
       if (abandoned->load()) return result;
-      Event event = event_of(EventType::kPage, "paginate", method_path<Request, Response>(), 0, trace_id);
-      event.page = pages->fetch_add(1) + 1;
-      event.latency = since(start);
-      if (result.ok()) {
-        event.items = static_cast<std::int64_t>(count(*result));
-        event.has_next_page = !result->next_page_token().empty();
-      } else {
-        event.code = result.error().code();
-        event.message = result.error().message();
-      }
-      notify(observer, event);
+      notify(observer, page_event<Request, Response>(trace_id, pages->fetch_add(1) + 1, start, result,
+                                                     result.ok() ? count(*result) : 0));
       return result;
     };
   }
@@ -348,18 +420,10 @@ class Pager {
   }
 
   PageFetch<Request, Response> fetch_;
-  Request request_;
-  PaginateOptions options_;
-  std::function<std::size_t(Response const&)> count_;
-  std::unordered_set<std::size_t> seen_;  // hashes of the page tokens seen
-  std::optional<Error> pending_error_;
+  PageGuard<Request, Response> guard_;
   std::unique_ptr<Prefetcher<Response>> prefetcher_;  // made at the first prefetch
   std::unique_ptr<grpc::ClientContext> inflight_ctx_;
   std::shared_ptr<std::atomic<bool>> abandoned_;  // set when observing
-  std::size_t delivered_ = 0;
-  std::size_t pages_ = 0;
-  int empty_run_ = 0;
-  bool done_ = false;
 };
 
 // What paginate accepts as its stub, for a method of `Class`: a stub (or a
