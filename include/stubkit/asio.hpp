@@ -1,26 +1,32 @@
-// stubkit's async calls with standalone asio (Debian libasio-dev; optional:
-// only this header needs it). Any asio completion token works, and the
-// completion runs on the token's associated executor, not on gRPC's thread:
+// stubkit's async operations with standalone asio (Debian libasio-dev;
+// optional: only this header needs it): async_call (async.hpp) and the next
+// element of an async listing (async_paginate.hpp). Any asio completion
+// token works, and the completion runs on the token's associated executor,
+// not on gRPC's thread:
 //
 //   asio::awaitable<void> handle(UserService::Stub& stub) {
 //     stubkit::Result<User> user = co_await stubkit::async_call(
 //         stub, &UserService::Stub::async::GetUser, request, options, asio::use_awaitable);
 //   }
 //
-// asio's cancellation reaches the call: a token whose cancellation slot is
-// connected (asio::bind_cancellation_slot, a co_spawn'ed coroutine's, the
-// operators of asio::experimental::awaitable_operators) ends the call
-// promptly with CANCELLED, as AsyncHandle::cancel() does. Until the call
+// asio's cancellation reaches the operation: a token whose cancellation
+// slot is connected (asio::bind_cancellation_slot, a co_spawn'ed
+// coroutine's, the operators of asio::experimental::awaitable_operators)
+// ends it promptly with CANCELLED, as AsyncHandle::cancel() does (for a
+// listing's next element, the listing is cancelled). Until the operation
 // completes it counts as outstanding work of the executor, so
 // io_context::run() does not return under it.
 //
-// Which overload: asio's tokens (asio::use_awaitable, asio::use_future,
+// Which form: asio's tokens (asio::use_awaitable, asio::use_future,
 // asio::deferred, asio::detached, ...) and handlers bound with
-// asio::bind_executor or asio::bind_cancellation_slot take this one; a plain
-// callable (a lambda) stays async.hpp's callback form and runs on a gRPC
-// thread. Only terminal cancellation is honoured (a call cancelled in flight
-// may have had effects on the server). Keep the io_context alive until its
-// calls have completed: a completion is posted to its executor.
+// asio::bind_executor or asio::bind_cancellation_slot go through asio; a
+// plain callable (a lambda) stays async.hpp's callback form and runs on a
+// gRPC thread. Only terminal cancellation is honoured (a call cancelled in
+// flight may have had effects on the server). Keep the io_context alive
+// until its operations have completed: a completion is posted to its
+// executor. An operation that cannot start (a listing's second pending
+// next()) completes with FAILED_PRECONDITION instead of throwing: asio may
+// start it inside a noexcept await_suspend.
 #ifndef STUBKIT_ASIO_HPP
 #define STUBKIT_ASIO_HPP
 
@@ -35,6 +41,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 
@@ -59,8 +66,8 @@ struct ForeignToken<asio::executor_binder<T, Executor>> : std::true_type {};
 template <typename T, typename Slot>
 struct ForeignToken<asio::cancellation_slot_binder<T, Slot>> : std::true_type {};
 
-template <typename Response, typename Token>
-inline constexpr bool is_asio_token_v = !is_completion_v<Response, Token> && !is_stubkit_tag_v<Token>;
+template <typename T, typename Token>
+inline constexpr bool is_asio_token_v = !is_completion_for_v<T, Token> && !is_stubkit_tag_v<Token>;
 
 // Cancels a call from asio's cancellation slot. The slot may fire before
 // the call has its handle (it is installed first, so no cancel is missed).
@@ -92,14 +99,14 @@ struct AsioCancel {
 
 // Hands the result to an asio handler on its executor: the slot is cleared
 // and the handler invoked there, where the slot is also emitted from.
-template <typename Handler, typename Response>
+template <typename Handler, typename T>
 struct AsioCompletion {
   Handler handler;
   asio::executor_work_guard<asio::associated_executor_t<Handler>> work;
 
   AsioCompletion(Handler h) : handler(std::move(h)), work(asio::make_work_guard(handler)) {}
 
-  static void complete(std::shared_ptr<AsioCompletion> self, Result<Response> result) {
+  static void complete(std::shared_ptr<AsioCompletion> self, T result) {
     auto executor = self->work.get_executor();
     asio::post(executor, [self = std::move(self), result = std::move(result)]() mutable {
       auto slot = asio::get_associated_cancellation_slot(self->handler);
@@ -111,41 +118,51 @@ struct AsioCompletion {
   }
 };
 
-}  // namespace detail
+// An operation of async.hpp (an async call, or the next element of an async
+// listing) completed through an asio completion token, e.g.
+// `co_await stubkit::async_call(..., asio::use_awaitable)`. The operation
+// starts when asio initiates it (for asio::use_awaitable, when awaited).
+template <typename T, typename Token>
+struct Initiate<T, Token, std::enable_if_t<is_asio_token_v<T, Token>>> {
+  template <typename AsioToken, typename Start>
+  static auto run(AsioToken&& token, Start&& start) {
+    auto initiation = [start = std::forward<Start>(start)](auto handler) mutable {
+      using Handler = decltype(handler);
+      auto target = std::make_shared<AsioCancel::Target>();
+      auto slot = asio::get_associated_cancellation_slot(handler);
+      if (slot.is_connected()) slot.template emplace<AsioCancel>(AsioCancel{target});
+      auto completion = std::make_shared<AsioCompletion<Handler, T>>(std::move(handler));
+      // The slot's target gets the operation before it begins, so a cancel
+      // that came first means no attempt at all.
+      // asio may start the operation where nothing can throw (use_awaitable
+      // starts it inside a noexcept await_suspend): a failure to start (a
+      // listing's second pending next()) completes the handler instead.
+      try {
+        start([completion](T result) { AsioCompletion<Handler, T>::complete(completion, std::move(result)); },
+              [&target](std::shared_ptr<AsyncOperation> const& op) {
+                bool cancel_now = false;
+                {
+                  std::lock_guard<std::mutex> lock(target->mu);
+                  target->handle = AsyncHandle(op);
+                  target->started = true;
+                  cancel_now = target->cancel_requested;
+                }
+                if (cancel_now) op->cancel();
+              });
+      } catch (std::logic_error const& misuse) {
+        AsioCompletion<Handler, T>::complete(
+            completion, ErrorValue<T>::make(Error(grpc::StatusCode::FAILED_PRECONDITION, misuse.what())));
+      } catch (...) {
+        AsioCompletion<Handler, T>::complete(
+            completion, ErrorValue<T>::make(
+                            Error::from(callback_threw("starting the operation", std::current_exception()))));
+      }
+    };
+    return asio::async_initiate<AsioToken, void(T)>(std::move(initiation), token);
+  }
+};
 
-/// stubkit::async_call (async.hpp) completed through an asio completion
-/// token, e.g. `co_await stubkit::async_call(..., asio::use_awaitable)`.
-template <typename Stub, typename AsyncClass, typename Request, typename Response, typename Token,
-          std::enable_if_t<detail::is_asio_token_v<Response, Token>, int> = 0>
-auto async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method, Request request,
-                CallOptions options, Token&& token) {
-  auto initiation = [&stub, method](auto handler, Request request, CallOptions options) {
-    using Handler = decltype(handler);
-    auto target = std::make_shared<detail::AsioCancel::Target>();
-    auto slot = asio::get_associated_cancellation_slot(handler);
-    if (slot.is_connected()) slot.template emplace<detail::AsioCancel>(detail::AsioCancel{target});
-    auto completion = std::make_shared<detail::AsioCompletion<Handler, Response>>(std::move(handler));
-    // The slot's target gets the call before its first attempt, so a cancel
-    // that came first means no attempt at all.
-    detail::start_unary(
-        stub, method, std::move(request), std::move(options),
-        [completion](Result<Response> result) {
-          detail::AsioCompletion<Handler, Response>::complete(completion, std::move(result));
-        },
-        [&target](std::shared_ptr<detail::AsyncOperation> const& op) {
-          bool cancel_now = false;
-          {
-            std::lock_guard<std::mutex> lock(target->mu);
-            target->handle = AsyncHandle(op);
-            target->started = true;
-            cancel_now = target->cancel_requested;
-          }
-          if (cancel_now) op->cancel();
-        });
-  };
-  return asio::async_initiate<Token, void(Result<Response>)>(std::move(initiation), token, std::move(request),
-                                                             std::move(options));
-}
+}  // namespace detail
 
 }  // namespace stubkit
 

@@ -18,6 +18,9 @@
 //   stubkit::Result<User> user = co_await stubkit::async_call(
 //       *stub, &UserService::Stub::async::GetUser, request, options, stubkit::use_awaitable);
 //
+// Listings the same way: stubkit/async_paginate.hpp. Every form above (and
+// asio's tokens) is chosen by detail::Initiate, for calls and listings alike.
+//
 // The method is the generated stub's callback method (`Stub::async::Method`,
 // or `StubInterface::async_interface::Method`); the stub must outlive the
 // operation, i.e. stay alive until its completion has run.
@@ -506,7 +509,7 @@ inline void cancel_on_stop(std::shared_ptr<AsyncOperation> const& op, std::stop_
 
 // The before-begin step of the overloads that take a stop token.
 struct StopHook {
-  std::stop_token const& stop;
+  std::stop_token stop;
   void operator()(std::shared_ptr<AsyncOperation> const& op) const { cancel_on_stop(op, stop); }
 };
 #endif
@@ -584,91 +587,126 @@ namespace detail {
 
 // A callback: called with the result, returning nothing. (Asio's tokens
 // such as asio::use_future are callable too, but return a new token.)
-template <typename Response, typename Callback, typename = void>
-struct IsCompletion : std::false_type {};
-template <typename Response, typename Callback>
-struct IsCompletion<
-    Response, Callback,
-    std::enable_if_t<std::is_void_v<std::invoke_result_t<std::decay_t<Callback>&, Result<Response>>>>>
+template <typename T, typename Callback, typename = void>
+struct IsCompletionFor : std::false_type {};
+template <typename T, typename Callback>
+struct IsCompletionFor<T, Callback,
+                       std::enable_if_t<std::is_void_v<std::invoke_result_t<std::decay_t<Callback>&, T>>>>
     : std::true_type {};
 // Completion tokens of other libraries that are callables too (asio's
 // executor and cancellation-slot binders): stubkit/asio.hpp marks them, so
-// they take its overload instead of the plain callback form.
+// they take its path instead of the plain callback form.
 template <typename Token>
 struct ForeignToken : std::false_type {};
 
-template <typename Response, typename Callback>
-inline constexpr bool is_completion_v =
-    IsCompletion<Response, Callback>::value && !ForeignToken<std::decay_t<Callback>>::value;
+template <typename T, typename Callback>
+inline constexpr bool is_completion_for_v =
+    IsCompletionFor<T, Callback>::value && !ForeignToken<std::decay_t<Callback>>::value;
 
-// A completion as the operation keeps it (std::function needs a copyable
+// A completion as an operation keeps it (std::function needs a copyable
 // callable: a move-only one is shared instead).
-template <typename Response, typename Callback>
-typename AsyncUnary<Response>::Done as_done(Callback&& callback) {
+template <typename T, typename Callback>
+std::function<void(T)> as_done(Callback&& callback) {
   using F = std::decay_t<Callback>;
   if constexpr (std::is_copy_constructible_v<F>) {
-    return typename AsyncUnary<Response>::Done(std::forward<Callback>(callback));
+    return std::function<void(T)>(std::forward<Callback>(callback));
   } else {
-    return [shared = std::make_shared<F>(std::forward<Callback>(callback))](Result<Response> result) {
+    return [shared = std::make_shared<F>(std::forward<Callback>(callback))](T result) {
       (*shared)(std::move(result));
     };
   }
 }
 
-template <typename Response, typename BeforeBegin, typename Stub, typename AsyncClass, typename Request>
-AsyncFuture<Result<Response>> future_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method,
-                                          Request request, CallOptions options, BeforeBegin&& before_begin) {
-  auto promise = std::make_shared<std::promise<Result<Response>>>();
-  std::future<Result<Response>> future = promise->get_future();
-  auto op = start_unary(
-      stub, method, std::move(request), std::move(options),
-      [promise](Result<Response> result) { promise->set_value(std::move(result)); },
-      std::forward<BeforeBegin>(before_begin));
-  return AsyncFuture<Result<Response>>(std::move(future), AsyncHandle(std::move(op)));
+// The result that carries `error` to a completion taking a T (an async
+// call's Result, a listing's optional Result).
+template <typename T>
+struct ErrorValue;
+template <typename R>
+struct ErrorValue<Result<R>> {
+  static Result<R> make(Error error) { return Result<R>(std::move(error)); }
+};
+template <typename R>
+struct ErrorValue<std::optional<Result<R>>> {
+  static std::optional<Result<R>> make(Error error) {
+    return std::optional<Result<R>>(std::in_place, std::move(error));
+  }
+};
+
+// How an operation whose result is a T completes, chosen by the completion
+// token the caller passed: Initiate<T, Token>::run(token, start) calls
+// `start(done, hook)`, which must call `hook(op)` before the operation
+// begins, start it with `done` as its completion, and return it (null when
+// it completed inline); run returns what the token's form returns. This
+// primary form is a plain callback and returns an AsyncHandle; use_future
+// and use_awaitable specialize it below, stubkit/asio.hpp for asio's tokens.
+template <typename T, typename Token, typename = void>
+struct Initiate {
+  static_assert(is_completion_for_v<T, Token>,
+                "stubkit: the completion must be a callable taking the result and returning void, "
+                "stubkit::use_future, stubkit::use_awaitable, or (with stubkit/asio.hpp included) an "
+                "asio completion token");
+  template <typename Callback, typename Start>
+  static AsyncHandle run(Callback&& callback, Start&& start) {
+    return AsyncHandle(start(as_done<T>(std::forward<Callback>(callback)), NoStop{}));
+  }
+};
+
+template <typename T>
+struct Initiate<T, use_future_t> {
+  template <typename Start>
+  static AsyncFuture<T> run(use_future_t, Start&& start) {
+    auto promise = std::make_shared<std::promise<T>>();
+    std::future<T> future = promise->get_future();
+    auto op = start([promise](T result) { promise->set_value(std::move(result)); }, NoStop{});
+    return AsyncFuture<T>(std::move(future), AsyncHandle(std::move(op)));
+  }
+};
+
+// An async call completed through `token`; `before_begin(op)` runs before
+// its first attempt, after the token's own hook. The start functor owns
+// what it needs: asio may run it after async_call has returned.
+template <typename Response, typename Token, typename BeforeBegin, typename Stub, typename AsyncClass,
+          typename Request>
+auto initiate_call(Token&& token, Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method,
+                   Request request, CallOptions options, BeforeBegin before_begin) {
+  auto start = [&stub, method, request = std::move(request), options = std::move(options),
+                before_begin = std::move(before_begin)](std::function<void(Result<Response>)> done,
+                                                        auto const& hook) mutable {
+    return start_unary(stub, method, std::move(request), std::move(options), std::move(done),
+                       [&](std::shared_ptr<AsyncOperation> const& op) {
+                         hook(op);
+                         before_begin(op);
+                       });
+  };
+  return Initiate<Result<Response>, std::decay_t<Token>>::run(std::forward<Token>(token), std::move(start));
 }
 
 }  // namespace detail
 
 /// Calls `method` of `stub` as stubkit::call does (same CallOptions, same
-/// retry rules, report and observer, source "async"), without blocking;
-/// `callback(Result<Response>)` runs exactly once, on a gRPC thread (see
-/// the top of this file). The stub must stay alive until then; the
-/// request is copied. Returns a handle that cancels the call.
-template <typename Stub, typename AsyncClass, typename Request, typename Response, typename Callback,
-          std::enable_if_t<detail::is_completion_v<Response, Callback>, int> = 0>
-AsyncHandle async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method, Request request,
-                       CallOptions options, Callback&& callback) {
-  return AsyncHandle(detail::start_unary(stub, method, std::move(request), std::move(options),
-                                         detail::as_done<Response>(std::forward<Callback>(callback)),
-                                         detail::NoStop{}));
-}
-
-/// The same, completing an AsyncFuture.
-template <typename Stub, typename AsyncClass, typename Request, typename Response>
-AsyncFuture<Result<Response>> async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method,
-                                         Request request, CallOptions options, use_future_t) {
-  return detail::future_call<Response>(stub, method, std::move(request), std::move(options),
-                                       detail::NoStop{});
+/// retry rules, report and observer, source "async"), without blocking.
+/// The stub must stay alive until the call completes; the request is
+/// copied. `token` says how it completes:
+/// - a callable `void(Result<Response>)`: run exactly once, on a gRPC
+///   thread (see the top of this file); async_call returns an AsyncHandle
+///   that cancels the call;
+/// - stubkit::use_future: returns an AsyncFuture;
+/// - stubkit::use_awaitable (C++20): returns an Awaitable to co_await;
+/// - an asio completion token (stubkit/asio.hpp).
+template <typename Stub, typename AsyncClass, typename Request, typename Response, typename Token>
+auto async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method, Request request,
+                CallOptions options, Token&& token) {
+  return detail::initiate_call<Response>(std::forward<Token>(token), stub, method, std::move(request),
+                                         std::move(options), detail::NoStop{});
 }
 
 #if defined(STUBKIT_HAS_STOP_TOKEN)
-/// The callback form, also cancelled when `stop` is requested.
-template <typename Stub, typename AsyncClass, typename Request, typename Response, typename Callback,
-          std::enable_if_t<detail::is_completion_v<Response, Callback>, int> = 0>
-AsyncHandle async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method, Request request,
-                       CallOptions options, std::stop_token stop, Callback&& callback) {
-  return AsyncHandle(detail::start_unary(stub, method, std::move(request), std::move(options),
-                                         detail::as_done<Response>(std::forward<Callback>(callback)),
-                                         detail::StopHook{stop}));
-}
-
-/// The future form, also cancelled when `stop` is requested.
-template <typename Stub, typename AsyncClass, typename Request, typename Response>
-AsyncFuture<Result<Response>> async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method,
-                                         Request request, CallOptions options, std::stop_token stop,
-                                         use_future_t) {
-  return detail::future_call<Response>(stub, method, std::move(request), std::move(options),
-                                       detail::StopHook{stop});
+/// The same, also cancelled when `stop` is requested.
+template <typename Stub, typename AsyncClass, typename Request, typename Response, typename Token>
+auto async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method, Request request,
+                CallOptions options, std::stop_token stop, Token&& token) {
+  return detail::initiate_call<Response>(std::forward<Token>(token), stub, method, std::move(request),
+                                         std::move(options), detail::StopHook{std::move(stop)});
 }
 #endif
 
@@ -765,38 +803,17 @@ class [[nodiscard]] Awaitable {
 
 namespace detail {
 
-template <typename Response, typename BeforeBegin, typename Stub, typename AsyncClass, typename Request>
-Awaitable<Result<Response>> awaitable_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method,
-                                           Request request, CallOptions options, BeforeBegin&& before_begin) {
-  auto state = std::make_shared<AwaitState<Result<Response>>>();
-  auto op = start_unary(
-      stub, method, std::move(request), std::move(options),
-      [state](Result<Response> result) { state->complete(std::move(result)); },
-      std::forward<BeforeBegin>(before_begin));
-  return Awaitable<Result<Response>>(std::move(state), AsyncHandle(std::move(op)));
-}
+template <typename T>
+struct Initiate<T, use_awaitable_t> {
+  template <typename Start>
+  static Awaitable<T> run(use_awaitable_t, Start&& start) {
+    auto state = std::make_shared<AwaitState<T>>();
+    auto op = start([state](T result) { state->complete(std::move(result)); }, NoStop{});
+    return Awaitable<T>(std::move(state), AsyncHandle(std::move(op)));
+  }
+};
 
 }  // namespace detail
-
-/// The same call, to co_await: `Result<User> user = co_await stubkit::async_call(...,
-/// stubkit::use_awaitable);`
-template <typename Stub, typename AsyncClass, typename Request, typename Response>
-Awaitable<Result<Response>> async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method,
-                                       Request request, CallOptions options, use_awaitable_t) {
-  return detail::awaitable_call<Response>(stub, method, std::move(request), std::move(options),
-                                          detail::NoStop{});
-}
-
-#if defined(STUBKIT_HAS_STOP_TOKEN)
-/// The awaitable form, also cancelled when `stop` is requested.
-template <typename Stub, typename AsyncClass, typename Request, typename Response>
-Awaitable<Result<Response>> async_call(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method,
-                                       Request request, CallOptions options, std::stop_token stop,
-                                       use_awaitable_t) {
-  return detail::awaitable_call<Response>(stub, method, std::move(request), std::move(options),
-                                          detail::StopHook{stop});
-}
-#endif
 
 template <typename T = void>
 class Task;
