@@ -1,13 +1,16 @@
 // async: calls without a blocked thread, and coroutines two ways (C++20).
 //
-// Shows: a fan-out of 1000 GetUser calls in flight at once, written as an
-// executor-free stubkit::Task and as an asio coroutine; a retried call with
-// a callback; a call cancelled during its backoff wait. The faults are asked
-// of the server with the stubkit-fault request header, so the same code runs
-// against the embedded server and against `user_server --preload 1 --fault-metadata`.
+// Shows: a fan-out of 1000 GetUser calls in flight at once, and a listing of
+// every user page by page with the next page fetched while one is consumed,
+// each written as an executor-free stubkit::Task and as an asio coroutine; a
+// retried call with a callback; a call cancelled during its backoff wait.
+// The faults are asked of the server with the stubkit-fault request header,
+// so the same code runs against the embedded server and against
+// `user_server --preload 250 --fault-metadata`.
 //
 //   async [--target HOST:PORT] [--token T]
 #include "stubkit/async.hpp"
+#include "stubkit/async_paginate.hpp"
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -23,8 +26,10 @@
 #include "example.hpp"
 #include "myservice/v1/user.grpc.pb.h"
 #include "stubkit/asio.hpp"
+#include "stubkit/user_client.hpp"  // PageTraits of ListUsersResponse
 
 using myservice::v1::GetUserRequest;
+using myservice::v1::ListUsersRequest;
 using myservice::v1::User;
 using myservice::v1::UserService;
 using namespace std::chrono_literals;
@@ -53,11 +58,38 @@ asio::awaitable<void> get_one(UserService::Stub& stub, GetUserRequest request, i
   if (user) ++found;
 }
 
+// A listing with no executor: co_await each user; with prefetch, the next
+// page is on its way while this one is consumed.
+stubkit::Task<stubkit::Result<int>> count_users(UserService::Stub& stub) {
+  stubkit::PaginateOptions options;
+  options.page_size = 100;
+  options.prefetch = true;
+  auto users = stubkit::async_paginate(stub, &UserService::Stub::async::ListUsers, ListUsersRequest{}, options);
+  int count = 0;
+  while (auto user = co_await users.next()) {
+    if (!*user) co_return user->error();  // the error that ended the listing
+    ++count;
+  }
+  co_return count;
+}
+
+// The same listing in an asio coroutine: each co_await resumes on the io_context.
+asio::awaitable<void> count_users_asio(UserService::Stub& stub, int& count) {
+  stubkit::PaginateOptions options;
+  options.page_size = 100;
+  options.prefetch = true;
+  auto users = stubkit::async_paginate(stub, &UserService::Stub::async::ListUsers, ListUsersRequest{}, options);
+  while (auto user = co_await users.next(asio::use_awaitable)) {
+    if (!*user) co_return;
+    ++count;
+  }
+}
+
 int main(int argc, char** argv) {
   auto const flags =
       example::parse(argc, argv, "async", "calls without a blocked thread, and coroutines (C++20)",
-                     "user_server --preload 1 --fault-metadata");
-  example::Servers servers(flags, /*preload=*/1);
+                     "user_server --preload 250 --fault-metadata");
+  example::Servers servers(flags, /*preload=*/250);
   auto stub = UserService::NewStub(servers.channel());
   GetUserRequest request;
   request.set_id("u00000001");
@@ -78,6 +110,18 @@ int main(int argc, char** argv) {
   io.run();
   std::cout << "asio fan-out: " << via_asio << " of 1000 GetUser ok\n";
   ok = ok && via_asio == 1000;
+
+  // Every user, page by page, as a Task and as an asio coroutine.
+  stubkit::Result<int> const listed = stubkit::sync_wait(count_users(*stub));
+  std::cout << "stubkit::Task listing: "
+            << (listed ? std::to_string(*listed) + " users" : listed.error().to_string()) << "\n";
+  ok = ok && listed && (servers.remote() ? *listed > 0 : *listed == 250);
+  int listed_asio = 0;
+  asio::co_spawn(io, count_users_asio(*stub, listed_asio), asio::detached);
+  io.restart();
+  io.run();
+  std::cout << "asio listing: " << listed_asio << " users\n";
+  ok = ok && (servers.remote() ? listed_asio > 0 : listed_asio == 250);
 
   // A callback, and retries: the first two attempts fail, the third answers.
   stubkit::CallOptions options;

@@ -7,9 +7,18 @@
 // hang. An observer must hear each call start and end once, and each
 // attempt that starts end.
 //
-//   build/tests/async_stress [--calls N] [--seed N] [--user-server PATH]
+// Then async listings (async_paginate.hpp) under the same stress: hundreds
+// in flight at once, each driven by its own completions, with random page
+// sizes, prefetch, failing pages, deadlines, and cancels from another
+// thread, from inside a completion, or the listing destroyed inside one.
+// Every next() must complete exactly once; a listing left alone must yield
+// every user once and in order; one cancelled, a prefix of them and then
+// CANCELLED.
+//
+//   build/tests/async_stress [--calls N] [--listings N] [--seed N] [--user-server PATH]
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -19,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -27,8 +37,10 @@
 #include "myservice/v1/user.grpc.pb.h"
 #include "process.hpp"
 #include "stubkit/async.hpp"
+#include "stubkit/async_paginate.hpp"
 #include "stubkit/testing/embedded_server.hpp"
 #include "stubkit/testing/fault_injector.hpp"
+#include "stubkit/user_client.hpp"
 
 namespace {
 
@@ -47,6 +59,7 @@ constexpr char const* kPlanNames[] = {"ok",       "not_found",   "fail_then_ok",
 
 struct Settings {
   int calls = 5000;
+  int listings = 300;
   unsigned seed = 1;
   std::string user_server;
 };
@@ -97,6 +110,213 @@ bool sensible(Plan plan, StatusCode code, bool cancelled) {
       return code == StatusCode::CANCELLED || code == StatusCode::OK || code == StatusCode::UNAVAILABLE;
   }
   return false;
+}
+
+constexpr stubkit::AsyncUnaryMethod<class UserService::Stub::async, myservice::v1::ListUsersRequest,
+                                    myservice::v1::ListUsersResponse>
+    kListUsers = &UserService::Stub::async::ListUsers;
+
+enum class ListPlan { kWhole, kPagesFail, kDeadline, kCancelLater, kCancelInside, kDestroyInside };
+constexpr char const* kListPlanNames[] = {"whole",        "pages_fail",    "deadline",
+                                          "cancel_later", "cancel_inside", "destroy_inside"};
+
+using Listing = decltype(stubkit::async_paginate(std::declval<UserService::Stub&>(), kListUsers,
+                                                 myservice::v1::ListUsersRequest{}));
+
+// One listing, driven by its own completions: each asks for the next item.
+struct ListingRun {
+  ListPlan plan = ListPlan::kWhole;
+  std::size_t stop_after = 0;  // cancel_inside, destroy_inside: after this many items
+  std::optional<Listing> listing;
+  stubkit::AsyncHandle handle;  // outlives the listing: done once its last page call is over
+  std::atomic<int> asked{0};
+  std::atomic<int> answered{0};
+  std::vector<std::string> ids;  // written by one completion at a time
+  int error = -1;                // the code of the error element, if any
+  int errors = 0;                // error elements seen (at most one)
+  bool after_end = false;        // an element came after the end
+  std::atomic<bool> ended{false};
+  std::atomic<bool> cancelled{false};
+  std::function<void()> on_end;
+
+  void ask() {
+    ++asked;
+    listing->next([this](std::optional<stubkit::Result<User>> item) { take(std::move(item)); });
+  }
+
+  void take(std::optional<stubkit::Result<User>> item) {
+    ++answered;
+    if (ended) {
+      after_end = true;
+      return;
+    }
+    if (!item) return end();
+    if (!item->ok()) {
+      error = static_cast<int>(item->error().code());
+      ++errors;
+    } else {
+      ids.push_back((*item)->id());
+    }
+    if (plan == ListPlan::kCancelInside && ids.size() == stop_after && item->ok()) {
+      cancelled = true;
+      listing->cancel();  // the next element is CANCELLED, then the end
+    }
+    if (plan == ListPlan::kDestroyInside && ids.size() == stop_after && item->ok()) {
+      cancelled = true;
+      listing.reset();  // inside its own completion
+      return end();
+    }
+    ask();
+  }
+
+  void end() {
+    ended = true;
+    on_end();
+  }
+};
+
+// Runs the listings phase; returns the number of problems found.
+int run_listings(UserService::Stub& stub, std::vector<std::string> const& all_ids, Settings const& settings,
+                 std::mt19937& random) {
+  int const n = settings.listings;
+  if (n == 0) return 0;
+  std::vector<std::unique_ptr<ListingRun>> runs;
+  std::atomic<int> ended{0};
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  std::mutex queue_mu;
+  std::vector<std::pair<Clock::time_point, ListingRun*>> to_cancel;
+  std::atomic<bool> stop{false};
+  std::thread canceller([&] {
+    while (!stop) {
+      std::vector<ListingRun*> due;
+      {
+        std::lock_guard<std::mutex> lock(queue_mu);
+        auto const now = Clock::now();
+        for (auto it = to_cancel.begin(); it != to_cancel.end();) {
+          if (it->first <= now) {
+            due.push_back(it->second);
+            it = to_cancel.erase(it);
+          } else {
+            ++it;
+          }
+        }
+      }
+      // The listing object is the consumer's; cancel() is thread-safe.
+      for (ListingRun* run : due) {
+        run->cancelled = true;
+        run->listing->cancel();
+      }
+      std::this_thread::sleep_for(200us);
+    }
+  });
+  auto const start = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    auto run = std::make_unique<ListingRun>();
+    run->plan = static_cast<ListPlan>(random() % 6);
+    run->stop_after = 1 + random() % all_ids.size();
+    run->on_end = [&] {
+      if (++ended == n) {
+        std::lock_guard<std::mutex> lock(done_mu);
+        done_cv.notify_all();
+      }
+    };
+    stubkit::PaginateOptions options;
+    options.page_size = static_cast<int>(1 + random() % 50);
+    options.prefetch = random() % 2 == 0;
+    stubkit::CallOptions call;
+    if (run->plan == ListPlan::kPagesFail) {
+      call.metadata = {{stubkit::testing::FaultInjector::kFaultHeader, "code=UNAVAILABLE"}};
+    } else if (run->plan == ListPlan::kDeadline) {
+      call.metadata = {{stubkit::testing::FaultInjector::kFaultHeader, "latency=10s"}};
+      options.deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(20 + random() % 80);
+    }
+    // ListingRun is not movable (atomics): emplace the listing in place.
+    run->listing.emplace(
+        stubkit::async_paginate(stub, kListUsers, myservice::v1::ListUsersRequest{}, options, call));
+    run->handle = run->listing->handle();
+    run->ask();
+    if (run->plan == ListPlan::kCancelLater) {
+      std::lock_guard<std::mutex> lock(queue_mu);
+      to_cancel.emplace_back(Clock::now() + std::chrono::microseconds(random() % 30000), run.get());
+    }
+    runs.push_back(std::move(run));
+  }
+  bool finished = false;
+  {
+    std::unique_lock<std::mutex> lock(done_mu);
+    finished = done_cv.wait_for(lock, 120s, [&] { return ended == n; });
+  }
+  stop = true;
+  canceller.join();
+  std::this_thread::sleep_for(100ms);  // a late element would land here
+
+  int problems = 0;
+  std::map<std::string, std::map<std::string, int>> by_plan;
+  auto problem = [&](std::size_t i, std::string const& what) {
+    if (++problems <= 10) {
+      std::fprintf(stderr, "listing %zu (%s): %s\n", i, kListPlanNames[static_cast<int>(runs[i]->plan)],
+                   what.c_str());
+    }
+  };
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    ListingRun& run = *runs[i];
+    bool const whole = run.ids == all_ids;
+    bool const prefix =
+        run.ids.size() <= all_ids.size() && std::equal(run.ids.begin(), run.ids.end(), all_ids.begin());
+    auto const code = static_cast<StatusCode>(run.error);
+    std::string outcome = run.error < 0 ? (whole ? "whole" : "partial") : stubkit::code_name(code);
+    by_plan[kListPlanNames[static_cast<int>(run.plan)]][outcome]++;
+    if (!run.ended) problem(i, "never ended");
+    if (run.asked != run.answered) {
+      problem(i, std::to_string(run.asked) + " next() asked, " + std::to_string(run.answered) + " answered");
+    }
+    if (run.after_end) problem(i, "an element after the end");
+    if (run.errors > 1) problem(i, std::to_string(run.errors) + " error elements");
+    if (!prefix) problem(i, "items not a prefix of the listing, in order");
+    bool ok = false;
+    switch (run.plan) {
+      case ListPlan::kWhole:
+        ok = whole && run.error < 0;
+        break;
+      case ListPlan::kPagesFail:
+        ok = run.ids.empty() && code == StatusCode::UNAVAILABLE;
+        break;
+      case ListPlan::kDeadline:
+        ok = run.ids.empty() && code == StatusCode::DEADLINE_EXCEEDED;
+        break;
+      case ListPlan::kCancelLater:
+        ok = (whole && run.error < 0) || code == StatusCode::CANCELLED;
+        break;
+      case ListPlan::kCancelInside:
+        ok = run.ids.size() == run.stop_after &&
+             (code == StatusCode::CANCELLED || (run.error < 0 && run.stop_after == all_ids.size()));
+        break;
+      case ListPlan::kDestroyInside:
+        ok = run.ids.size() == run.stop_after && run.error < 0;
+        break;
+    }
+    if (!ok) problem(i, "ended as " + outcome + " after " + std::to_string(run.ids.size()) + " items");
+  }
+  if (!finished) std::fprintf(stderr, "only %d of %d listings ended within 120 s\n", ended.load(), n);
+  std::printf("async_stress: %d listings of %zu users done after %.0f ms\n", n, all_ids.size(),
+              std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+  for (auto const& [plan, outcomes] : by_plan) {
+    std::printf("  %-14s", plan.c_str());
+    for (auto const& [outcome, count] : outcomes) std::printf(" %s=%d", outcome.c_str(), count);
+    std::printf("\n");
+  }
+  // Every listing's last page call must be over (its handle done) before the stub goes.
+  auto all_done = [&] {
+    return std::all_of(runs.begin(), runs.end(), [](auto const& r) { return r->handle.done(); });
+  };
+  for (int i = 0; i < 1000 && !all_done(); ++i) std::this_thread::sleep_for(10ms);
+  if (!all_done()) {
+    std::fprintf(stderr, "a listing's handle was not done 10 s after every listing ended\n");
+    ++problems;
+  }
+  runs.clear();
+  return problems + (finished ? 0 : 1);
 }
 
 int run(Settings const& settings) {
@@ -294,13 +514,36 @@ int run(Settings const& settings) {
     }
     std::printf("\n");
   }
+  {
+    // The listings list the seeded users plus more, in pages of 1 to 50.
+    for (int i = 10; i < 200; ++i) {
+      myservice::v1::CreateUserRequest request;
+      request.mutable_user()->set_id("user-" + std::to_string(i));
+      request.mutable_user()->set_email("user-" + std::to_string(i) + "@example.com");
+      grpc::ClientContext ctx;
+      myservice::v1::CreateUserResponse response;
+      if (!stub->CreateUser(&ctx, request, &response).ok()) ++failures;
+    }
+    stubkit::UserClient client(channel);
+    auto all = client.list_all_users();
+    std::vector<std::string> all_ids;
+    if (all.ok()) {
+      for (auto const& user : *all) all_ids.push_back(user.id());
+    }
+    if (all_ids.size() != 200) {
+      std::fprintf(stderr, "async_stress: the server lists %zu users, not 200\n", all_ids.size());
+      ++failures;
+    } else {
+      failures += run_listings(*stub, all_ids, settings, random);
+    }
+  }
   stub.reset();
   channel.reset();
   if (!finished || failures > 0) {
     std::printf("async_stress: FAILED (%d problems)\n", failures);
     return 1;
   }
-  std::printf("async_stress: every call completed exactly once with a sensible status\n");
+  std::printf("async_stress: every call and every next() completed exactly once with a sensible outcome\n");
   return 0;
 }
 
@@ -318,17 +561,20 @@ int main(int argc, char** argv) {
     };
     if (std::strcmp(argv[i], "--calls") == 0) {
       settings.calls = std::atoi(value());
+    } else if (std::strcmp(argv[i], "--listings") == 0) {
+      settings.listings = std::atoi(value());
     } else if (std::strcmp(argv[i], "--seed") == 0) {
       settings.seed = static_cast<unsigned>(std::strtoul(value(), nullptr, 10));
     } else if (std::strcmp(argv[i], "--user-server") == 0) {
       settings.user_server = value();
     } else {
-      std::fprintf(stderr, "usage: async_stress [--calls N] [--seed N] [--user-server PATH]\n");
+      std::fprintf(stderr,
+                   "usage: async_stress [--calls N] [--listings N] [--seed N] [--user-server PATH]\n");
       return 2;
     }
   }
-  if (settings.calls < 1) {
-    std::fprintf(stderr, "async_stress: --calls must be at least 1\n");
+  if (settings.calls < 1 || settings.listings < 0) {
+    std::fprintf(stderr, "async_stress: --calls must be at least 1, --listings at least 0\n");
     return 2;
   }
   return run(settings);

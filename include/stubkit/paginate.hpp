@@ -222,12 +222,6 @@ class PageGuard {
     return std::exchange(pending_error_, std::nullopt);
   }
 
-  /// Ends the listing with `error` as its last element (a cancel).
-  void end_with(Error error) {
-    if (done_) return;
-    pending_error_ = std::move(error);
-  }
-
   /// Takes in a page as it is delivered; true if another page follows
   /// (its request is then ready).
   bool accept(Result<Response> const& page) {

@@ -1,0 +1,574 @@
+// Async pagination: paginate's listings (paginate.hpp) with no thread
+// blocked. Each page is an async call (async.hpp), and each element is
+// asked for with next(), which completes through any of async.hpp's forms:
+//
+//   // C++20, a coroutine (stubkit::Task, or asio's with stubkit/asio.hpp):
+//   auto users = stubkit::async_paginate(stub, &UserService::Stub::async::ListUsers, request);
+//   while (auto user = co_await users.next()) {     // nullopt at the end
+//     if (!*user) co_return handle((*user).error());  // the error that ended it
+//     use(**user);
+//   }
+//
+//   // a callback, run on a gRPC thread (or inline when the element is at hand):
+//   users.next([](std::optional<stubkit::Result<User>> user) { ... });
+//
+// The guards are paginate's own (detail::PageGuard): page_size, max_items,
+// page_timeout, the listing's deadline, stuck or cyclic page tokens, runs of
+// empty pages, the listing's trace and its page events. With
+// `options.prefetch`, the next page is requested as soon as the current one
+// is delivered, while it is consumed. Each page call also takes a
+// CallOptions (a retry policy, wait_for_ready, metadata...), so a page that
+// fails with a retryable code is retried as stubkit::call would.
+//
+// One consumer: one next() at a time (a second one while the first is
+// pending throws std::logic_error; through an asio token, which may start
+// it where nothing can throw, it completes with FAILED_PRECONDITION). An
+// element at hand (an item of the current page, the end, an error) is
+// delivered at once by the thread that is draining the listing: the caller
+// of next() when no other is, else a gRPC thread still returning from the
+// previous completion, or a thread inside cancel(). An element not at hand
+// comes on the gRPC thread that delivered its page. So never block on a
+// next() (its future's get()) inside a completion. A callback that calls
+// next() again is not run recursively: the thread that delivers loops, so
+// a long page costs no stack. The accessor that names the repeated field
+// runs under the listing's lock: it must only return the field.
+//
+// Cancellation. cancel(), destroying the listing, cancelling a pending
+// next()'s handle, future or awaitable (a next() already completed cancels
+// nothing), or asio's cancellation slot: the listing ends with CANCELLED at
+// once, whatever it is doing (a page call in flight is cancelled, a page at
+// hand is dropped). If anything was left undelivered, the next element is
+// the CANCELLED error, then the end; a listing with only its end left, or
+// already ended, stays ended. A step that fails (out of memory, a clock
+// that throws) ends the listing the same way, with that error.
+//
+// Ownership. The stub must outlive the listing's last page call: a listing
+// destroyed or cancelled while a page call is in flight cancels that call,
+// which completes soon after on a gRPC thread. handle().done() says when
+// the listing makes no more page calls; the handle outlives the listing.
+// The listing holds no gRPC object of its own (each page call holds its
+// context as async_call does).
+#ifndef STUBKIT_ASYNC_PAGINATE_HPP
+#define STUBKIT_ASYNC_PAGINATE_HPP
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "stubkit/async.hpp"
+#include "stubkit/paginate.hpp"
+
+namespace stubkit {
+
+namespace detail {
+
+// One async listing: the page calls, the guards, the current page (items
+// view) and the page fetched ahead.
+//
+// Threads. Work is done by one thread at a time, the drainer (draining_):
+// whoever made progress (next(), a page call's completion, cancel()) drains
+// unless another thread is draining, in which case that one loops and sees
+// the progress. The drainer alone touches guard_, page_, index_ and yielded_;
+// it delivers with mu_ released and then loops, so a completion that calls
+// next() again is served by the loop, not by recursion. Everything else
+// (the waiter, the page fetched, the call in flight, the cancel flag) is
+// under mu_.
+template <typename Request, typename Response, typename Accessor, bool kItems>
+class AsyncLister final
+    : public AsyncOperation,
+      public std::enable_shared_from_this<AsyncLister<Request, Response, Accessor, kItems>> {
+ public:
+  using Item = ItemOf<Accessor, Response>;
+  using Out = std::optional<Result<std::conditional_t<kItems, Item, Response>>>;
+  using Done = std::function<void(Out)>;
+  using PageDone = std::function<void(Result<Response>)>;
+  // Starts one page call; returns its operation (null when it completed inline).
+  using Fetch = std::function<std::shared_ptr<AsyncOperation>(Request, CallOptions, PageDone)>;
+
+  AsyncLister(Fetch fetch, Request request, PaginateOptions options, CallOptions call, Accessor items)
+      : fetch_(std::move(fetch)),
+        call_(std::move(call)),
+        items_(std::move(items)),
+        guard_(std::move(request), std::move(options), [items = items_](Response const& r) {
+          return static_cast<std::size_t>(items(const_cast<Response&>(r))->size());
+        }) {}
+  // As an operation (AsyncListing::handle()), the listing is done once it
+  // has ended and no page call of it is in flight.
+
+  AsyncLister(AsyncLister const&) = delete;
+  AsyncLister& operator=(AsyncLister const&) = delete;
+
+  // Asks for the next element; `done` gets it. `hook(op)` runs first, with
+  // the operation that stands for this next() (its cancel cancels the
+  // listing).
+  template <typename Hook>
+  std::shared_ptr<AsyncOperation> next(Done done, Hook const& hook) {
+    auto op = std::make_shared<NextOp>(this->shared_from_this());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (waiter_) {
+        throw std::logic_error(
+            "stubkit: next() on an async listing whose previous next() has not completed; "
+            "await each element before asking for the next");
+      }
+      waiter_.emplace(Waiter{std::move(done), op});
+    }
+    hook(std::shared_ptr<AsyncOperation>(op));
+    std::unique_lock<std::mutex> lock(mu_);
+    drain(lock);
+    return op;
+  }
+
+  // Ends the listing with CANCELLED (see the top of the file).
+  void cancel() override {
+    // A completion run from here may destroy the listing's last owner.
+    auto const self = this->shared_from_this();
+    std::shared_ptr<AsyncOperation> inflight;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cancelled_) return;
+      cancelled_ = true;
+      inflight = inflight_;
+    }
+    if (inflight) inflight->cancel();  // its completion may run here
+    std::unique_lock<std::mutex> lock(mu_);
+    drain(lock);
+  }
+
+  void keep_until_done(std::shared_ptr<void> registration) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    kept_.push_back(std::move(registration));
+  }
+
+ private:
+  // The operation of one next(): done once its element is taken for
+  // delivery; cancelling it while it is pending cancels the listing.
+  class NextOp final : public AsyncOperation {
+   public:
+    explicit NextOp(std::weak_ptr<AsyncLister> lister) : lister_(std::move(lister)) {}
+    void cancel() override {
+      if (auto lister = lister_.lock()) lister->cancel_pending(this);
+    }
+    void keep_until_done(std::shared_ptr<void> registration) override {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!done()) registration_ = std::move(registration);
+    }
+    // Marks it done; returns what it kept, to drop outside any lock.
+    std::shared_ptr<void> complete() {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_.store(true, std::memory_order_release);
+      return std::move(registration_);
+    }
+
+   private:
+    std::weak_ptr<AsyncLister> lister_;
+    std::mutex mu_;
+    std::shared_ptr<void> registration_;
+  };
+
+  // A cancel through a next()'s handle: only while that next() is pending.
+  void cancel_pending(NextOp const* op) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!waiter_ || waiter_->op.get() != op) return;
+    }
+    cancel();
+  }
+
+  struct Waiter {
+    Done done;
+    std::shared_ptr<NextOp> op;
+  };
+
+  // Runs until no progress can be made; called and returns with mu_ held.
+  void drain(std::unique_lock<std::mutex>& lock) {
+    if (draining_) return;  // the drainer loops and sees what changed
+    draining_ = true;
+    for (;;) {
+      bool progress = false;
+      try {
+        progress = step(lock);
+      } catch (...) {  // out of memory, an accessor that threw: end the listing
+        if (!lock.owns_lock()) lock.lock();
+        fail(lock, std::current_exception());
+        progress = true;
+      }
+      if (!progress) break;
+    }
+    draining_ = false;
+    // Done as an operation: ended, and no page call in flight.
+    if (!fetching_ && (cancel_seen_ || over_ || !guard_.more())) done_.store(true, std::memory_order_release);
+  }
+
+  // One step of the drainer; false when nothing more can be done now.
+  bool step(std::unique_lock<std::mutex>& lock) {
+    if (cancelled_ && !cancel_seen_) {
+      cancel_seen_ = true;
+      // Whatever was left is dropped, and said so: the next element is
+      // CANCELLED, unless the end was all that was left.
+      if (!over_ && !nothing_left()) {
+        ending_ = Error(grpc::StatusCode::CANCELLED, "stubkit: the listing was cancelled");
+      }
+      buffered_.reset();
+      page_.reset();
+    }
+    if (waiter_) {
+      if (std::optional<Out> out = produce()) {
+        Waiter waiter = *std::move(waiter_);
+        waiter_.reset();
+        std::shared_ptr<void> kept = waiter.op->complete();  // its handle no longer cancels the listing
+        lock.unlock();
+        deliver(std::move(waiter), *std::move(out));
+        kept.reset();
+        lock.lock();
+        return true;
+      }
+    }
+    if (!fetching_ && !buffered_ && !cancel_seen_ && guard_.more() &&
+        (waiter_ || guard_.options().prefetch)) {
+      start_fetch(lock);
+      return true;
+    }
+    return false;
+  }
+
+  // A step failed: the listing ends with the error as its last element,
+  // and a page call in flight is cancelled. mu_ held.
+  void fail(std::unique_lock<std::mutex>& lock, std::exception_ptr error) {
+    cancel_seen_ = true;  // no page call after this
+    buffered_.reset();
+    page_.reset();
+    std::shared_ptr<AsyncOperation> inflight = inflight_;
+    try {
+      if (!over_) ending_ = Error::from(callback_threw("an async listing's step", std::move(error)));
+    } catch (...) {
+      over_ = true;  // not even an error could be made: the end
+    }
+    if (inflight) {
+      lock.unlock();
+      inflight->cancel();
+      inflight.reset();
+      lock.lock();
+    }
+  }
+
+  // The next element, if it is at hand (mu_ held, by the drainer). After
+  // the last element (the end, or an error), only the end.
+  std::optional<Out> produce() {
+    if (over_) return the_end();
+    if (ending_) {
+      over_ = true;
+      return Out{*std::exchange(ending_, std::nullopt)};
+    }
+    std::optional<Out> out = produce_next();
+    if (out && (!out->has_value() || !(*out)->ok())) over_ = true;
+    return out;
+  }
+
+  // Nothing is left to deliver but the end.
+  bool nothing_left() {
+    std::size_t const max = guard_.options().max_items;
+    bool const page_done = !page_ || index_ >= items_(*page_)->size() || (max != 0 && yielded_ >= max);
+    return page_done && !buffered_ && guard_.finished();
+  }
+
+  std::optional<Out> produce_next() {
+    if constexpr (kItems) {
+      for (;;) {
+        std::size_t const max = guard_.options().max_items;
+        if (max != 0 && yielded_ >= max) {
+          page_.reset();
+          return the_end();
+        }
+        if (page_ && index_ < items_(*page_)->size()) {
+          Item item = std::move(*items_(*page_)->Mutable(index_++));
+          ++yielded_;
+          return Out{Result<Item>(std::move(item))};
+        }
+        page_.reset();
+        if (auto end = end_of_listing()) return end;
+        if (!buffered_) return std::nullopt;
+        Result<Response> page = take_buffered();
+        if (!page.ok()) return Out{Result<Item>(std::move(page).error())};
+        page_.emplace(*std::move(page));
+        index_ = 0;
+      }
+    } else {
+      if (auto end = end_of_listing()) return end;
+      if (!buffered_) return std::nullopt;
+      return Out{take_buffered()};
+    }
+  }
+
+  // next()'s element after the last: nullopt.
+  static std::optional<Out> the_end() { return std::optional<Out>(std::in_place); }
+
+  // The end, or the error that ends the listing, if that is what is next.
+  std::optional<Out> end_of_listing() {
+    if (guard_.finished()) return the_end();
+    if (auto error = guard_.take_pending_error()) return Out{*std::move(error)};
+    return std::nullopt;
+  }
+
+  Result<Response> take_buffered() {
+    Result<Response> page = *std::move(buffered_);
+    buffered_.reset();
+    guard_.accept(page);
+    return page;
+  }
+
+  void deliver(Waiter waiter, Out out) {
+    try {
+      waiter.done(std::move(out));
+    } catch (...) {
+      completion_threw(std::current_exception(), "the completion of an async listing's next()");
+    }
+  }
+
+  // Starts the call of the next page; mu_ held on entry and on return.
+  void start_fetch(std::unique_lock<std::mutex>& lock) {
+    fetching_ = true;
+    std::uint64_t const id = ++fetch_id_;
+    lock.unlock();
+    std::shared_ptr<AsyncOperation> op;
+    std::optional<Error> failed;
+    try {  // the caller's clock runs here too
+      failed = guard_.deadline_error();
+      if (!failed) {
+        op = fetch_(guard_.next_request(), page_call(),
+                    [self = this->shared_from_this(), id, start = std::chrono::steady_clock::now()](
+                        Result<Response> page) { self->on_page(id, start, std::move(page)); });
+      }
+    } catch (...) {
+      failed = Error::from(callback_threw("the start of a page call", std::current_exception()));
+    }
+    lock.lock();
+    if (failed) {
+      fetching_ = false;
+      buffered_.emplace(*std::move(failed));
+      return;
+    }
+    if (op && fetching_ && fetch_id_ == id) {
+      inflight_ = op;
+      if (!cancelled_) return;
+      // A cancel that came meanwhile found no call to cancel.
+    }
+    lock.unlock();
+    if (op && cancelled_now()) op->cancel();
+    op.reset();  // if the call completed already, the last reference: dropped unlocked
+    lock.lock();
+  }
+
+  bool cancelled_now() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cancelled_;
+  }
+
+  // The options of one page call: the caller's, with the listing's metadata
+  // (its trace first) and its page deadline.
+  CallOptions page_call() const {
+    CallOptions call = call_;
+    auto const& metadata = guard_.options().metadata;
+    call.metadata.insert(call.metadata.begin(), metadata.begin(), metadata.end());
+    if (auto deadline = guard_.page_deadline()) {
+      call.deadline = call.deadline ? std::min(*call.deadline, *deadline) : *deadline;
+    }
+    return call;
+  }
+
+  void on_page(std::uint64_t id, std::chrono::steady_clock::time_point start, Result<Response> page) {
+    std::shared_ptr<AsyncOperation> call;
+    std::int64_t number = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!cancelled_) number = ++pages_seen_;  // a page nobody will read is no page of the listing
+    }
+    if (number != 0 && guard_observer_ != nullptr) {
+      try {  // a failure to report must not lose the page
+        notify(guard_observer_, page_event<Request, Response>(
+                                    trace_id_, number, start, page,
+                                    page.ok() ? static_cast<std::size_t>(items_(*page)->size()) : 0));
+      } catch (...) {
+      }
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    if (fetch_id_ == id) {
+      fetching_ = false;
+      call = std::move(inflight_);
+      if (!cancelled_) buffered_.emplace(std::move(page));
+    }
+    drain(lock);
+    lock.unlock();
+    call.reset();  // the page call's operation, which holds no gRPC object by now
+  }
+
+  Fetch fetch_;
+  CallOptions call_;
+  Accessor items_;
+  PageGuard<Request, Response> guard_;
+  Observer* const guard_observer_ = guard_.observer();
+  std::string const trace_id_{guard_.trace_id()};
+
+  // The drainer's (see the top of the class).
+  std::optional<Response> page_;  // items view: the page being consumed
+  int index_ = 0;
+  std::size_t yielded_ = 0;
+  std::optional<Error> ending_;  // delivered next, as the last element (a cancel)
+  bool over_ = false;            // the last element has been delivered
+
+  mutable std::mutex mu_;
+  std::optional<Waiter> waiter_;
+  std::optional<Result<Response>> buffered_;  // the page fetched, not yet delivered
+  std::shared_ptr<AsyncOperation> inflight_;  // the page call in flight
+  std::uint64_t fetch_id_ = 0;
+  std::int64_t pages_seen_ = 0;
+  bool fetching_ = false;
+  bool draining_ = false;
+  bool cancelled_ = false;
+  bool cancel_seen_ = false;
+  std::vector<std::shared_ptr<void>> kept_;  // registrations (stop callbacks) kept for the listing's life
+};
+
+}  // namespace detail
+
+/// An async listing: its items (kItems) or its pages, one next() at a time
+/// (see the top of this file). Movable; destroying it cancels the listing.
+template <typename Request, typename Response, typename Accessor, bool kItems>
+class AsyncListing {
+  using Lister = detail::AsyncLister<Request, Response, Accessor, kItems>;
+
+ public:
+  /// What next() completes with: the next item (or page), the error that
+  /// ended the listing (its last element), or nullopt after the end.
+  using value_type = typename Lister::Out;
+
+  explicit AsyncListing(std::shared_ptr<Lister> lister) : lister_(std::move(lister)) {}
+  AsyncListing(AsyncListing&&) noexcept = default;
+  AsyncListing& operator=(AsyncListing&& other) noexcept {
+    if (this != &other) {
+      cancel();
+      lister_ = std::move(other.lister_);
+    }
+    return *this;
+  }
+  AsyncListing(AsyncListing const&) = delete;
+  AsyncListing& operator=(AsyncListing const&) = delete;
+  ~AsyncListing() { cancel(); }
+
+  /// Asks for the next element, completing through `token`: a callable
+  /// `void(value_type)` (returns an AsyncHandle), stubkit::use_future,
+  /// stubkit::use_awaitable, or an asio token (stubkit/asio.hpp). Throws
+  /// std::logic_error while a previous next() is pending.
+  template <typename Token>
+  auto next(Token&& token) {
+    if (!lister_) throw std::logic_error("stubkit: next() on a moved-from async listing");
+    return detail::Initiate<value_type, std::decay_t<Token>>::run(
+        std::forward<Token>(token),
+        [lister = lister_](std::function<void(value_type)> done, auto const& hook) {
+          return lister->next(std::move(done), hook);
+        });
+  }
+
+#if defined(STUBKIT_HAS_COROUTINES)
+  /// The next element, to co_await (C++20): `next(stubkit::use_awaitable)`.
+  Awaitable<value_type> next() { return next(use_awaitable); }
+#endif
+
+  /// Ends the listing with CANCELLED at once (see the top of the file).
+  void cancel() const {
+    if (lister_) lister_->cancel();
+  }
+
+  /// The listing as an operation: cancel() cancels it, and done() is true
+  /// once it makes no more page calls (it has ended, or was cancelled, and
+  /// no page call is in flight), the moment its stub may go. The handle
+  /// outlives the listing: keep it to know when a listing destroyed with a
+  /// page call in flight is finished with the stub.
+  AsyncHandle handle() const { return AsyncHandle(lister_); }
+
+ private:
+  std::shared_ptr<Lister> lister_;
+};
+
+/// The items of an async listing; next() gives `std::optional<Result<Item>>`.
+template <typename Request, typename Response, typename Accessor>
+using AsyncItems = AsyncListing<Request, Response, Accessor, true>;
+/// The pages of an async listing; next() gives `std::optional<Result<Response>>`.
+template <typename Request, typename Response, typename Accessor>
+using AsyncPages = AsyncListing<Request, Response, Accessor, false>;
+
+namespace detail {
+
+template <bool kItems, typename Stub, typename AsyncClass, typename Request, typename Response,
+          typename Accessor>
+AsyncListing<Request, Response, Accessor, kItems> make_async_listing(
+    Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method, Request request, Accessor items,
+    PaginateOptions options, CallOptions call) {
+  check_async_stub<Stub, AsyncClass>();
+  using Lister = AsyncLister<Request, Response, Accessor, kItems>;
+  typename Lister::Fetch fetch = [&stub, method](Request page_request, CallOptions page_options,
+                                                 typename Lister::PageDone done) {
+    return start_unary(stub, method, std::move(page_request), std::move(page_options), std::move(done),
+                       NoStop{});
+  };
+  return AsyncListing<Request, Response, Accessor, kItems>(std::make_shared<Lister>(
+      std::move(fetch), std::move(request), std::move(options), std::move(call), std::move(items)));
+}
+
+}  // namespace detail
+
+/// The items of a List method, listed asynchronously: `method` is the
+/// stub's callback method (`&UserService::Stub::async::ListUsers`), the
+/// response type needs PageTraits, and each page call runs with `call`
+/// (retries, metadata, wait_for_ready; its deadline is the page's if that is
+/// earlier). The stub must outlive the listing and its last page call.
+template <typename Stub, typename AsyncClass, typename Request, typename Response>
+auto async_paginate(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method, Request request,
+                    PaginateOptions options = {}, CallOptions call = {}) {
+  return detail::make_async_listing<true>(stub, method, std::move(request),
+                                          detail::TraitsAccessor<Response>{}, std::move(options),
+                                          std::move(call));
+}
+
+/// As above, naming the repeated field with `items`:
+/// `[](ListBooksResponse& r) { return r.mutable_books(); }`.
+template <typename Stub, typename AsyncClass, typename Request, typename Response, typename Accessor,
+          typename = std::enable_if_t<std::is_invocable_v<Accessor const&, Response&>>>
+auto async_paginate(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method, Request request,
+                    Accessor items, PaginateOptions options = {}, CallOptions call = {}) {
+  return detail::make_async_listing<true>(stub, method, std::move(request), std::move(items),
+                                          std::move(options), std::move(call));
+}
+
+/// The pages of a List method, listed asynchronously (empty pages too; a
+/// page's next_page_token() resumes the listing later).
+template <typename Stub, typename AsyncClass, typename Request, typename Response>
+auto async_paginate_pages(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method, Request request,
+                          PaginateOptions options = {}, CallOptions call = {}) {
+  return detail::make_async_listing<false>(stub, method, std::move(request),
+                                           detail::TraitsAccessor<Response>{}, std::move(options),
+                                           std::move(call));
+}
+
+/// The pages of a List method, naming the repeated field with `items`.
+template <typename Stub, typename AsyncClass, typename Request, typename Response, typename Accessor,
+          typename = std::enable_if_t<std::is_invocable_v<Accessor const&, Response&>>>
+auto async_paginate_pages(Stub& stub, AsyncUnaryMethod<AsyncClass, Request, Response> method, Request request,
+                          Accessor items, PaginateOptions options = {}, CallOptions call = {}) {
+  return detail::make_async_listing<false>(stub, method, std::move(request), std::move(items),
+                                           std::move(options), std::move(call));
+}
+
+}  // namespace stubkit
+
+#endif  // STUBKIT_ASYNC_PAGINATE_HPP
