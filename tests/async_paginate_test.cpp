@@ -16,6 +16,7 @@
 #include <mutex>
 #include <set>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
@@ -470,6 +471,29 @@ TEST_SUITE("async_paginate") {
     while (auto e = done.next(stubkit::use_future).get()) REQUIRE(e->ok());
     done.cancel();
     CHECK_FALSE(done.next(stubkit::use_future).get());
+  }
+
+  TEST_CASE("a stop token cancels the listing; one already stopped cancels it before any page call") {
+    ServerFixture f;
+    f.server.service().preload(3);
+    f.server.faults().add_latency("ListUsers", 20s);
+    std::stop_source stop;
+    auto items = stubkit::async_paginate(*f.stub, kListUsers, ListUsersRequest{});
+    items.cancel_on(stop.get_token());
+    auto next = items.next(stubkit::use_future);
+    while (f.server.faults().calls("ListUsers") == 0) std::this_thread::sleep_for(1ms);
+    stop.request_stop();
+    REQUIRE(next.wait_for(10s) == std::future_status::ready);
+    CHECK(next.get()->error().code() == StatusCode::CANCELLED);
+
+    std::stop_source stopped;
+    stopped.request_stop();
+    auto never = stubkit::async_paginate(*f.stub, kListUsers, ListUsersRequest{});
+    never.cancel_on(stopped.get_token());
+    auto element = never.next(stubkit::use_future).get();
+    REQUIRE(element);
+    CHECK(element->error().code() == StatusCode::CANCELLED);
+    CHECK(f.server.faults().calls("ListUsers") == 1);  // the first listing's only
   }
 
   TEST_CASE("destroying a listing with a prefetch in flight cancels the page call") {

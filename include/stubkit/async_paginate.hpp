@@ -33,7 +33,8 @@
 // a long page costs no stack. The accessor that names the repeated field
 // runs under the listing's lock: it must only return the field.
 //
-// Cancellation. cancel(), destroying the listing, cancelling a pending
+// Cancellation. cancel(), a std::stop_token given to cancel_on() (C++20),
+// destroying the listing, cancelling a pending
 // next()'s handle, future or awaitable (a next() already completed cancels
 // nothing), or asio's cancellation slot: the listing ends with CANCELLED at
 // once, whatever it is doing (a page call in flight is cancelled, a page at
@@ -488,6 +489,14 @@ class AsyncListing {
   void cancel() const {
     if (lister_) lister_->cancel();
   }
+
+#if defined(STUBKIT_HAS_STOP_TOKEN)
+  /// Cancels the listing when `stop` is requested (at once if it already
+  /// was), as cancel() does. Can be called more than once.
+  void cancel_on(std::stop_token const& stop) const {
+    if (lister_) detail::cancel_on_stop(lister_, stop);
+  }
+#endif
 
   /// The listing as an operation: cancel() cancels it, and done() is true
   /// once it makes no more page calls (it has ended, or was cancelled, and
