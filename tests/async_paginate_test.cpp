@@ -29,7 +29,6 @@
 #include <asio/cancellation_signal.hpp>
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
 #include <asio/use_awaitable.hpp>
@@ -99,19 +98,25 @@ struct Script {
 // the call (as gRPC may), or from a thread of its own.
 class ScriptedAsync final : public Async {
  public:
-  ScriptedAsync(Script& script, bool inline_answers) : script_(script), inline_(inline_answers) {}
+  // `gate`, if given, holds every threaded answer until it is ready.
+  ScriptedAsync(Script& script, bool inline_answers, std::shared_future<void> gate = {})
+      : script_(script), inline_(inline_answers), gate_(std::move(gate)) {}
   ~ScriptedAsync() override {
     for (auto& t : threads_) t.join();
   }
+  // Page calls started so far (counted when made, before any answer).
+  int started() const { return started_; }
 
   void ListUsers(grpc::ClientContext* ctx, ListUsersRequest const* request, ListUsersResponse* response,
                  std::function<void(grpc::Status)> done) override {
+    ++started_;
     if (inline_) {
       done(script_.answer(*ctx, *request, response));
       return;
     }
     std::lock_guard<std::mutex> lock(mu_);
     threads_.emplace_back([this, ctx, request, response, done = std::move(done)] {
+      if (gate_.valid()) gate_.wait();
       done(script_.answer(*ctx, *request, response));
     });
   }
@@ -148,6 +153,8 @@ class ScriptedAsync final : public Async {
  private:
   Script& script_;
   bool inline_;
+  std::shared_future<void> gate_;
+  std::atomic<int> started_{0};
   std::mutex mu_;
   std::vector<std::thread> threads_;
 };
@@ -392,6 +399,42 @@ TEST_SUITE("async_paginate") {
     CHECK(f.server.faults().calls("ListUsers") == 3);
   }
 
+  TEST_CASE("prefetch asks for the next page before the current page's first element is delivered") {
+    Script script{{{"", {"a", "b"}, "t1"}, {"t1", {"c", "d"}, "t2"}, {"t2", {"e"}, ""}}};
+    for (bool inline_answers : {true, false}) {
+      for (bool pages_view : {false, true}) {
+        CAPTURE(inline_answers);
+        CAPTURE(pages_view);
+        ScriptedStub stub{ScriptedAsync(script, inline_answers)};
+        stubkit::PaginateOptions options;
+        options.prefetch = true;
+        // Inside each completion (where a callback consumer works): how
+        // many page calls had been started by then.
+        std::vector<int> started_by;
+        auto drive = [&](auto& listing) {
+          auto ended = std::make_shared<std::promise<void>>();
+          std::function<void(typename std::decay_t<decltype(listing)>::value_type)> step = [&](auto element) {
+            if (!element) return ended->set_value();
+            started_by.push_back(stub.api.started());
+            listing.next(step);
+          };
+          listing.next(step);
+          REQUIRE(ended->get_future().wait_for(30s) == std::future_status::ready);
+        };
+        if (pages_view) {
+          auto pages = stubkit::async_paginate_pages(stub, kScriptedList, ListUsersRequest{}, options);
+          drive(pages);
+          // Page 1 came with page 2 asked for; page 2 with page 3; page 3 is the last.
+          CHECK(started_by == std::vector<int>{2, 3, 3});
+        } else {
+          auto items = stubkit::async_paginate(stub, kScriptedList, ListUsersRequest{}, options);
+          drive(items);
+          CHECK(started_by == std::vector<int>{2, 2, 3, 3, 3});
+        }
+      }
+    }
+  }
+
   TEST_CASE("a page that fails with a retryable code is retried with the page call's policy") {
     ServerFixture f;
     f.server.service().preload(5);
@@ -525,12 +568,22 @@ TEST_SUITE("async_paginate") {
   TEST_CASE("bad input and misuse: a second pending next(), a throwing completion, a stub without the API") {
     ServerFixture f;
     f.server.service().preload(3);
-    f.server.faults().add_latency("ListUsers", 300ms);
+    {
+      // The page is held back until the second next() has been refused.
+      Script script{{{"", {"a"}, ""}}};
+      std::promise<void> open;
+      ScriptedStub held{ScriptedAsync(script, false, open.get_future().share())};
+      auto listing = stubkit::async_paginate(held, kScriptedList, ListUsersRequest{});
+      auto first = listing.next(stubkit::use_future);
+      CHECK_THROWS_AS(listing.next(stubkit::use_future), std::logic_error);
+      open.set_value();
+      auto a = first.get();  // the first is unharmed
+      REQUIRE(a);
+      CHECK(text_of(*a) == "a");
+      CHECK_FALSE(listing.next(stubkit::use_future).get());
+    }
     auto items = stubkit::async_paginate(*f.stub, kListUsers, ListUsersRequest{});
-    auto first = items.next(stubkit::use_future);
-    CHECK_THROWS_AS(items.next(stubkit::use_future), std::logic_error);
-    CHECK(first.get()->ok());  // the first is unharmed
-    f.server.faults().add_latency("ListUsers", 0ms);
+    CHECK(items.next(stubkit::use_future).get()->ok());
 
     // A completion that throws is reported, and the listing goes on.
     auto thrown = std::make_shared<std::promise<void>>();
@@ -684,18 +737,16 @@ asio::awaitable<std::size_t> asio_list(UserService::Stub& stub, std::thread::id*
   co_return count;
 }
 
-// Two next() at once through asio: the one started second completes with
-// FAILED_PRECONDITION (asio starts it where nothing may throw); the other
-// is unharmed.
-asio::awaitable<void> asio_two_at_once(UserService::Stub& stub, std::string* first, std::string* second) {
-  using namespace asio::experimental::awaitable_operators;
-  auto users = stubkit::async_paginate(stub, kListUsers, ListUsersRequest{});
-  auto [a, b] = co_await (users.next(asio::use_awaitable) && users.next(asio::use_awaitable));
-  auto text = [](std::optional<stubkit::Result<User>> const& e) {
-    return !e ? std::string("end") : e->ok() ? (*e)->id() : "!" + stubkit::code_name(e->error().code());
-  };
-  *first = text(a);
-  *second = text(b);
+using Listing =
+    decltype(stubkit::async_paginate(std::declval<UserService::Stub&>(), kListUsers, ListUsersRequest{}));
+
+// A next() through asio while another is pending: refused with
+// FAILED_PRECONDITION (asio starts it where nothing may throw).
+asio::awaitable<void> asio_second_next(Listing& users, std::string* got) {
+  auto element = co_await users.next(asio::use_awaitable);
+  *got = !element        ? std::string("end")
+         : element->ok() ? (*element)->id()
+                         : "!" + stubkit::code_name(element->error().code());
 }
 
 asio::awaitable<void> asio_cancelled_listing(UserService::Stub& stub, asio::cancellation_signal& signal,
@@ -723,16 +774,17 @@ TEST_SUITE("async_paginate") {
   TEST_CASE("asio: a second next() while one is pending completes with FAILED_PRECONDITION, not a crash") {
     ServerFixture f;
     f.server.service().preload(2);
+    f.server.faults().add_latency("ListUsers", 20s);
+    auto users = stubkit::async_paginate(*f.stub, kListUsers, ListUsersRequest{});
+    auto first = users.next(stubkit::use_future);  // pending: the server holds the page
     asio::io_context io;
-    std::string first;
     std::string second;
-    asio::co_spawn(io, asio_two_at_once(*f.stub, &first, &second), asio::detached);
+    asio::co_spawn(io, asio_second_next(users, &second), asio::detached);
     io.run();
-    // Exactly one of the two was refused; the other got the first user.
-    CHECK((first == "!FAILED_PRECONDITION") != (second == "!FAILED_PRECONDITION"));
-    std::string const got = first == "!FAILED_PRECONDITION" ? second : first;
-    CHECK(!got.empty());
-    CHECK(got.rfind("!", 0) != 0);
+    CHECK(second == "!FAILED_PRECONDITION");
+    users.cancel();  // the first is unharmed: it ends as the cancel says
+    REQUIRE(first.wait_for(10s) == std::future_status::ready);
+    CHECK(first.get()->error().code() == StatusCode::CANCELLED);
   }
 
   TEST_CASE("asio: a cancellation slot cancels the listing while its page call is in flight") {

@@ -15,8 +15,8 @@
 // The guards are paginate's own (detail::PageGuard): page_size, max_items,
 // page_timeout, the listing's deadline, stuck or cyclic page tokens, runs of
 // empty pages, the listing's trace and its page events. With
-// `options.prefetch`, the next page is requested as soon as the current one
-// is delivered, while it is consumed. Each page call also takes a
+// `options.prefetch`, the next page is requested before the current page's
+// first element is delivered, so it comes while that page is consumed. Each page call also takes a
 // CallOptions (a retry policy, wait_for_ready, metadata...), so a page that
 // fails with a retryable code is retried as stubkit::call would.
 //
@@ -83,7 +83,9 @@ namespace detail {
 // it delivers with mu_ released and then loops, so a completion that calls
 // next() again is served by the loop, not by recursion. Everything else
 // (the waiter, the page fetched, the call in flight, the cancel flag) is
-// under mu_.
+// under mu_. As an operation (AsyncListing::handle()), the listing is done
+// once it makes no more page calls: it has ended or was cancelled, and no
+// page call is in flight.
 template <typename Request, typename Response, typename Accessor, bool kItems>
 class AsyncLister final
     : public AsyncOperation,
@@ -103,8 +105,6 @@ class AsyncLister final
         guard_(std::move(request), std::move(options), [items = items_](Response const& r) {
           return static_cast<std::size_t>(items(const_cast<Response&>(r))->size());
         }) {}
-  // As an operation (AsyncListing::handle()), the listing is done once it
-  // has ended and no page call of it is in flight.
 
   AsyncLister(AsyncLister const&) = delete;
   AsyncLister& operator=(AsyncLister const&) = delete;
@@ -225,6 +225,9 @@ class AsyncLister final
     }
     if (waiter_) {
       if (std::optional<Out> out = produce()) {
+        // Prefetch: the next page is asked for before this element is
+        // delivered, so it comes while the caller works on this one.
+        if (fetch_due() && guard_.options().prefetch) start_fetch(lock);
         Waiter waiter = *std::move(waiter_);
         waiter_.reset();
         std::shared_ptr<void> kept = waiter.op->complete();  // its handle no longer cancels the listing
@@ -235,13 +238,15 @@ class AsyncLister final
         return true;
       }
     }
-    if (!fetching_ && !buffered_ && !cancel_seen_ && guard_.more() &&
-        (waiter_ || guard_.options().prefetch)) {
+    if (fetch_due() && (waiter_ || guard_.options().prefetch)) {
       start_fetch(lock);
       return true;
     }
     return false;
   }
+
+  // Another page is to be fetched, and none is on its way or at hand.
+  bool fetch_due() { return !fetching_ && !buffered_ && !cancelled_ && !cancel_seen_ && guard_.more(); }
 
   // A step failed: the listing ends with the error as its last element,
   // and a page call in flight is cancelled. mu_ held.
