@@ -545,17 +545,21 @@ TEST_SUITE("async_paginate") {
     stubkit::PaginateOptions options;
     options.page_size = 2;
     options.prefetch = true;
+    // The observer hears of page 1 before the listing asks for page 2: from
+    // there on the server is slow, so the prefetch is surely in flight.
+    struct SlowAfterFirstPage : stubkit::Observer {
+      stubkit::testing::FaultInjector* faults = nullptr;
+      void on_event(stubkit::Event const& e) override {
+        if (e.type == stubkit::EventType::kPage && e.page == 1) faults->add_latency("ListUsers", 20s);
+      }
+    };
+    auto slow = std::make_shared<SlowAfterFirstPage>();
+    slow->faults = &f.server.faults();
+    options.observer = slow;
     stubkit::AsyncHandle handle;
     {
       auto items = stubkit::async_paginate(*f.stub, kListUsers, ListUsersRequest{}, options);
-      // The prefetch starts once the first item's completion has returned:
-      // from there on the server is slow.
-      auto first = std::make_shared<std::promise<void>>();
-      items.next([&f, first](auto) {
-        f.server.faults().add_latency("ListUsers", 20s);
-        first->set_value();
-      });
-      first->get_future().wait();
+      REQUIRE(items.next(stubkit::use_future).get()->ok());
       while (f.server.faults().calls("ListUsers") < 2) std::this_thread::sleep_for(1ms);
       CHECK_FALSE(items.handle().done());
       handle = items.handle();
