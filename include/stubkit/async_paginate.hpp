@@ -102,9 +102,7 @@ class AsyncLister final
       : fetch_(std::move(fetch)),
         call_(std::move(call)),
         items_(std::move(items)),
-        guard_(std::move(request), std::move(options), [items = items_](Response const& r) {
-          return static_cast<std::size_t>(items(const_cast<Response&>(r))->size());
-        }) {}
+        guard_(std::move(request), std::move(options), item_counter<Response>(items_)) {}
 
   AsyncLister(AsyncLister const&) = delete;
   AsyncLister& operator=(AsyncLister const&) = delete;
@@ -364,20 +362,16 @@ class AsyncLister final
       buffered_.emplace(*std::move(failed));
       return;
     }
+    bool cancel_it = false;
     if (op && fetching_ && fetch_id_ == id) {
       inflight_ = op;
       if (!cancelled_) return;
-      // A cancel that came meanwhile found no call to cancel.
+      cancel_it = true;  // a cancel that came meanwhile found no call to cancel
     }
     lock.unlock();
-    if (op && cancelled_now()) op->cancel();
+    if (cancel_it) op->cancel();
     op.reset();  // if the call completed already, the last reference: dropped unlocked
     lock.lock();
-  }
-
-  bool cancelled_now() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return cancelled_;
   }
 
   // The options of one page call: the caller's, with the listing's metadata

@@ -118,6 +118,15 @@ struct TraitsAccessor {
 template <typename Accessor, typename Response>
 using ItemOf = typename std::remove_pointer_t<std::invoke_result_t<Accessor const&, Response&>>::value_type;
 
+// How many items a page holds, counted through the accessor that names its
+// repeated field (the guards count pages with it).
+template <typename Response, typename Accessor>
+std::function<std::size_t(Response const&)> item_counter(Accessor items) {
+  return [items = std::move(items)](Response const& r) {
+    return static_cast<std::size_t>(items(const_cast<Response&>(r))->size());
+  };
+}
+
 // Loads a page: the context has the page's deadline set already.
 template <typename Request, typename Response>
 using PageFetch = std::function<Result<Response>(grpc::ClientContext&, Request const&)>;
@@ -285,7 +294,6 @@ class PageGuard {
   /// The observer of the listing's pages; null = none.
   Observer* observer() const { return observer_; }
   std::string_view trace_id() const { return trace_id_of(trace_); }
-  std::size_t count(Response const& page) const { return count_(page); }
   std::function<std::size_t(Response const&)> const& counter() const { return count_; }
 
  private:
@@ -512,10 +520,9 @@ class ItemRange : public detail::LazyRange<ItemRange<Request, Response, Accessor
   ItemRange(detail::PageFetch<Request, Response> fetch, Request request, Accessor items,
             PaginateOptions options)
       : items_(std::move(items)),
-        pager_(std::make_unique<detail::Pager<Request, Response>>(
-            std::move(fetch), std::move(request), std::move(options), [items = items_](Response const& r) {
-              return static_cast<std::size_t>(items(const_cast<Response&>(r))->size());
-            })) {}
+        pager_(std::make_unique<detail::Pager<Request, Response>>(std::move(fetch), std::move(request),
+                                                                  std::move(options),
+                                                                  detail::item_counter<Response>(items_))) {}
 
   /// Collects every item; stops at the first error and returns it.
   Result<std::vector<Item>> collect() {
@@ -592,9 +599,7 @@ class PageRange : public detail::LazyRange<PageRange<Request, Response>> {
             PaginateOptions options)
       : pager_(std::make_unique<detail::Pager<Request, Response>>(
             std::move(fetch), std::move(request), std::move(options),
-            [items = std::move(items)](Response const& r) {
-              return static_cast<std::size_t>(items(const_cast<Response&>(r))->size());
-            })) {}
+            detail::item_counter<Response>(std::move(items)))) {}
 
  private:
   friend iterator;

@@ -648,47 +648,38 @@ int main(int argc, char** argv) {
         }
       });
     };
-    // The same listing with no thread blocked: async_paginate, each item's
-    // completion doing the work and asking for the next.
+    // The same listing with no thread blocked, driven by its completions:
+    // each element's completion does `work` on it and asks for the next.
+    stubkit::PaginateOptions prefetching;
+    prefetching.page_size = 100;
+    prefetching.prefetch = true;
+    stubkit::AsyncUnaryMethod<class Stub::async, ListUsersRequest, myservice::v1::ListUsersResponse> const
+        list_users = &Stub::async::ListUsers;
+    auto drive = [](auto& listing, auto work) {
+      auto ended = std::make_shared<std::promise<void>>();
+      std::function<void(typename std::decay_t<decltype(listing)>::value_type)> step = [&](auto element) {
+        if (!element) return ended->set_value();
+        if (!*element) std::abort();
+        work(**element);
+        listing.next(step);
+      };
+      listing.next(step);
+      ended->get_future().wait();
+    };
+    // By items: one completion per item, doing its work.
     auto async_listing = [&](double work_us) {
       return timed([&] {
-        stubkit::PaginateOptions options;
-        options.page_size = 100;
-        options.prefetch = true;
-        stubkit::AsyncUnaryMethod<class Stub::async, ListUsersRequest, myservice::v1::ListUsersResponse> const
-            list = &Stub::async::ListUsers;
-        auto users = stubkit::async_paginate(*stub, list, ListUsersRequest{}, options);
-        auto ended = std::make_shared<std::promise<void>>();
-        std::function<void(std::optional<stubkit::Result<myservice::v1::User>>)> step = [&](auto user) {
-          if (!user) return ended->set_value();
-          if (!*user) std::abort();
-          busy(work_us);
-          users.next(step);
-        };
-        users.next(step);
-        ended->get_future().wait();
+        auto users = stubkit::async_paginate(*stub, list_users, ListUsersRequest{}, prefetching);
+        drive(users, [&](myservice::v1::User const&) { busy(work_us); });
       });
     };
-    // The same by pages: one completion per page, the page's items looped
-    // over in it.
+    // By pages: one completion per page, the page's items looped over in it.
     auto async_pages = [&](double work_us) {
       return timed([&] {
-        stubkit::PaginateOptions options;
-        options.page_size = 100;
-        options.prefetch = true;
-        stubkit::AsyncUnaryMethod<class Stub::async, ListUsersRequest, myservice::v1::ListUsersResponse> const
-            list = &Stub::async::ListUsers;
-        auto pages = stubkit::async_paginate_pages(*stub, list, ListUsersRequest{}, options);
-        auto ended = std::make_shared<std::promise<void>>();
-        std::function<void(std::optional<stubkit::Result<myservice::v1::ListUsersResponse>>)> step =
-            [&](auto page) {
-              if (!page) return ended->set_value();
-              if (!*page) std::abort();
-              for (int i = 0; i < (*page)->users_size(); ++i) busy(work_us);
-              pages.next(step);
-            };
-        pages.next(step);
-        ended->get_future().wait();
+        auto pages = stubkit::async_paginate_pages(*stub, list_users, ListUsersRequest{}, prefetching);
+        drive(pages, [&](myservice::v1::ListUsersResponse const& page) {
+          for (int i = 0; i < page.users_size(); ++i) busy(work_us);
+        });
       });
     };
     // The raw callback API by hand: each page's callback asks for the next
