@@ -67,6 +67,7 @@
 #include <vector>
 
 #include "stubkit/async.hpp"
+#include "stubkit/async_sequence.hpp"
 #include "stubkit/paginate.hpp"
 
 namespace stubkit {
@@ -74,29 +75,30 @@ namespace stubkit {
 namespace detail {
 
 // One async listing: the page calls, the guards, the current page (items
-// view) and the page fetched ahead.
-//
-// Threads. Work is done by one thread at a time, the drainer (draining_):
-// whoever made progress (next(), a page call's completion, cancel()) drains
-// unless another thread is draining, in which case that one loops and sees
-// the progress. The drainer alone touches guard_, page_, index_ and yielded_;
-// it delivers with mu_ released and then loops, so a completion that calls
-// next() again is served by the loop, not by recursion. Everything else
-// (the waiter, the page fetched, the call in flight, the cancel flag) is
-// under mu_. As an operation (AsyncListing::handle()), the listing is done
-// once it makes no more page calls: it has ended or was cancelled, and no
-// page call is in flight.
+// view) and the page fetched ahead. Its elements are handed out by
+// AsyncElements' drainer (see async_sequence.hpp), which alone
+// touches guard_, page_, index_ and yielded_. The page fetched, the call in
+// flight and fetching_ are under mu_. As an operation
+// (AsyncListing::handle()), the listing is done once it makes no more page
+// calls: it has ended or was cancelled, and no page call is in flight.
 template <typename Request, typename Response, typename Accessor, bool kItems>
 class AsyncLister final
-    : public AsyncOperation,
+    : public AsyncElements<AsyncLister<Request, Response, Accessor, kItems>,
+                           Result<std::conditional_t<kItems, ItemOf<Accessor, Response>, Response>>>,
       public std::enable_shared_from_this<AsyncLister<Request, Response, Accessor, kItems>> {
+  using Base =
+      AsyncElements<AsyncLister, Result<std::conditional_t<kItems, ItemOf<Accessor, Response>, Response>>>;
+  friend Base;
+
  public:
   using Item = ItemOf<Accessor, Response>;
-  using Out = std::optional<Result<std::conditional_t<kItems, Item, Response>>>;
-  using Done = std::function<void(Out)>;
+  using Out = typename Base::Out;
   using PageDone = std::function<void(Result<Response>)>;
   // Starts one page call; returns its operation (null when it completed inline).
   using Fetch = std::function<std::shared_ptr<AsyncOperation>(Request, CallOptions, PageDone)>;
+
+  static constexpr char const* kStepName = "an async listing's step";
+  static constexpr char const* kCancelledMessage = "stubkit: the listing was cancelled";
 
   AsyncLister(Fetch fetch, Request request, PaginateOptions options, CallOptions call, Accessor items)
       : fetch_(std::move(fetch)),
@@ -107,177 +109,40 @@ class AsyncLister final
   AsyncLister(AsyncLister const&) = delete;
   AsyncLister& operator=(AsyncLister const&) = delete;
 
-  // Asks for the next element; `done` gets it. `hook(op)` runs first, with
-  // the operation that stands for this next() (its cancel cancels the
-  // listing).
-  template <typename Hook>
-  std::shared_ptr<AsyncOperation> next(Done done, Hook const& hook) {
-    auto op = std::make_shared<NextOp>(this->shared_from_this());
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (waiter_) {
-        throw std::logic_error(
-            "stubkit: next() on an async listing whose previous next() has not completed; "
-            "await each element before asking for the next");
-      }
-      waiter_.emplace(Waiter{std::move(done), op});
-    }
-    hook(std::shared_ptr<AsyncOperation>(op));
-    std::unique_lock<std::mutex> lock(mu_);
-    drain(lock);
-    return op;
-  }
-
-  // Ends the listing with CANCELLED (see the top of the file).
-  void cancel() override {
-    // A completion run from here may destroy the listing's last owner.
-    auto const self = this->shared_from_this();
-    std::shared_ptr<AsyncOperation> inflight;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (cancelled_) return;
-      cancelled_ = true;
-      inflight = inflight_;
-    }
-    if (inflight) inflight->cancel();  // its completion may run here
-    std::unique_lock<std::mutex> lock(mu_);
-    drain(lock);
-  }
-
-  void keep_until_done(std::shared_ptr<void> registration) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    kept_.push_back(std::move(registration));
-  }
-
  private:
-  // The operation of one next(): done once its element is taken for
-  // delivery; cancelling it while it is pending cancels the listing.
-  class NextOp final : public AsyncOperation {
-   public:
-    explicit NextOp(std::weak_ptr<AsyncLister> lister) : lister_(std::move(lister)) {}
-    void cancel() override {
-      if (auto lister = lister_.lock()) lister->cancel_pending(this);
-    }
-    void keep_until_done(std::shared_ptr<void> registration) override {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!done()) registration_ = std::move(registration);
-    }
-    // Marks it done; returns what it kept, to drop outside any lock.
-    std::shared_ptr<void> complete() {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_.store(true, std::memory_order_release);
-      return std::move(registration_);
-    }
+  using Base::mu_;
 
-   private:
-    std::weak_ptr<AsyncLister> lister_;
-    std::mutex mu_;
-    std::shared_ptr<void> registration_;
-  };
-
-  // A cancel through a next()'s handle: only while that next() is pending.
-  void cancel_pending(NextOp const* op) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!waiter_ || waiter_->op.get() != op) return;
-    }
-    cancel();
+  // AsyncElements' hooks (mu_ held, by the drainer).
+  void before_delivery(std::unique_lock<std::mutex>& lock) {
+    // Prefetch: the next page is asked for before this element is
+    // delivered, so it comes while the caller works on this one.
+    if (fetch_due() && guard_.options().prefetch) start_fetch(lock);
   }
 
-  struct Waiter {
-    Done done;
-    std::shared_ptr<NextOp> op;
-  };
-
-  // Runs until no progress can be made; called and returns with mu_ held.
-  void drain(std::unique_lock<std::mutex>& lock) {
-    if (draining_) return;  // the drainer loops and sees what changed
-    draining_ = true;
-    for (;;) {
-      bool progress = false;
-      try {
-        progress = step(lock);
-      } catch (...) {  // out of memory, an accessor that threw: end the listing
-        if (!lock.owns_lock()) lock.lock();
-        fail(lock, std::current_exception());
-        progress = true;
-      }
-      if (!progress) break;
-    }
-    draining_ = false;
-    // Done as an operation: ended, and no page call in flight.
-    if (!fetching_ && (cancel_seen_ || over_ || !guard_.more())) done_.store(true, std::memory_order_release);
+  bool pump(std::unique_lock<std::mutex>& lock, bool waiting) {
+    if (!fetch_due() || !(waiting || guard_.options().prefetch)) return false;
+    start_fetch(lock);
+    return true;
   }
 
-  // One step of the drainer; false when nothing more can be done now.
-  bool step(std::unique_lock<std::mutex>& lock) {
-    if (cancelled_ && !cancel_seen_) {
-      cancel_seen_ = true;
-      // Whatever was left is dropped, and said so: the next element is
-      // CANCELLED, unless the end was all that was left.
-      if (!over_ && !nothing_left()) {
-        ending_ = Error(grpc::StatusCode::CANCELLED, "stubkit: the listing was cancelled");
-      }
-      buffered_.reset();
-      page_.reset();
-    }
-    if (waiter_) {
-      if (std::optional<Out> out = produce()) {
-        // Prefetch: the next page is asked for before this element is
-        // delivered, so it comes while the caller works on this one.
-        if (fetch_due() && guard_.options().prefetch) start_fetch(lock);
-        Waiter waiter = *std::move(waiter_);
-        waiter_.reset();
-        std::shared_ptr<void> kept = waiter.op->complete();  // its handle no longer cancels the listing
-        lock.unlock();
-        deliver(std::move(waiter), *std::move(out));
-        kept.reset();
-        lock.lock();
-        return true;
-      }
-    }
-    if (fetch_due() && (waiter_ || guard_.options().prefetch)) {
-      start_fetch(lock);
-      return true;
-    }
-    return false;
+  void drop_rest() {
+    buffered_.reset();
+    page_.reset();
+  }
+
+  // Stops the page call in flight, if any (run with mu_ released).
+  auto stop_source() {
+    return [call = inflight_] {
+      if (call) call->cancel();
+    };
+  }
+
+  bool finished_with_source() const {
+    return !fetching_ && (this->stopping() || this->over() || !guard_.more());
   }
 
   // Another page is to be fetched, and none is on its way or at hand.
-  bool fetch_due() { return !fetching_ && !buffered_ && !cancelled_ && !cancel_seen_ && guard_.more(); }
-
-  // A step failed: the listing ends with the error as its last element,
-  // and a page call in flight is cancelled. mu_ held.
-  void fail(std::unique_lock<std::mutex>& lock, std::exception_ptr error) {
-    cancel_seen_ = true;  // no page call after this
-    buffered_.reset();
-    page_.reset();
-    std::shared_ptr<AsyncOperation> inflight = inflight_;
-    try {
-      if (!over_) ending_ = Error::from(callback_threw("an async listing's step", std::move(error)));
-    } catch (...) {
-      over_ = true;  // not even an error could be made: the end
-    }
-    if (inflight) {
-      lock.unlock();
-      inflight->cancel();
-      inflight.reset();
-      lock.lock();
-    }
-  }
-
-  // The next element, if it is at hand (mu_ held, by the drainer). After
-  // the last element (the end, or an error), only the end.
-  std::optional<Out> produce() {
-    if (over_) return the_end();
-    if (ending_) {
-      over_ = true;
-      return Out{*std::exchange(ending_, std::nullopt)};
-    }
-    std::optional<Out> out = produce_next();
-    if (out && (!out->has_value() || !(*out)->ok())) over_ = true;
-    return out;
-  }
+  bool fetch_due() { return !fetching_ && !buffered_ && !this->stopping() && guard_.more(); }
 
   // Nothing is left to deliver but the end.
   bool nothing_left() {
@@ -292,7 +157,7 @@ class AsyncLister final
         std::size_t const max = guard_.options().max_items;
         if (max != 0 && yielded_ >= max) {
           page_.reset();
-          return the_end();
+          return Base::the_end();
         }
         if (page_ && index_ < items_(*page_)->size()) {
           Item item = std::move(*items_(*page_)->Mutable(index_++));
@@ -314,12 +179,9 @@ class AsyncLister final
     }
   }
 
-  // next()'s element after the last: nullopt.
-  static std::optional<Out> the_end() { return std::optional<Out>(std::in_place); }
-
   // The end, or the error that ends the listing, if that is what is next.
   std::optional<Out> end_of_listing() {
-    if (guard_.finished()) return the_end();
+    if (guard_.finished()) return Base::the_end();
     if (auto error = guard_.take_pending_error()) return Out{*std::move(error)};
     return std::nullopt;
   }
@@ -329,14 +191,6 @@ class AsyncLister final
     buffered_.reset();
     guard_.accept(page);
     return page;
-  }
-
-  void deliver(Waiter waiter, Out out) {
-    try {
-      waiter.done(std::move(out));
-    } catch (...) {
-      completion_threw(std::current_exception(), "the completion of an async listing's next()");
-    }
   }
 
   // Starts the call of the next page; mu_ held on entry and on return.
@@ -365,7 +219,7 @@ class AsyncLister final
     bool cancel_it = false;
     if (op && fetching_ && fetch_id_ == id) {
       inflight_ = op;
-      if (!cancelled_) return;
+      if (!this->cancelled()) return;
       cancel_it = true;  // a cancel that came meanwhile found no call to cancel
     }
     lock.unlock();
@@ -391,7 +245,7 @@ class AsyncLister final
     std::int64_t number = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (!cancelled_) number = ++pages_seen_;  // a page nobody will read is no page of the listing
+      if (!this->stopping()) number = ++pages_seen_;  // a page nobody will read is no page of the listing
     }
     if (number != 0 && guard_observer_ != nullptr) {
       try {  // a failure to report must not lose the page
@@ -405,9 +259,9 @@ class AsyncLister final
     if (fetch_id_ == id) {
       fetching_ = false;
       call = std::move(inflight_);
-      if (!cancelled_) buffered_.emplace(std::move(page));
+      if (!this->stopping()) buffered_.emplace(std::move(page));
     }
-    drain(lock);
+    this->drain(lock);
     lock.unlock();
     call.reset();  // the page call's operation, which holds no gRPC object by now
   }
@@ -419,94 +273,28 @@ class AsyncLister final
   Observer* const guard_observer_ = guard_.observer();
   std::string const trace_id_{guard_.trace_id()};
 
-  // The drainer's (see the top of the class).
+  // The drainer's.
   std::optional<Response> page_;  // items view: the page being consumed
   int index_ = 0;
   std::size_t yielded_ = 0;
-  std::optional<Error> ending_;  // delivered next, as the last element (a cancel)
-  bool over_ = false;            // the last element has been delivered
 
-  mutable std::mutex mu_;
-  std::optional<Waiter> waiter_;
+  // Under mu_.
   std::optional<Result<Response>> buffered_;  // the page fetched, not yet delivered
   std::shared_ptr<AsyncOperation> inflight_;  // the page call in flight
   std::uint64_t fetch_id_ = 0;
   std::int64_t pages_seen_ = 0;
   bool fetching_ = false;
-  bool draining_ = false;
-  bool cancelled_ = false;
-  bool cancel_seen_ = false;
-  std::vector<std::shared_ptr<void>> kept_;  // registrations (stop callbacks) kept for the listing's life
 };
 
 }  // namespace detail
 
 /// An async listing: its items (kItems) or its pages, one next() at a time
-/// (see the top of this file). Movable; destroying it cancels the listing.
+/// (see the top of this file and AsyncSequence). Movable; destroying it
+/// cancels the listing. Its handle() is done once the listing makes no more
+/// page calls (it has ended, or was cancelled, and no page call is in
+/// flight): the moment its stub may go.
 template <typename Request, typename Response, typename Accessor, bool kItems>
-class AsyncListing {
-  using Lister = detail::AsyncLister<Request, Response, Accessor, kItems>;
-
- public:
-  /// What next() completes with: the next item (or page), the error that
-  /// ended the listing (its last element), or nullopt after the end.
-  using value_type = typename Lister::Out;
-
-  explicit AsyncListing(std::shared_ptr<Lister> lister) : lister_(std::move(lister)) {}
-  AsyncListing(AsyncListing&&) noexcept = default;
-  AsyncListing& operator=(AsyncListing&& other) noexcept {
-    if (this != &other) {
-      cancel();
-      lister_ = std::move(other.lister_);
-    }
-    return *this;
-  }
-  AsyncListing(AsyncListing const&) = delete;
-  AsyncListing& operator=(AsyncListing const&) = delete;
-  ~AsyncListing() { cancel(); }
-
-  /// Asks for the next element, completing through `token`: a callable
-  /// `void(value_type)` (returns an AsyncHandle), stubkit::use_future,
-  /// stubkit::use_awaitable, or an asio token (stubkit/asio.hpp). Throws
-  /// std::logic_error while a previous next() is pending.
-  template <typename Token>
-  auto next(Token&& token) {
-    if (!lister_) throw std::logic_error("stubkit: next() on a moved-from async listing");
-    return detail::Initiate<value_type, std::decay_t<Token>>::run(
-        std::forward<Token>(token),
-        [lister = lister_](std::function<void(value_type)> done, auto const& hook) {
-          return lister->next(std::move(done), hook);
-        });
-  }
-
-#if defined(STUBKIT_HAS_COROUTINES)
-  /// The next element, to co_await (C++20): `next(stubkit::use_awaitable)`.
-  Awaitable<value_type> next() { return next(use_awaitable); }
-#endif
-
-  /// Ends the listing with CANCELLED at once (see the top of the file).
-  void cancel() const {
-    if (lister_) lister_->cancel();
-  }
-
-#if defined(STUBKIT_HAS_STOP_TOKEN)
-  /// Cancels the listing when `stop` is requested (at once if it already
-  /// was), as cancel() does. Can be called more than once.
-  void cancel_on(std::stop_token const& stop) const {
-    if (lister_) detail::cancel_on_stop(lister_, stop);
-  }
-#endif
-
-  /// The listing as an operation: cancel() cancels it, and done() is true
-  /// once it makes no more page calls (it has ended, or was cancelled, and
-  /// no page call is in flight), the moment its stub may go. The handle
-  /// outlives the listing: keep it to know when a listing destroyed with a
-  /// page call in flight is finished with the stub.
-  AsyncHandle handle() const { return AsyncHandle(lister_); }
-
- private:
-  std::shared_ptr<Lister> lister_;
-};
+using AsyncListing = AsyncSequence<detail::AsyncLister<Request, Response, Accessor, kItems>>;
 
 /// The items of an async listing; next() gives `std::optional<Result<Item>>`.
 template <typename Request, typename Response, typename Accessor>
