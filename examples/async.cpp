@@ -2,15 +2,16 @@
 //
 // Shows: a fan-out of 1000 GetUser calls in flight at once, and a listing of
 // every user page by page with the next page fetched while one is consumed,
-// each written as an executor-free stubkit::Task and as an asio coroutine; a
-// retried call with a callback; a call cancelled during its backoff wait.
+// each written as an executor-free stubkit::Task and as an asio coroutine;
+// a watch (a server stream) that sees what a bulk create (a client stream)
+// makes; a retried call with a callback; a call cancelled during its
+// backoff wait.
 // The faults are asked of the server with the stubkit-fault request header,
 // so the same code runs against the embedded server and against
 // `user_server --preload 250 --fault-metadata`.
 //
 //   async [--target HOST:PORT] [--token T]
 #include "stubkit/async.hpp"
-#include "stubkit/async_paginate.hpp"
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -26,12 +27,18 @@
 #include "example.hpp"
 #include "myservice/v1/user.grpc.pb.h"
 #include "stubkit/asio.hpp"
+#include "stubkit/async_paginate.hpp"
+#include "stubkit/async_stream.hpp"
 #include "stubkit/user_client.hpp"  // PageTraits of ListUsersResponse
 
+using myservice::v1::BulkResp;
+using myservice::v1::CreateUserRequest;
 using myservice::v1::GetUserRequest;
 using myservice::v1::ListUsersRequest;
 using myservice::v1::User;
+using myservice::v1::UserEvent;
 using myservice::v1::UserService;
+using myservice::v1::WatchUsersRequest;
 using namespace std::chrono_literals;
 
 // A fan-out with no executor: every call starts at once; each co_await
@@ -64,7 +71,8 @@ stubkit::Task<stubkit::Result<int>> count_users(UserService::Stub& stub) {
   stubkit::PaginateOptions options;
   options.page_size = 100;
   options.prefetch = true;
-  auto users = stubkit::async_paginate(stub, &UserService::Stub::async::ListUsers, ListUsersRequest{}, options);
+  auto users =
+      stubkit::async_paginate(stub, &UserService::Stub::async::ListUsers, ListUsersRequest{}, options);
   int count = 0;
   while (auto user = co_await users.next()) {
     if (!*user) co_return user->error();  // the error that ended the listing
@@ -78,11 +86,46 @@ asio::awaitable<void> count_users_asio(UserService::Stub& stub, int& count) {
   stubkit::PaginateOptions options;
   options.page_size = 100;
   options.prefetch = true;
-  auto users = stubkit::async_paginate(stub, &UserService::Stub::async::ListUsers, ListUsersRequest{}, options);
+  auto users =
+      stubkit::async_paginate(stub, &UserService::Stub::async::ListUsers, ListUsersRequest{}, options);
   while (auto user = co_await users.next(asio::use_awaitable)) {
     if (!*user) co_return;
     ++count;
   }
+}
+
+// A client stream: one write at a time (each waits for flow control), then
+// the server's response.
+stubkit::Task<stubkit::Result<BulkResp>> bulk_create(UserService::Stub& stub, std::string prefix, int n) {
+  auto bulk = stubkit::async_write_stream(stub, &UserService::Stub::async::BulkCreateUsers);
+  for (int i = 0; i < n; ++i) {
+    CreateUserRequest request;
+    request.mutable_user()->set_id(prefix + std::to_string(i));
+    request.mutable_user()->set_email(prefix + std::to_string(i) + "@example.com");
+    if (!co_await bulk.write(std::move(request))) break;  // broken: finish() says why
+  }
+  co_return co_await bulk.finish();  // the response, with per-item failures
+}
+
+// A server stream read while the bulk create runs: its first message (a
+// heartbeat) says the server is listening; then the created events come.
+stubkit::Task<stubkit::Result<int>> watch_bulk_create(UserService::Stub& stub, std::string prefix, int n,
+                                                      stubkit::AsyncHandle* handle) {
+  auto events = stubkit::async_read_stream(stub, &UserService::Stub::async::WatchUsers, WatchUsersRequest{});
+  *handle = events.handle();  // the stub must stay until it is done
+  auto first = co_await events.next();
+  if (!first) co_return stubkit::Error(grpc::StatusCode::UNAVAILABLE, "the watch ended at once");
+  if (!*first) co_return first->error();  // the status that ended the stream
+  stubkit::Result<BulkResp> bulk = co_await bulk_create(stub, prefix, n);
+  if (!bulk) co_return bulk.error();
+  int seen = 0;
+  while (seen < bulk->created()) {
+    auto event = co_await events.next();
+    if (!event) co_return stubkit::Error(grpc::StatusCode::UNAVAILABLE, "the watch ended");
+    if (!*event) co_return event->error();
+    if ((*event)->type() == "created" && (*event)->user().id().rfind(prefix, 0) == 0) ++seen;
+  }
+  co_return seen;  // leaving cancels the stream
 }
 
 int main(int argc, char** argv) {
@@ -122,6 +165,18 @@ int main(int argc, char** argv) {
   io.run();
   std::cout << "asio listing: " << listed_asio << " users\n";
   ok = ok && (servers.remote() ? listed_asio > 0 : listed_asio == 250);
+
+  // A watch sees the users a bulk create makes, both streams async.
+  std::string const prefix =
+      "bulk-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count()) + "-";
+  stubkit::AsyncHandle watch;
+  stubkit::Result<int> const watched = stubkit::sync_wait(watch_bulk_create(*stub, prefix, 20, &watch));
+  std::cout << "async streams: the watch saw "
+            << (watched ? std::to_string(*watched) + " of 20 users created in bulk"
+                        : watched.error().to_string())
+            << "\n";
+  ok = ok && watched && *watched == 20;
+  while (!watch.done()) std::this_thread::sleep_for(1ms);  // the cancelled watch's call is over
 
   // A callback, and retries: the first two attempts fail, the third answers.
   stubkit::CallOptions options;

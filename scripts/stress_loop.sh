@@ -10,9 +10,10 @@
 # stubkit-fault header; metrics only when built with prometheus-cpp),
 # retry_stress on an embedded server (4 threads, 1000 calls) and
 # retry_stress against a user_server process (1 thread, 500 calls); the
-# async and async_paginate suites and async_stress (2000 calls, then 300
-# listings, in flight; 500 calls and 300 listings against a user_server
-# process) when built (they need C++20); every
+# async, async_paginate and async_stream suites and async_stress (2000
+# calls, then 300 listings, then 200 streams, in flight; 500 calls, 300
+# listings and 200 streams against a user_server process) when built (they
+# need C++20); every
 # 4th run also the channel suite (the slowest, some 5 s). Two runs go
 # side by side, and one busy loop per core competes with them. Logs of every
 # failed step are kept in BUILD_DIR/stress-loop/. Ends with one line

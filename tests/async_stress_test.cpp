@@ -15,7 +15,17 @@
 // every user once and in order; one cancelled, a prefix of them and then
 // CANCELLED.
 //
-//   build/tests/async_stress [--calls N] [--listings N] [--seed N] [--user-server PATH]
+// Then async streams (async_stream.hpp): hundreds of WatchUsers readers and
+// BulkCreateUsers writers in flight at once, each driven by its own
+// completions: readers replaying a known run of events and closed by the
+// server after a random count, cancelled from another thread or inside a
+// completion, destroyed inside one, or ended by a deadline; writers
+// writing to the end, refused by the server, cancelled from another thread,
+// or dropped inside a write's completion. Every next(), write() and
+// finish() must complete exactly once; a reader's events must be the known
+// run, in order; every handle must be done before the stub goes.
+//
+//   build/tests/async_stress [--calls N] [--listings N] [--streams N] [--seed N] [--user-server PATH]
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -38,6 +48,7 @@
 #include "process.hpp"
 #include "stubkit/async.hpp"
 #include "stubkit/async_paginate.hpp"
+#include "stubkit/async_stream.hpp"
 #include "stubkit/testing/embedded_server.hpp"
 #include "stubkit/testing/fault_injector.hpp"
 #include "stubkit/user_client.hpp"
@@ -60,6 +71,7 @@ constexpr char const* kPlanNames[] = {"ok",       "not_found",   "fail_then_ok",
 struct Settings {
   int calls = 5000;
   int listings = 300;
+  int streams = 200;
   unsigned seed = 1;
   std::string user_server;
 };
@@ -319,6 +331,363 @@ int run_listings(UserService::Stub& stub, std::vector<std::string> const& all_id
   return problems + (finished ? 0 : 1);
 }
 
+// A second thread that cancels things at given moments.
+class Canceller {
+ public:
+  Canceller()
+      : thread_([this] {
+          while (!stop_) {
+            std::vector<std::function<void()>> due;
+            {
+              std::lock_guard<std::mutex> lock(mu_);
+              auto const now = Clock::now();
+              for (auto it = queue_.begin(); it != queue_.end();) {
+                if (it->first <= now) {
+                  due.push_back(std::move(it->second));
+                  it = queue_.erase(it);
+                } else {
+                  ++it;
+                }
+              }
+            }
+            for (auto& cancel : due) cancel();
+            std::this_thread::sleep_for(200us);
+          }
+        }) {}
+  ~Canceller() {
+    stop_ = true;
+    thread_.join();
+  }
+  void at(Clock::time_point when, std::function<void()> cancel) {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.emplace_back(when, std::move(cancel));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<Clock::time_point, std::function<void()>>> queue_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+constexpr stubkit::AsyncReadMethod<class UserService::Stub::async, myservice::v1::WatchUsersRequest,
+                                   myservice::v1::UserEvent>
+    kWatchUsers = &UserService::Stub::async::WatchUsers;
+constexpr stubkit::AsyncWriteMethod<class UserService::Stub::async, myservice::v1::CreateUserRequest,
+                                    myservice::v1::BulkResp>
+    kBulkCreate = &UserService::Stub::async::BulkCreateUsers;
+
+enum class ReadPlan { kClosed, kCancelLater, kCancelInside, kDestroyInside, kDeadline };
+constexpr char const* kReadPlanNames[] = {"closed", "cancel_later", "cancel_inside", "destroy_inside",
+                                          "deadline"};
+enum class WritePlan { kAll, kRefused, kCancelLater, kDropInside };
+constexpr char const* kWritePlanNames[] = {"write_all", "refused", "write_cancel_later", "drop_inside"};
+
+// What one stream run saw; its completions run one at a time.
+struct StreamRunBase {
+  std::atomic<int> asked{0};
+  std::atomic<int> answered{0};
+  std::atomic<bool> ended{false};
+  bool after_end = false;
+  int error = -1;  // the code the stream ended with, if not OK
+  stubkit::AsyncHandle handle;
+  std::function<void()> on_end;
+
+  void end() {
+    ended = true;
+    on_end();
+  }
+};
+
+// A WatchUsers reader replaying the events after `after`, driven by its
+// own completions.
+struct ReadRun : StreamRunBase {
+  using Stream = stubkit::AsyncStream<myservice::v1::UserEvent>;
+  ReadPlan plan = ReadPlan::kClosed;
+  std::size_t close_after = 0;  // closed: the server ends the stream after this many messages
+  std::size_t stop_after = 0;   // cancel_inside, destroy_inside: after this many events
+  std::optional<Stream> stream;
+  std::vector<std::int64_t> sequences;
+  int errors = 0;
+
+  void ask() {
+    ++asked;
+    stream->next(
+        [this](std::optional<stubkit::Result<myservice::v1::UserEvent>> event) { take(std::move(event)); });
+  }
+
+  void take(std::optional<stubkit::Result<myservice::v1::UserEvent>> event) {
+    ++answered;
+    if (ended) {
+      after_end = true;
+      return;
+    }
+    if (!event) return end();
+    if (!event->ok()) {
+      error = static_cast<int>(event->error().code());
+      ++errors;
+    } else {
+      sequences.push_back((*event)->sequence());
+    }
+    if (plan == ReadPlan::kCancelInside && sequences.size() == stop_after && event->ok()) stream->cancel();
+    if (plan == ReadPlan::kDestroyInside && sequences.size() == stop_after && event->ok()) {
+      stream.reset();  // inside its own completion
+      return end();
+    }
+    ask();
+  }
+};
+
+// A BulkCreateUsers writer of `ids`, driven by its own completions.
+struct WriteRun : StreamRunBase {
+  using Writer = stubkit::AsyncWriter<myservice::v1::CreateUserRequest, myservice::v1::BulkResp>;
+  WritePlan plan = WritePlan::kAll;
+  std::vector<std::string> ids;
+  std::size_t drop_after = 0;
+  std::optional<Writer> writer;
+  std::size_t written = 0;
+  bool refused_write = false;  // a write gave false
+  std::int32_t created = -1;
+
+  void write_next() {
+    if (written == ids.size()) return finish();
+    myservice::v1::CreateUserRequest request;
+    request.mutable_user()->set_id(ids[written]);
+    request.mutable_user()->set_email(ids[written] + "@example.com");
+    ++asked;
+    writer->write(std::move(request), [this](bool ok) {
+      ++answered;
+      if (ended) {
+        after_end = true;
+        return;
+      }
+      if (!ok) {
+        refused_write = true;
+        return finish();
+      }
+      ++written;
+      if (plan == WritePlan::kDropInside && written == drop_after) {
+        writer.reset();  // inside its own completion: the call is cancelled
+        return end();
+      }
+      write_next();
+    });
+  }
+
+  void finish() {
+    ++asked;
+    writer->finish([this](stubkit::Result<myservice::v1::BulkResp> response) {
+      ++answered;
+      if (ended) {
+        after_end = true;
+        return;
+      }
+      if (response.ok()) {
+        created = response->created();
+      } else {
+        error = static_cast<int>(response.error().code());
+      }
+      end();
+    });
+  }
+};
+
+// Runs the streams phase; returns the number of problems found.
+int run_streams(UserService::Stub& stub, Settings const& settings, std::mt19937& random) {
+  int const n = settings.streams;
+  if (n == 0) return 0;
+  // Where the history ends now: a watch's first heartbeat carries it.
+  std::int64_t last = 0;
+  for (auto& event :
+       stubkit::read_stream(stub, &UserService::Stub::WatchUsers, myservice::v1::WatchUsersRequest{})) {
+    if (event.ok()) last = event->sequence();
+    break;
+  }
+  std::int64_t const replay = 150;  // the readers replay the 150 events before `last`
+  if (last < replay) {
+    std::fprintf(stderr, "async_stress: the history ends at %lld, fewer than %lld events\n",
+                 static_cast<long long>(last), static_cast<long long>(replay));
+    return 1;
+  }
+  std::int64_t const after = last - replay;
+  std::vector<std::unique_ptr<ReadRun>> readers;
+  std::vector<std::unique_ptr<WriteRun>> writers;
+  std::atomic<int> ended{0};
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  auto on_end = [&] {
+    if (++ended == n) {
+      std::lock_guard<std::mutex> lock(done_mu);
+      done_cv.notify_all();
+    }
+  };
+  auto const start = Clock::now();
+  {
+    Canceller canceller;
+    for (int i = 0; i < n; ++i) {
+      if (i % 2 == 0) {
+        auto run = std::make_unique<ReadRun>();
+        run->plan = static_cast<ReadPlan>(random() % 5);
+        run->close_after = 1 + random() % replay;
+        run->stop_after = 1 + random() % run->close_after;
+        run->on_end = on_end;
+        stubkit::StreamOptions options;
+        if (run->plan == ReadPlan::kDeadline) {
+          options.deadline = stubkit::Deadline::after(std::chrono::milliseconds(20 + random() % 80));
+        } else {
+          options.metadata = {{stubkit::testing::FaultInjector::kFaultHeader,
+                               "close-stream-after=" + std::to_string(run->close_after)}};
+        }
+        myservice::v1::WatchUsersRequest request;
+        request.set_after_sequence(after);
+        run->stream.emplace(stubkit::async_read_stream(
+            stub, kWatchUsers, request, options,
+            [](myservice::v1::UserEvent const& e) { return e.type() != "heartbeat"; }));
+        run->handle = run->stream->handle();
+        run->ask();
+        if (run->plan == ReadPlan::kCancelLater) {
+          ReadRun* raw = run.get();
+          canceller.at(Clock::now() + std::chrono::microseconds(random() % 30000), [raw] {
+            raw->handle.cancel();  // the stream object is the consumer's; its handle is thread-safe
+          });
+        }
+        readers.push_back(std::move(run));
+      } else {
+        auto run = std::make_unique<WriteRun>();
+        run->plan = static_cast<WritePlan>(random() % 4);
+        std::size_t const count = 1 + random() % 20;
+        for (std::size_t j = 0; j < count; ++j) {
+          run->ids.push_back("w" + std::to_string(settings.seed) + "-" + std::to_string(i) + "-" +
+                             std::to_string(j));
+        }
+        run->drop_after = 1 + random() % count;
+        run->on_end = on_end;
+        stubkit::StreamOptions options;
+        if (run->plan == WritePlan::kRefused) {
+          options.metadata = {{stubkit::testing::FaultInjector::kFaultHeader, "code=PERMISSION_DENIED"}};
+        }
+        run->writer.emplace(stubkit::async_write_stream(stub, kBulkCreate, options));
+        run->handle = run->writer->handle();
+        run->write_next();
+        if (run->plan == WritePlan::kCancelLater) {
+          WriteRun* raw = run.get();
+          canceller.at(Clock::now() + std::chrono::microseconds(random() % 30000),
+                       [raw] { raw->handle.cancel(); });
+        }
+        writers.push_back(std::move(run));
+      }
+    }
+    std::unique_lock<std::mutex> lock(done_mu);
+    done_cv.wait_for(lock, 120s, [&] { return ended == n; });
+  }
+  bool const finished = ended == n;
+  std::this_thread::sleep_for(100ms);  // a late completion would land here
+
+  int problems = 0;
+  std::map<std::string, std::map<std::string, int>> by_plan;
+  auto problem = [&](char const* plan, std::size_t i, std::string const& what) {
+    if (++problems <= 10) std::fprintf(stderr, "stream %zu (%s): %s\n", i, plan, what.c_str());
+  };
+  auto common = [&](StreamRunBase const& run, char const* plan, std::size_t i) {
+    if (!run.ended) problem(plan, i, "never ended");
+    if (run.asked != run.answered) {
+      problem(plan, i, std::to_string(run.asked) + " asked, " + std::to_string(run.answered) + " answered");
+    }
+    if (run.after_end) problem(plan, i, "a completion after the end");
+  };
+  for (std::size_t i = 0; i < readers.size(); ++i) {
+    ReadRun const& run = *readers[i];
+    char const* const plan = kReadPlanNames[static_cast<int>(run.plan)];
+    common(run, plan, i);
+    auto const code = static_cast<StatusCode>(run.error);
+    std::string const outcome = run.error < 0 ? "end" : stubkit::code_name(code);
+    by_plan[plan][outcome]++;
+    if (run.errors > 1) problem(plan, i, std::to_string(run.errors) + " error elements");
+    // The events are the replayed run after `after`, in order (live events
+    // may follow it for a stream that outlives the replay).
+    bool in_order = true;
+    for (std::size_t k = 0; k < run.sequences.size(); ++k) {
+      std::int64_t const expected = after + 1 + static_cast<std::int64_t>(k);
+      if (k < static_cast<std::size_t>(replay) ? run.sequences[k] != expected
+                                               : run.sequences[k] <= run.sequences[k - 1]) {
+        in_order = false;
+      }
+    }
+    if (!in_order) problem(plan, i, "events not the replayed run, in order");
+    std::size_t const got = run.sequences.size();
+    bool ok = false;
+    switch (run.plan) {
+      case ReadPlan::kClosed:
+        ok = got == run.close_after && code == StatusCode::UNAVAILABLE;
+        break;
+      case ReadPlan::kCancelLater:
+        ok = (got <= run.close_after && code == StatusCode::CANCELLED) ||
+             (got == run.close_after && code == StatusCode::UNAVAILABLE);
+        break;
+      case ReadPlan::kCancelInside:
+        ok = got == run.stop_after && (code == StatusCode::CANCELLED || (run.stop_after == run.close_after &&
+                                                                         code == StatusCode::UNAVAILABLE));
+        break;
+      case ReadPlan::kDestroyInside:
+        ok = got == run.stop_after && run.error < 0;
+        break;
+      case ReadPlan::kDeadline:
+        ok = code == StatusCode::DEADLINE_EXCEEDED;
+        break;
+    }
+    if (!ok) problem(plan, i, "ended as " + outcome + " after " + std::to_string(got) + " events");
+  }
+  for (std::size_t i = 0; i < writers.size(); ++i) {
+    WriteRun const& run = *writers[i];
+    char const* const plan = kWritePlanNames[static_cast<int>(run.plan)];
+    common(run, plan, i);
+    auto const code = static_cast<StatusCode>(run.error);
+    std::string const outcome = run.error >= 0     ? stubkit::code_name(code)
+                                : run.created >= 0 ? "OK"
+                                                   : "dropped";
+    by_plan[plan][outcome]++;
+    bool ok = false;
+    switch (run.plan) {
+      case WritePlan::kAll:
+        ok = run.written == run.ids.size() && run.created == static_cast<std::int32_t>(run.ids.size());
+        break;
+      case WritePlan::kRefused:
+        ok = code == StatusCode::PERMISSION_DENIED;
+        break;
+      case WritePlan::kCancelLater:
+        ok = code == StatusCode::CANCELLED ||
+             (run.written == run.ids.size() && run.created == static_cast<std::int32_t>(run.ids.size()));
+        break;
+      case WritePlan::kDropInside:
+        ok = run.written == run.drop_after && run.error < 0 && run.created < 0;
+        break;
+    }
+    if (!ok) {
+      problem(plan, i,
+              "ended as " + outcome + " after " + std::to_string(run.written) + " of " +
+                  std::to_string(run.ids.size()) + " writes");
+    }
+  }
+  if (!finished) std::fprintf(stderr, "only %d of %d streams ended within 120 s\n", ended.load(), n);
+  std::printf("async_stress: %d streams done after %.0f ms\n", n,
+              std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+  for (auto const& [plan, outcomes] : by_plan) {
+    std::printf("  %-18s", plan.c_str());
+    for (auto const& [outcome, count] : outcomes) std::printf(" %s=%d", outcome.c_str(), count);
+    std::printf("\n");
+  }
+  auto all_done = [&] {
+    return std::all_of(readers.begin(), readers.end(), [](auto const& r) { return r->handle.done(); }) &&
+           std::all_of(writers.begin(), writers.end(), [](auto const& w) { return w->handle.done(); });
+  };
+  for (int i = 0; i < 1000 && !all_done(); ++i) std::this_thread::sleep_for(10ms);
+  if (!all_done()) {
+    std::fprintf(stderr, "a stream's handle was not done 10 s after every stream ended\n");
+    ++problems;
+  }
+  return problems + (finished ? 0 : 1);
+}
+
 int run(Settings const& settings) {
   std::unique_ptr<stubkit::testing::EmbeddedServer> embedded;
   std::unique_ptr<stubkit_tests::Process> process;
@@ -535,6 +904,7 @@ int run(Settings const& settings) {
       ++failures;
     } else {
       failures += run_listings(*stub, all_ids, settings, random);
+      failures += run_streams(*stub, settings, random);
     }
   }
   stub.reset();
@@ -543,7 +913,9 @@ int run(Settings const& settings) {
     std::printf("async_stress: FAILED (%d problems)\n", failures);
     return 1;
   }
-  std::printf("async_stress: every call and every next() completed exactly once with a sensible outcome\n");
+  std::printf(
+      "async_stress: every call, next(), write() and finish() completed exactly once with a sensible "
+      "outcome\n");
   return 0;
 }
 
@@ -563,18 +935,21 @@ int main(int argc, char** argv) {
       settings.calls = std::atoi(value());
     } else if (std::strcmp(argv[i], "--listings") == 0) {
       settings.listings = std::atoi(value());
+    } else if (std::strcmp(argv[i], "--streams") == 0) {
+      settings.streams = std::atoi(value());
     } else if (std::strcmp(argv[i], "--seed") == 0) {
       settings.seed = static_cast<unsigned>(std::strtoul(value(), nullptr, 10));
     } else if (std::strcmp(argv[i], "--user-server") == 0) {
       settings.user_server = value();
     } else {
-      std::fprintf(stderr,
-                   "usage: async_stress [--calls N] [--listings N] [--seed N] [--user-server PATH]\n");
+      std::fprintf(
+          stderr,
+          "usage: async_stress [--calls N] [--listings N] [--streams N] [--seed N] [--user-server PATH]\n");
       return 2;
     }
   }
-  if (settings.calls < 1 || settings.listings < 0) {
-    std::fprintf(stderr, "async_stress: --calls must be at least 1, --listings at least 0\n");
+  if (settings.calls < 1 || settings.listings < 0 || settings.streams < 0) {
+    std::fprintf(stderr, "async_stress: --calls must be at least 1, --listings and --streams at least 0\n");
     return 2;
   }
   return run(settings);

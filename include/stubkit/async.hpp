@@ -625,6 +625,10 @@ template <typename R>
 struct ErrorValue<Result<R>> {
   static Result<R> make(Error error) { return Result<R>(std::move(error)); }
 };
+template <>
+struct ErrorValue<bool> {  // a stream write: false, and finish() gives the stream's status
+  static bool make(Error const&) { return false; }
+};
 template <typename R>
 struct ErrorValue<std::optional<Result<R>>> {
   static std::optional<Result<R>> make(Error error) {

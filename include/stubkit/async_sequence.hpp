@@ -98,9 +98,17 @@ class AsyncElements : public AsyncOperation {
     }
     try {
       hook(std::shared_ptr<AsyncOperation>(op));
-    } catch (...) {  // the token's hook failed: no next() was asked for
-      std::lock_guard<std::mutex> lock(mu_);
-      if (waiter_ && waiter_->op == op) waiter_.reset();
+    } catch (...) {
+      // The token's hook failed. While this next() is pending, it is undone
+      // and the caller gets the exception; once another thread delivered to
+      // it, the hook's failure is moot.
+      std::optional<Waiter> dropped;  // destroyed after the lock is released
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!waiter_ || waiter_->op != op) return op;
+        dropped = std::move(waiter_);
+        waiter_.reset();
+      }
       throw;
     }
     std::unique_lock<std::mutex> lock(mu_);
@@ -260,28 +268,63 @@ class AsyncElements : public AsyncOperation {
 
 namespace stubkit {
 
+namespace detail {
+
+// What the public async objects (a sequence, a stream writer) share: the
+// shared implementation, its cancel, its stop token and its handle.
+template <typename Impl>
+class AsyncOwner {
+ public:
+  /// Cancels at once (what that means is the owning class's).
+  void cancel() const {
+    if (impl_) impl_->cancel();
+  }
+
+#if defined(STUBKIT_HAS_STOP_TOKEN)
+  /// Cancels when `stop` is requested (at once if it already was), as
+  /// cancel() does. Can be called more than once.
+  void cancel_on(std::stop_token const& stop) const {
+    if (impl_) cancel_on_stop(impl_, stop);
+  }
+#endif
+
+  /// The operation: cancel() cancels it, and done() is true once it is
+  /// finished with gRPC (no call in flight or to come), the moment its stub
+  /// may go. The handle outlives its owner: keep it to know when one
+  /// destroyed early is finished with the stub.
+  AsyncHandle handle() const { return AsyncHandle(impl_); }
+
+ protected:
+  explicit AsyncOwner(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace detail
+
 /// An async sequence (an async listing, an async server stream): its
 /// elements, one next() at a time. Movable, not copyable; destroying it
 /// cancels the sequence.
 template <typename Impl>
-class AsyncSequence {
+class AsyncSequence : public detail::AsyncOwner<Impl> {
+  using detail::AsyncOwner<Impl>::impl_;
+
  public:
   /// What next() completes with: the next element, the error that ended
   /// the sequence (its last element), or nullopt after the end.
   using value_type = typename Impl::Out;
 
-  explicit AsyncSequence(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  explicit AsyncSequence(std::shared_ptr<Impl> impl) : detail::AsyncOwner<Impl>(std::move(impl)) {}
   AsyncSequence(AsyncSequence&&) noexcept = default;
   AsyncSequence& operator=(AsyncSequence&& other) noexcept {
     if (this != &other) {
-      cancel();
+      this->cancel();
       impl_ = std::move(other.impl_);
     }
     return *this;
   }
   AsyncSequence(AsyncSequence const&) = delete;
   AsyncSequence& operator=(AsyncSequence const&) = delete;
-  ~AsyncSequence() { cancel(); }
+  ~AsyncSequence() { this->cancel(); }
 
   /// Asks for the next element, completing through `token`: a callable
   /// `void(value_type)` (returns an AsyncHandle), stubkit::use_future,
@@ -301,28 +344,9 @@ class AsyncSequence {
   Awaitable<value_type> next() { return next(use_awaitable); }
 #endif
 
-  /// Ends the sequence with CANCELLED at once: if anything was left
-  /// undelivered, the next element is the CANCELLED error, then the end.
-  void cancel() const {
-    if (impl_) impl_->cancel();
-  }
-
-#if defined(STUBKIT_HAS_STOP_TOKEN)
-  /// Cancels the sequence when `stop` is requested (at once if it already
-  /// was), as cancel() does. Can be called more than once.
-  void cancel_on(std::stop_token const& stop) const {
-    if (impl_) detail::cancel_on_stop(impl_, stop);
-  }
-#endif
-
-  /// The sequence as an operation: cancel() cancels it, and done() is true
-  /// once it is finished with gRPC (no call in flight or to come), the
-  /// moment its stub may go. The handle outlives the sequence: keep it to
-  /// know when a sequence destroyed early is finished with the stub.
-  AsyncHandle handle() const { return AsyncHandle(impl_); }
-
- private:
-  std::shared_ptr<Impl> impl_;
+  // cancel(): ends the sequence with CANCELLED at once: if anything was
+  // left undelivered, the next element is the CANCELLED error, then the
+  // end. cancel_on(stop_token) and handle(): see AsyncOwner.
 };
 
 }  // namespace stubkit
