@@ -390,6 +390,135 @@ TEST_SUITE("async_stream") {
     CHECK(none.finish(stubkit::use_future).get().error().is<stubkit::FailedPrecondition>());
   }
 
+  TEST_CASE("the async resumable watch reconnects after dropped streams, losing and repeating nothing") {
+    ServerFixture f;
+    f.server.faults().close_stream_after("WatchUsers", 2);  // every connection dies after 2 messages
+    auto observer = std::make_shared<StreamEvents>();
+    stubkit::ResumableWatchOptions options;
+    options.schedule = [](std::chrono::milliseconds, std::function<void()> done) { done(); };
+    options.policy.max_attempts = 5;
+    options.observer = observer;
+    auto events = stubkit::async_watch_users(*f.stub, options);
+    auto first = events.next(stubkit::use_future);
+    wait_for_streams(f.server, 1);
+    for (int i = 0; i < 10; ++i) REQUIRE(f.create("user" + std::to_string(i)).ok());
+    std::vector<std::string> seen{brief(first.get())};
+    while (seen.size() < 10) seen.push_back(brief(events.next(stubkit::use_future).get()));
+    for (int i = 0; i < 10; ++i) CHECK(seen[i] == "created user" + std::to_string(i));
+    events.cancel();
+    CHECK(brief(events.next(stubkit::use_future).get()) == "!CANCELLED");
+    wait_done(events.handle());
+    std::lock_guard<std::mutex> lock(observer->mu);
+    CHECK(observer->opened > 2);  // stream.open per connection
+    CHECK(observer->ended == 1);
+    CHECK(observer->items == 10);
+  }
+
+  TEST_CASE("the async resumable watch sends its metadata with every connection, from after_sequence") {
+    stubkit::testing::EmbeddedServerOptions server_options;
+    server_options.service.fault_metadata = true;
+    ServerFixture f(server_options);
+    for (int i = 0; i < 10; ++i) REQUIRE(f.create("user" + std::to_string(i)).ok());
+    auto observer = std::make_shared<StreamEvents>();
+    stubkit::ResumableWatchOptions options;
+    options.schedule = [](std::chrono::milliseconds, std::function<void()> done) { done(); };
+    options.policy.max_attempts = 5;
+    options.metadata.emplace_back("stubkit-fault", "close-stream-after=1");
+    options.after_sequence = 1;  // replay events 2..10
+    options.observer = observer;
+    auto events = stubkit::async_watch_users(*f.stub, options);
+    for (int i = 1; i < 10; ++i) {
+      CHECK(brief(events.next(stubkit::use_future).get()) == "created user" + std::to_string(i));
+    }
+    events.cancel();
+    wait_done(events.handle());
+    std::lock_guard<std::mutex> lock(observer->mu);
+    // One event per connection: the fault reached each (a 10th may have opened before the cancel).
+    CHECK(observer->opened >= 9);
+    CHECK(observer->opened <= 10);
+  }
+
+  TEST_CASE("the async resumable watch gives up after max_attempts failed connections, with their status") {
+    ServerFixture f;
+    f.server.faults().fail_next("WatchUsers", 100, StatusCode::UNAVAILABLE, "down");
+    std::vector<std::chrono::milliseconds> waits;
+    stubkit::ResumableWatchOptions options;
+    options.schedule = [&](std::chrono::milliseconds delay, std::function<void()> done) {
+      waits.push_back(delay);
+      done();
+    };
+    options.policy.max_attempts = 3;
+    auto events = stubkit::async_watch_users(*f.stub, options);
+    CHECK(brief(events.next(stubkit::use_future).get()) == "!UNAVAILABLE");
+    CHECK(brief(events.next(stubkit::use_future).get()) == "end");
+    CHECK(f.server.faults().calls("WatchUsers") == 3);
+    CHECK(waits.size() == 2);
+    wait_done(events.handle());
+
+    // A code the policy does not retry ends it at once.
+    f.server.faults().clear();
+    f.server.faults().fail_next("WatchUsers", 1, StatusCode::PERMISSION_DENIED, "not yours");
+    auto denied = stubkit::async_watch_users(*f.stub, options);
+    CHECK(brief(denied.next(stubkit::use_future).get()) == "!PERMISSION_DENIED");
+    CHECK(waits.size() == 2);
+    wait_done(denied.handle());
+  }
+
+  TEST_CASE("the async resumable watch waits on an alarm; a cancel during the wait ends it at once") {
+    ServerFixture f;
+    f.server.faults().fail_next("WatchUsers", 100, StatusCode::UNAVAILABLE, "down");
+    stubkit::ResumableWatchOptions options;
+    options.policy.initial_backoff = 10s;
+    options.policy.max_backoff = 10s;
+    options.clock.random01 = [] { return 0.99; };  // a wait of about 10 s
+    auto events = stubkit::async_watch_users(*f.stub, options);
+    auto next = events.next(stubkit::use_future);
+    while (f.server.faults().calls("WatchUsers") == 0) std::this_thread::sleep_for(1ms);
+    CHECK(next.wait_for(200ms) == std::future_status::timeout);  // waiting, not reconnecting
+    CHECK(f.server.faults().calls("WatchUsers") == 1);
+    auto const start = std::chrono::steady_clock::now();
+    events.cancel();
+    REQUIRE(next.wait_for(5s) == std::future_status::ready);
+    CHECK(brief(next.get()) == "!CANCELLED");
+    wait_done(events.handle());
+    CHECK(std::chrono::steady_clock::now() - start < 5s);
+    CHECK(f.server.faults().calls("WatchUsers") == 1);
+  }
+
+  TEST_CASE("a resume schedule that drops its done ends the watch with UNKNOWN instead of hanging it") {
+    ServerFixture f;
+    f.server.faults().fail_next("WatchUsers", 1, StatusCode::UNAVAILABLE, "down");
+    stubkit::ResumableWatchOptions options;
+    options.schedule = [](std::chrono::milliseconds, std::function<void()>) {};  // drops it
+    auto events = stubkit::async_watch_users(*f.stub, options);
+    auto element = events.next(stubkit::use_future);
+    REQUIRE(element.wait_for(10s) == std::future_status::ready);
+    auto got = element.get();
+    REQUIRE(got);
+    CHECK(got->error().code() == StatusCode::UNKNOWN);
+    CHECK(got->error().message().find("dropped its `done`") != std::string::npos);
+    CHECK(brief(events.next(stubkit::use_future).get()) == "end");
+    wait_done(events.handle());
+    CHECK(f.server.faults().calls("WatchUsers") == 1);
+  }
+
+  TEST_CASE("the async resumable watch refuses an unusable policy and a stub without the callback API") {
+    ServerFixture f;
+    stubkit::ResumableWatchOptions options;
+    options.policy.max_attempts = 0;
+    auto bad = stubkit::async_watch_users(*f.stub, options);
+    CHECK(bad.handle().done());
+    auto element = bad.next(stubkit::use_future).get();
+    REQUIRE(element);
+    CHECK(element->error().code() == StatusCode::INVALID_ARGUMENT);
+    CHECK(f.server.faults().calls("WatchUsers") == 0);
+
+    stubkit::testing::MockUserServiceStub mock;
+    auto none = stubkit::async_watch_users(mock, {});
+    CHECK(brief(none.next(stubkit::use_future).get()) == "!FAILED_PRECONDITION");
+    CHECK(brief(none.next(stubkit::use_future).get()) == "end");
+  }
+
 #if defined(STUBKIT_HAS_COROUTINES)
   TEST_CASE("coroutines without an executor: co_await each event, each write and the response") {
     ServerFixture f;

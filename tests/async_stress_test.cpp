@@ -19,7 +19,10 @@
 // BulkCreateUsers writers in flight at once, each driven by its own
 // completions: readers replaying a known run of events and closed by the
 // server after a random count, cancelled from another thread or inside a
-// completion, destroyed inside one, or ended by a deadline; writers
+// completion, destroyed inside one, or ended by a deadline; resumable
+// watches (async_watch_users) whose every connection the server drops
+// after a few events, resumed on an alarm, cancelled inside a completion
+// or from another thread; writers
 // writing to the end, refused by the server, cancelled from another thread,
 // or dropped inside a write's completion. Every next(), write() and
 // finish() must complete exactly once; a reader's events must be the known
@@ -377,9 +380,17 @@ constexpr stubkit::AsyncWriteMethod<class UserService::Stub::async, myservice::v
                                     myservice::v1::BulkResp>
     kBulkCreate = &UserService::Stub::async::BulkCreateUsers;
 
-enum class ReadPlan { kClosed, kCancelLater, kCancelInside, kDestroyInside, kDeadline };
-constexpr char const* kReadPlanNames[] = {"closed", "cancel_later", "cancel_inside", "destroy_inside",
-                                          "deadline"};
+enum class ReadPlan {
+  kClosed,
+  kCancelLater,
+  kCancelInside,
+  kDestroyInside,
+  kDeadline,
+  kResumeInside,
+  kResumeLater
+};
+constexpr char const* kReadPlanNames[] = {"closed",   "cancel_later",  "cancel_inside", "destroy_inside",
+                                          "deadline", "resume_inside", "resume_later"};
 enum class WritePlan { kAll, kRefused, kCancelLater, kDropInside };
 constexpr char const* kWritePlanNames[] = {"write_all", "refused", "write_cancel_later", "drop_inside"};
 
@@ -429,7 +440,8 @@ struct ReadRun : StreamRunBase {
     } else {
       sequences.push_back((*event)->sequence());
     }
-    if (plan == ReadPlan::kCancelInside && sequences.size() == stop_after && event->ok()) stream->cancel();
+    bool const stop_inside = plan == ReadPlan::kCancelInside || plan == ReadPlan::kResumeInside;
+    if (stop_inside && sequences.size() == stop_after && event->ok()) stream->cancel();
     if (plan == ReadPlan::kDestroyInside && sequences.size() == stop_after && event->ok()) {
       stream.reset();  // inside its own completion
       return end();
@@ -527,25 +539,37 @@ int run_streams(UserService::Stub& stub, Settings const& settings, std::mt19937&
     for (int i = 0; i < n; ++i) {
       if (i % 2 == 0) {
         auto run = std::make_unique<ReadRun>();
-        run->plan = static_cast<ReadPlan>(random() % 5);
+        run->plan = static_cast<ReadPlan>(random() % 7);
         run->close_after = 1 + random() % replay;
         run->stop_after = 1 + random() % run->close_after;
         run->on_end = on_end;
-        stubkit::StreamOptions options;
-        if (run->plan == ReadPlan::kDeadline) {
-          options.deadline = stubkit::Deadline::after(std::chrono::milliseconds(20 + random() % 80));
-        } else {
-          options.metadata = {{stubkit::testing::FaultInjector::kFaultHeader,
-                               "close-stream-after=" + std::to_string(run->close_after)}};
-        }
         myservice::v1::WatchUsersRequest request;
         request.set_after_sequence(after);
-        run->stream.emplace(stubkit::async_read_stream(
-            stub, kWatchUsers, request, options,
-            [](myservice::v1::UserEvent const& e) { return e.type() != "heartbeat"; }));
+        if (run->plan == ReadPlan::kResumeInside || run->plan == ReadPlan::kResumeLater) {
+          // The resumable watch: every connection dies after a few events,
+          // and the next resumes after the last sequence seen (on an alarm).
+          stubkit::ResumableWatchOptions watch;
+          watch.after_sequence = after;
+          watch.policy.initial_backoff = std::chrono::milliseconds(1);
+          watch.policy.max_backoff = std::chrono::milliseconds(5);
+          watch.metadata = {{stubkit::testing::FaultInjector::kFaultHeader,
+                             "close-stream-after=" + std::to_string(1 + random() % 20)}};
+          run->stream.emplace(stubkit::async_watch_users(stub, watch));
+        } else {
+          stubkit::StreamOptions options;
+          if (run->plan == ReadPlan::kDeadline) {
+            options.deadline = stubkit::Deadline::after(std::chrono::milliseconds(20 + random() % 80));
+          } else {
+            options.metadata = {{stubkit::testing::FaultInjector::kFaultHeader,
+                                 "close-stream-after=" + std::to_string(run->close_after)}};
+          }
+          run->stream.emplace(stubkit::async_read_stream(
+              stub, kWatchUsers, request, options,
+              [](myservice::v1::UserEvent const& e) { return e.type() != "heartbeat"; }));
+        }
         run->handle = run->stream->handle();
         run->ask();
-        if (run->plan == ReadPlan::kCancelLater) {
+        if (run->plan == ReadPlan::kCancelLater || run->plan == ReadPlan::kResumeLater) {
           ReadRun* raw = run.get();
           canceller.at(Clock::now() + std::chrono::microseconds(random() % 30000), [raw] {
             raw->handle.cancel();  // the stream object is the consumer's; its handle is thread-safe
@@ -555,7 +579,9 @@ int run_streams(UserService::Stub& stub, Settings const& settings, std::mt19937&
       } else {
         auto run = std::make_unique<WriteRun>();
         run->plan = static_cast<WritePlan>(random() % 4);
-        std::size_t const count = 1 + random() % 20;
+        // At most 800 users in all: the server keeps the last 1024 events,
+        // so the resumable watches' resume points stay in its history.
+        std::size_t const count = 1 + random() % std::max<std::size_t>(1, 800 / std::max(1, n / 2) - 1);
         for (std::size_t j = 0; j < count; ++j) {
           run->ids.push_back("w" + std::to_string(settings.seed) + "-" + std::to_string(i) + "-" +
                              std::to_string(j));
@@ -633,6 +659,12 @@ int run_streams(UserService::Stub& stub, Settings const& settings, std::mt19937&
         break;
       case ReadPlan::kDeadline:
         ok = code == StatusCode::DEADLINE_EXCEEDED;
+        break;
+      case ReadPlan::kResumeInside:  // however many connections it took, the events run on
+        ok = got == run.stop_after && code == StatusCode::CANCELLED;
+        break;
+      case ReadPlan::kResumeLater:
+        ok = code == StatusCode::CANCELLED;
         break;
     }
     if (!ok) problem(plan, i, "ended as " + outcome + " after " + std::to_string(got) + " events");

@@ -47,9 +47,13 @@
 #ifndef STUBKIT_ASYNC_STREAM_HPP
 #define STUBKIT_ASYNC_STREAM_HPP
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/client_context.h>
 #include <grpcpp/support/client_callback.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -142,13 +146,45 @@ class StreamContext {
   bool releasing_ = false;  // being destroyed by a thread without the lock
 };
 
-// One server stream: a read reactor feeding an async sequence. Reads,
-// the hold and the release of the context are the drainer's; OnReadDone
-// and OnDone record what came (under mu_) and drain. The reactor keeps
-// itself alive (self_) from the start of the call until OnDone.
+// How a server stream resumes after its connection ends (async_watch_users
+// in user_client.hpp is one): it makes each connection, sees every message
+// read, and decides whether an end is resumed and after what wait. The
+// reader calls it from one thread at a time, never under its lock.
+template <typename Response>
+class StreamResume {
+ public:
+  virtual ~StreamResume() = default;
+
+  // One connection: its context, its request (kept until its OnDone), and
+  // the call of the stub's method.
+  struct Connection {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    std::shared_ptr<void> request;
+    std::function<void(grpc::ClientContext*, grpc::ClientReadReactor<Response>*)> bind;
+  };
+
+  // The next connection (the first one too).
+  virtual Connection connect() = 0;
+  // Every message read, before the filter.
+  virtual void read(Response const& message) = 0;
+  // A connection ended with `status`: the wait before the next, or nullopt
+  // to end the stream with it.
+  virtual std::optional<std::chrono::milliseconds> resume_after(grpc::Status const& status) = 0;
+  // The stream ended with `status` after `delivered` messages (once).
+  virtual void ended(grpc::Status const& status, std::int64_t delivered) = 0;
+  // Arranges for `done` after `delay` (tests); empty = a grpc::Alarm.
+  std::function<void(std::chrono::milliseconds, std::function<void()>)> schedule;
+};
+
+// One server stream: a read reactor per connection feeding an async
+// sequence; with a StreamResume, a connection that ends is followed by
+// another after a wait. Reads, holds, waits, new connections and the
+// release of each connection's context are the drainer's; OnReadDone and
+// OnDone record what came (under mu_) and drain. Each connection's reactor
+// keeps the reader alive until its OnDone; an alarm's callback does the
+// same until it runs.
 template <typename Response>
 class AsyncReader final : public AsyncElements<AsyncReader<Response>, Result<Response>>,
-                          public grpc::ClientReadReactor<Response>,
                           public std::enable_shared_from_this<AsyncReader<Response>> {
   using Base = AsyncElements<AsyncReader, Result<Response>>;
   friend Base;
@@ -156,62 +192,100 @@ class AsyncReader final : public AsyncElements<AsyncReader<Response>, Result<Res
  public:
   using Out = typename Base::Out;
   using Filter = std::function<bool(Response const&)>;
+  using Connection = typename StreamResume<Response>::Connection;
 
   static constexpr char const* kStepName = "an async stream's step";
   static constexpr char const* kCancelledMessage = "stubkit: the stream was cancelled";
 
-  AsyncReader(Filter filter, StreamWatch watch) : filter_(std::move(filter)), watch_(std::move(watch)) {}
+  AsyncReader(Filter filter, StreamWatch watch, std::unique_ptr<StreamResume<Response>> resume = nullptr)
+      : filter_(std::move(filter)), watch_(std::move(watch)), resume_(std::move(resume)) {}
 
-  // Starts the call: `bind(ctx, reactor)` calls the stub's method. No lock
-  // is held across gRPC's calls (a reaction may run on this thread when it
-  // is one of gRPC's); none can come before StartCall.
-  // `request` is kept until OnDone: gRPC (an interceptor) may serialize it
-  // late.
-  template <typename Bind>
-  void start(std::unique_ptr<grpc::ClientContext> ctx, std::shared_ptr<void> request, Bind const& bind) {
-    grpc::ClientContext* context = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ctx_ = StreamContext(std::move(ctx));
-      context = ctx_.get();
-      self_ = this->shared_from_this();
-      request_ = std::move(request);
-      hold_ = true;
-      reading_ = true;
-    }
-    try {
-      bind(context, this);
-    } catch (...) {  // no call was made: nothing will end it
-      std::lock_guard<std::mutex> lock(mu_);
-      self_.reset();
-      throw;
-    }
-    this->AddHold();  // no OnDone while a read may still be started from outside a reaction
-    this->StartRead(&incoming_);
-    this->StartCall();
+  // Starts the first connection. No lock is held across gRPC's calls (a
+  // reaction may run on this thread when it is one of gRPC's).
+  void start(Connection connection) {
+    std::unique_lock<std::mutex> lock(mu_);
+    open(lock, std::move(connection));
+  }
+
+  // Starts the first connection through the resume rule.
+  void start() {
+    if (!resume_) throw std::logic_error("stubkit: AsyncReader::start() needs a resume rule");
+    std::unique_lock<std::mutex> lock(mu_);
+    ctx_.call_over();  // no connection yet: nothing to release
+    connect_due_ = true;
+    this->drain(lock);
   }
 
   // The stream could not start: its only element is `error`.
   void fail_to_start(Error error) {
-    watch_.end(grpc::Status(error.code(), error.message()));
+    grpc::Status const status(error.code(), error.message());
+    watch_.end(status);
+    if (resume_) resume_->ended(status, 0);
     std::lock_guard<std::mutex> lock(mu_);
-    final_ = grpc::Status(error.code(), error.message());
+    final_ = status;
     start_error_ = std::move(error);
     ctx_.call_over();
     this->done_.store(true, std::memory_order_release);  // no call: finished with gRPC
   }
 
-  void OnReadDone(bool ok) override {
+ private:
+  using Base::mu_;
+
+  // The reactor of one connection.
+  class Call final : public grpc::ClientReadReactor<Response> {
+   public:
+    explicit Call(std::shared_ptr<AsyncReader> owner) : owner_(std::move(owner)) {}
+    void OnReadDone(bool ok) override { owner_->on_read(*this, ok); }
+    void OnDone(grpc::Status const& status) override {
+      std::shared_ptr<AsyncReader> owner = std::move(owner_);  // goes last: the reader may end here
+      owner->on_done(*this, status);
+    }
+
+    Response incoming;              // the read target; gRPC's while reading
+    std::shared_ptr<void> request;  // until OnDone: gRPC (an interceptor) may serialize it late
+
+   private:
+    std::shared_ptr<AsyncReader> owner_;
+  };
+
+  // Opens `connection`; mu_ held on entry and on return (released across
+  // gRPC's calls).
+  void open(std::unique_lock<std::mutex>& lock, Connection connection) {
+    auto call = std::make_shared<Call>(this->shared_from_this());
+    call->request = std::move(connection.request);
+    ctx_ = StreamContext(std::move(connection.ctx));
+    grpc::ClientContext* const context = ctx_.get();
+    call_ = call;
+    hold_ = true;
+    reading_ = true;
+    read_over_ = false;
+    lock.unlock();
+    try {
+      connection.bind(context, call.get());
+    } catch (...) {  // no call was made: nothing will end it
+      lock.lock();
+      call_.reset();
+      hold_ = reading_ = false;
+      read_over_ = true;
+      ctx_.call_over();
+      throw;  // the drainer's catch (or the caller) ends the stream
+    }
+    call->AddHold();  // no OnDone while a read may still be started from outside a reaction
+    call->StartRead(&call->incoming);
+    call->StartCall();
+    lock.lock();
+  }
+
+  void on_read(Call& call, bool ok) {
     bool keep = true;
     std::exception_ptr filter_error;
     if (ok) {
-      watch_.count();  // one read at a time: only this thread touches watch_ now
-      if (filter_) {
-        try {
-          keep = filter_(incoming_);
-        } catch (...) {
-          filter_error = std::current_exception();
-        }
+      try {  // one read at a time: only this thread touches watch_ and the rule now
+        watch_.count();
+        if (resume_) resume_->read(call.incoming);
+        if (filter_) keep = filter_(call.incoming);
+      } catch (...) {
+        filter_error = std::current_exception();
       }
     }
     std::unique_lock<std::mutex> lock(mu_);
@@ -221,36 +295,57 @@ class AsyncReader final : public AsyncElements<AsyncReader<Response>, Result<Res
     } else if (filter_error) {
       this->fail(lock, filter_error);
     } else if (keep && !this->stopping()) {
+      ++delivered_;
       if (!buffered_) {
-        buffered_.emplace(std::move(incoming_));
+        buffered_.emplace(std::move(call.incoming));
       } else {
-        held_ = true;  // incoming_ waits; no read until it moves on
+        held_.emplace(std::move(call.incoming));  // no read until it moves on
       }
     }
     this->drain(lock);
   }
 
-  void OnDone(grpc::Status const& status) override {
-    try {
-      watch_.end(status);
-    } catch (...) {  // out of memory: the event is lost, not the stream
-    }
-    std::shared_ptr<AsyncReader> self;
-    std::shared_ptr<void> request;
+  void on_done(Call&, grpc::Status const& status) {
+    grpc::Status const copy = copy_of(status);
+    bool resumable = false;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      final_ = copy_of(status);
-      ctx_.call_over();
-      self = std::move(self_);
-      request = std::move(request_);
-      this->drain(lock);
+      std::lock_guard<std::mutex> lock(mu_);
+      resumable = resume_ && !copy.ok() && !this->stopping();
     }
-    // self goes last: the reactor may end here, which gRPC allows once
-    // OnDone has been called.
+    std::optional<std::chrono::milliseconds> wait;
+    if (resumable) {
+      try {  // the rule (and the observer it tells) runs with no lock held
+        wait = resume_->resume_after(copy);
+      } catch (...) {  // out of memory, an observer's failure: the stream ends with its status
+      }
+    }
+    bool const over = !wait;
+    if (over) {
+      std::int64_t delivered = 0;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        delivered = delivered_;
+        end_told_ = true;
+      }
+      try {
+        watch_.end(copy);
+      } catch (...) {  // out of memory: the event is lost, not the stream
+      }
+      try {
+        if (resume_) resume_->ended(copy, delivered);
+      } catch (...) {
+      }
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    ctx_.call_over();
+    if (over) {
+      final_ = copy;
+    } else {
+      resume_wait_ = *wait;
+      resume_due_ = true;
+    }
+    this->drain(lock);
   }
-
- private:
-  using Base::mu_;
 
   // AsyncElements' hooks (mu_ held, by the drainer).
   void before_delivery(std::unique_lock<std::mutex>& lock) { start_read_if_due(lock); }
@@ -258,9 +353,11 @@ class AsyncReader final : public AsyncElements<AsyncReader<Response>, Result<Res
   bool pump(std::unique_lock<std::mutex>& lock, bool /*waiting*/) {
     if (start_read_if_due(lock)) return true;
     if (hold_ && !reading_ && (read_over_ || this->stopping())) {
-      hold_ = false;  // no more reads: let the call end
+      hold_ = false;  // no more reads on this connection: let its call end
+      std::shared_ptr<Call> call = call_;
       lock.unlock();
-      this->RemoveHold();  // OnDone may run on this thread: no lock is held
+      call->RemoveHold();  // its OnDone may run on this thread: no lock is held
+      call.reset();
       lock.lock();
       return true;
     }
@@ -271,28 +368,196 @@ class AsyncReader final : public AsyncElements<AsyncReader<Response>, Result<Res
       ctx_.destroyed();
       return true;
     }
+    if (resume_due_ && ctx_.released()) {
+      resume_due_ = false;
+      if (!this->stopping()) start_wait(lock);
+      return true;
+    }
+    if (wake_ && !alarm_) {
+      wake_ = false;
+      if (!this->stopping()) connect_due_ = true;
+      return true;
+    }
+    if (connect_due_) {
+      connect_due_ = false;
+      if (this->stopping()) return true;
+      lock.unlock();
+      Connection connection = resume_->connect();  // a throw ends the stream (the drainer's catch)
+      lock.lock();
+      if (!this->stopping()) {
+        open(lock, std::move(connection));
+        return true;
+      }
+      lock.unlock();  // cancelled meanwhile: the unused context goes unlocked
+      connection.ctx.reset();
+      connection.request.reset();
+      connection.bind = nullptr;
+      lock.lock();
+      return true;
+    }
+    if (resume_ && !end_told_ && (final_ || this->stopping()) && ctx_.released() && !waiting_ && !alarm_) {
+      // Ended between connections (a cancel, a failed step, an alarm gRPC
+      // ended early): the rule hears the end.
+      end_told_ = true;
+      grpc::Status const status =
+          final_ ? *final_
+          : this->cancelled()
+              ? grpc::Status(grpc::StatusCode::CANCELLED, kCancelledMessage)
+              : grpc::Status(grpc::StatusCode::UNKNOWN, "stubkit: a step of the async stream failed");
+      std::int64_t const delivered = delivered_;
+      lock.unlock();
+      try {
+        resume_->ended(status, delivered);
+      } catch (...) {
+      }
+      lock.lock();
+      return true;
+    }
+    if (alarm_done_) {  // the alarm's callback has run: drop it here, unlocked
+      alarm_done_ = false;
+      std::shared_ptr<grpc::Alarm> alarm = std::move(alarm_);
+      lock.unlock();
+      alarm.reset();
+      lock.lock();
+      return true;
+    }
     return false;
   }
 
+  // Waits before the next connection: the rule's schedule, or an alarm.
+  void start_wait(std::unique_lock<std::mutex>& lock) {
+    std::uint64_t const id = ++wait_id_;
+    auto const delay = resume_wait_;
+    if (resume_->schedule) {
+      waiting_ = true;
+      auto token = std::make_shared<WaitToken>(this->shared_from_this(), id);
+      lock.unlock();
+      try {
+        resume_->schedule(delay, [token] { token->fire(); });
+      } catch (...) {
+        token.reset();
+        lock.lock();
+        if (waiting_ && id == wait_id_) waiting_ = false;
+        throw;  // the drainer's catch ends the stream
+      }
+      token.reset();  // the schedule holds its own copy, or dropped it (ends the stream)
+      lock.lock();
+      return;
+    }
+    lock.unlock();
+    auto alarm = std::make_shared<grpc::Alarm>();
+    std::function<void(bool)> callback = [self = this->shared_from_this(), id](bool ok) {
+      self->wake(id, ok, true);
+    };
+    lock.lock();
+    if (this->stopping()) {  // cancelled meanwhile: no wait
+      lock.unlock();
+      callback = nullptr;
+      alarm.reset();
+      lock.lock();
+      return;
+    }
+    waiting_ = true;
+    alarm_ = alarm;  // published before Set, as AsyncUnary does: a cancel may come at any time
+    lock.unlock();
+    try {
+      alarm->Set(std::chrono::system_clock::now() + delay, std::move(callback));
+    } catch (...) {  // out of memory: no callback will come
+      lock.lock();
+      waiting_ = false;
+      std::shared_ptr<grpc::Alarm> unset = std::move(alarm_);
+      lock.unlock();
+      unset.reset();
+      alarm.reset();
+      lock.lock();
+      throw;
+    }
+    lock.lock();
+    if (this->stopping()) {  // a cancel meanwhile may have come before Set: cancel again
+      lock.unlock();
+      alarm->Cancel();
+      lock.lock();
+    }
+  }
+
+  // The `done` a schedule gets: fires once; dropped unfired, it ends the
+  // stream (a wait nobody will end would hang it).
+  class WaitToken {
+   public:
+    WaitToken(std::weak_ptr<AsyncReader> reader, std::uint64_t id) : reader_(std::move(reader)), id_(id) {}
+    WaitToken(WaitToken const&) = delete;
+    WaitToken& operator=(WaitToken const&) = delete;
+    ~WaitToken() {
+      if (fired_.load()) return;
+      if (auto reader = reader_.lock()) reader->wait_dropped(id_);
+    }
+    void fire() {
+      if (fired_.exchange(true)) return;
+      if (auto reader = reader_.lock()) reader->wake(id_, true);
+    }
+
+   private:
+    std::weak_ptr<AsyncReader> reader_;
+    std::uint64_t const id_;
+    std::atomic<bool> fired_{false};
+  };
+
+  void wait_dropped(std::uint64_t id) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (waiting_ && id == wait_id_) {
+      waiting_ = false;
+      this->fail(lock, std::make_exception_ptr(std::runtime_error(
+                           "the resume schedule dropped its `done` callback without calling it")));
+    }
+    this->drain(lock);
+  }
+
+  // The wait `id` is over: `ok` false when an alarm was cancelled, or ended
+  // early by gRPC (shutting down): then the stream ends.
+  void wake(std::uint64_t id, bool ok, bool from_alarm = false) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (from_alarm) alarm_done_ = true;
+    if (!waiting_ || id != wait_id_) {
+      this->drain(lock);
+      return;  // a stale or second wake
+    }
+    waiting_ = false;
+    if (ok || this->stopping()) {
+      wake_ = true;
+    } else {
+      final_ = grpc::Status(grpc::StatusCode::CANCELLED,
+                            "stubkit: the resume alarm ended early (gRPC is shutting down?)");
+    }
+    this->drain(lock);
+  }
+
   bool start_read_if_due(std::unique_lock<std::mutex>& lock) {
-    // One message may wait in buffered_ while a read fills incoming_.
     if (!hold_ || reading_ || held_ || read_over_ || this->stopping()) return false;
     reading_ = true;
+    std::shared_ptr<Call> call = call_;
     lock.unlock();
-    this->StartRead(&incoming_);
+    call->StartRead(&call->incoming);  // one message may wait in buffered_ meanwhile
     lock.lock();
     return true;
   }
 
   void drop_rest() {
+    delivered_ -= (buffered_ ? 1 : 0) + (held_ ? 1 : 0);  // dropped, not delivered
     buffered_.reset();
-    held_ = false;
+    held_.reset();
   }
 
-  // Cancels the call (TryCancel with mu_ released).
+  // Cancels the connection (TryCancel with mu_ released) or the wait.
   auto stop_source() {
     grpc::ClientContext* const ctx = ctx_.pin();
-    return [this, ctx] {
+    std::shared_ptr<grpc::Alarm> alarm = alarm_;
+    bool const scheduled = waiting_ && !alarm;
+    if (scheduled) {
+      waiting_ = false;  // a schedule's late done then does nothing
+      wake_ = false;
+    }
+    return [this, ctx, alarm = std::move(alarm)] {
+      if (alarm) alarm->Cancel();  // its callback runs, with ok false
       if (ctx == nullptr) return;
       ctx->TryCancel();
       std::lock_guard<std::mutex> lock(mu_);
@@ -300,20 +565,23 @@ class AsyncReader final : public AsyncElements<AsyncReader<Response>, Result<Res
     };
   }
 
-  bool finished_with_source() const { return final_.has_value() && ctx_.released(); }
+  bool finished_with_source() const {
+    bool const connection_over = ctx_.released() && !connect_due_ && !resume_due_;
+    return connection_over && !waiting_ && !alarm_ && (final_.has_value() || this->stopping());
+  }
 
-  // Only the status is left: the server ended the stream and every message
-  // was delivered. A cancel then gives that status, not CANCELLED.
-  bool nothing_left() const { return (read_over_ || start_error_) && !buffered_ && !held_; }
+  // Only the status is left: the stream ended and every message was
+  // delivered. A cancel then gives that status, not CANCELLED.
+  bool nothing_left() const {
+    bool const ended = final_.has_value() || (read_over_ && !resume_);
+    return ended && !buffered_ && !held_;
+  }
 
   std::optional<Out> produce_next() {
     if (buffered_) {
       Response message = std::move(*buffered_);
-      buffered_.reset();
-      if (held_) {
-        buffered_.emplace(std::move(incoming_));
-        held_ = false;
-      }
+      buffered_ = std::move(held_);
+      held_.reset();
       return Out{Result<Response>(std::move(message))};
     }
     if (start_error_) return Out{Result<Response>(*start_error_)};
@@ -323,20 +591,29 @@ class AsyncReader final : public AsyncElements<AsyncReader<Response>, Result<Res
   }
 
   Filter filter_;
-  StreamWatch watch_;                  // the reading thread's, then OnDone's
-  Response incoming_;                  // the read target; gRPC's while reading_
-  std::shared_ptr<AsyncReader> self_;  // alive until OnDone
-  std::shared_ptr<void> request_;      // the request, until OnDone
+  StreamWatch watch_;  // the reading thread's, then OnDone's
+  std::unique_ptr<StreamResume<Response>> const resume_;
 
   // Under mu_.
-  StreamContext ctx_;
+  StreamContext ctx_;                 // the connection's
+  std::shared_ptr<Call> call_;        // the connection's reactor
   std::optional<Response> buffered_;  // the message next() gets next
+  std::optional<Response> held_;      // a second one; no read until it moves on
   std::optional<grpc::Status> final_;
   std::optional<Error> start_error_;
+  std::int64_t delivered_ = 0;  // messages kept by the filter
+  std::chrono::milliseconds resume_wait_{0};
+  std::shared_ptr<grpc::Alarm> alarm_;
+  std::uint64_t wait_id_ = 0;
   bool hold_ = false;
   bool reading_ = false;
-  bool held_ = false;       // incoming_ holds a second message
-  bool read_over_ = false;  // a read failed: the server ended the stream (or it broke)
+  bool read_over_ = false;    // a read failed: the connection is ending
+  bool resume_due_ = false;   // the connection ended and is resumed: wait, once its context is released
+  bool waiting_ = false;      // a wait before the next connection is on
+  bool wake_ = false;         // the wait is over: connect
+  bool alarm_done_ = false;   // the alarm's callback ran: drop the alarm
+  bool connect_due_ = false;  // open the next connection
+  bool end_told_ = false;     // the rule heard the end
 };
 
 // One client stream: a write reactor with one write() or finish() pending
@@ -658,10 +935,12 @@ AsyncStream<Response> async_read_stream(Stub& stub, AsyncReadMethod<AsyncClass, 
     reader->fail_to_start(detail::no_callback_api("async_read_stream"));
   } else {
     auto owned = std::make_shared<Request>(std::move(request));
-    reader->start(std::move(ctx), owned,
-                  [&](grpc::ClientContext* context, grpc::ClientReadReactor<Response>* reactor) {
-                    (async->*method)(context, owned.get(), reactor);
-                  });
+    Request const* const raw = owned.get();
+    reader->start(
+        {std::move(ctx), std::move(owned),
+         [async, method, raw](grpc::ClientContext* context, grpc::ClientReadReactor<Response>* reactor) {
+           (async->*method)(context, raw, reactor);
+         }});
   }
   return AsyncStream<Response>(std::move(reader));
 }

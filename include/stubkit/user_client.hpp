@@ -13,7 +13,9 @@
 #include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "myservice/v1/user.grpc.pb.h"
+#include "stubkit/async_stream.hpp"
 #include "stubkit/detail/input_range.hpp"
 #include "stubkit/detail/method.hpp"
 #include "stubkit/observe.hpp"
@@ -57,7 +60,27 @@ struct ResumableWatchOptions {
   /// reconnect (stream.resume) and the end (stream.end, `items` = events
   /// delivered), source "watch"; empty = the default observer, if any.
   std::shared_ptr<Observer> observer;
+  /// async_watch_users only: arranges for `done` after `delay`, on any
+  /// thread, instead of a grpc::Alarm (tests run `done` at once). It runs
+  /// on a gRPC thread and must not block: start a timer, or run `done` at
+  /// once. A watch cancelled while it waits ends at once; a later `done`
+  /// does nothing; dropping `done` uncalled ends the watch with UNKNOWN.
+  std::function<void(std::chrono::milliseconds delay, std::function<void()> done)> schedule;
 };
+
+namespace detail {
+
+// An event of a resumable watch (source "watch") at `last_sequence`.
+inline Event watch_event(EventType type, std::optional<TraceContext> const& trace,
+                         std::int64_t last_sequence) {
+  Event event =
+      event_of(type, "watch", method_path<myservice::v1::WatchUsersRequest, myservice::v1::UserEvent>(), 0,
+               trace_id_of(trace));
+  event.sequence = last_sequence;
+  return event;
+}
+
+}  // namespace detail
 
 /// WatchUsers that survives dropped streams: after a retryable end it
 /// reconnects with backoff and asks the server to replay every event after
@@ -132,11 +155,7 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
   };
 
   Event observed(EventType type) const {
-    Event event =
-        detail::event_of(type, "watch", detail::method_path<myservice::v1::WatchUsersRequest, UserEvent>(), 0,
-                         detail::trace_id_of(state_->trace));
-    event.sequence = state_->last_sequence;
-    return event;
+    return detail::watch_event(type, state_->trace, state_->last_sequence);
   }
 
   // The watch is over: with `status` (OK when the server closed it).
@@ -236,6 +255,118 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
   std::unique_ptr<State> state_;
 };
 
+namespace detail {
+
+// The resumable watch's rule for an async stream (async_stream.hpp): each
+// connection asks for the events after the last sequence seen (heartbeats
+// included); a retryable end is resumed after the policy's backoff, up to
+// max_attempts connections in a row without a message.
+class WatchResume final : public StreamResume<myservice::v1::UserEvent> {
+ public:
+  using Async = myservice::v1::UserService::StubInterface::async_interface;
+
+  WatchResume(Async* async, ResumableWatchOptions options)
+      : async_(async),
+        options_(std::move(options)),
+        backoff_(options_.policy, options_.clock.random01),
+        last_sequence_(options_.after_sequence),
+        observer_(resolve_observer(options_.observer)),
+        started_(std::chrono::steady_clock::now()),
+        trace_(outgoing_trace(options_.metadata, &new_traceparent_)) {
+    schedule = options_.schedule;
+  }
+
+  Connection connect() override {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    for (auto const& [key, value] : options_.metadata) ctx->AddMetadata(key, value);
+    if (!new_traceparent_.empty()) ctx->AddMetadata(kTraceparentKey, new_traceparent_);
+    auto request = std::make_shared<myservice::v1::WatchUsersRequest>();
+    request->set_after_sequence(last_sequence_);
+    ++connections_;
+    if (observer_ != nullptr) {
+      Event event = watch_event(EventType::kStreamOpen, trace_, last_sequence_);
+      event.attempt = connections_;
+      notify(observer_, event);
+    }
+    auto const* raw = request.get();
+    return {std::move(ctx), std::move(request),
+            [async = async_, raw](grpc::ClientContext* context,
+                                  grpc::ClientReadReactor<myservice::v1::UserEvent>* reactor) {
+              async->WatchUsers(context, raw, reactor);
+            }};
+  }
+
+  void read(myservice::v1::UserEvent const& event) override {
+    failures_in_a_row_ = 0;
+    last_sequence_ = std::max(last_sequence_, event.sequence());
+  }
+
+  std::optional<std::chrono::milliseconds> resume_after(grpc::Status const& status) override {
+    if (!options_.policy.retryable(status.error_code()) ||
+        ++failures_in_a_row_ >= options_.policy.max_attempts) {
+      return std::nullopt;
+    }
+    auto const delay = std::chrono::duration_cast<std::chrono::milliseconds>(backoff_.next());
+    if (observer_ != nullptr) {
+      Event event = watch_event(EventType::kStreamResume, trace_, last_sequence_);
+      event.attempt = connections_;
+      std::string message;
+      set_status(event, status, message);
+      event.delay = delay;
+      notify(observer_, event);
+    }
+    return delay;
+  }
+
+  void ended(grpc::Status const& status, std::int64_t delivered) override {
+    if (observer_ == nullptr || connections_ == 0) return;  // never opened: nothing ends
+    Event event = watch_event(EventType::kStreamEnd, trace_, last_sequence_);
+    event.items = delivered;
+    event.attempts = connections_;
+    notify_end(observer_, event, status, started_);
+  }
+
+ private:
+  Async* const async_;
+  ResumableWatchOptions options_;
+  Backoff backoff_;
+  std::int64_t last_sequence_;
+  int connections_ = 0;
+  int failures_in_a_row_ = 0;
+  Observer* const observer_;
+  std::chrono::steady_clock::time_point const started_;
+  std::string new_traceparent_;  // sent when the caller's metadata has none
+  std::optional<TraceContext> const trace_;
+};
+
+}  // namespace detail
+
+/// WatchUsers as an async stream that resumes (async_stream.hpp): the
+/// resumable watch's rule (ResumableWatchOptions: after_sequence, the
+/// policy's retryable codes, backoff and max_attempts, heartbeats, metadata,
+/// observer) with no thread blocked, next() at a time. The backoff waits on
+/// a grpc::Alarm (or `options.schedule`); a cancel during it ends the watch
+/// at once. The stub must outlive the watch's last call (handle().done()).
+inline AsyncStream<myservice::v1::UserEvent> async_watch_users(
+    myservice::v1::UserService::StubInterface& stub, ResumableWatchOptions options) {
+  using UserEvent = myservice::v1::UserEvent;
+  std::function<bool(UserEvent const&)> filter;
+  if (!options.include_heartbeats) filter = [](UserEvent const& e) { return e.type() != "heartbeat"; };
+  std::string const problem = options.policy.problem();
+  auto* const async = stub.async();
+  auto rule = std::make_unique<detail::WatchResume>(async, std::move(options));
+  auto reader = std::make_shared<detail::AsyncReader<UserEvent>>(std::move(filter), detail::StreamWatch(),
+                                                                 std::move(rule));
+  if (!problem.empty()) {
+    reader->fail_to_start(Error(grpc::StatusCode::INVALID_ARGUMENT, "invalid RetryPolicy: " + problem));
+  } else if (async == nullptr) {
+    reader->fail_to_start(detail::no_callback_api("async_watch_users"));
+  } else {
+    reader->start();
+  }
+  return AsyncStream<UserEvent>(std::move(reader));
+}
+
 /// A UserService client with the reference client's behaviour: a timeout on
 /// every call, a missing user as an empty optional, every other error
 /// surfaced. Thread-safe (gRPC stubs are).
@@ -299,6 +430,12 @@ class UserClient {
   /// WatchUsers that reconnects and resumes after dropped streams.
   ResumableWatch watch_users_resumable(ResumableWatchOptions options = {}) {
     return ResumableWatch(*stub_, std::move(options));
+  }
+
+  /// The resumable watch as an async stream, with no thread blocked
+  /// (async_watch_users). This client must outlive its last call.
+  AsyncStream<myservice::v1::UserEvent> watch_users_async(ResumableWatchOptions options = {}) {
+    return async_watch_users(*stub_, std::move(options));
   }
 
   /// A BulkCreateUsers stream: write() each request, then finish().
