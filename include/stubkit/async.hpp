@@ -465,6 +465,21 @@ constexpr void check_async_stub() {
                 "(&Service::Stub::async::Method)");
 }
 
+// The stub's callback API, checked at compile time to be the method's.
+template <typename Stub, typename AsyncClass>
+AsyncClass* async_of(Stub& stub) {
+  check_async_stub<Stub, AsyncClass>();
+  return stub.async();
+}
+
+// The error of an operation `what` whose stub's async() gave null.
+inline Error no_callback_api(char const* what) {
+  return Error(grpc::StatusCode::FAILED_PRECONDITION,
+               std::string("stubkit::") + what +
+                   ": the stub has no callback API (its async() returned null, as a StubInterface "
+                   "mock's does unless mocked)");
+}
+
 // Makes the operation of a call, ready to begin(); or completes it inline
 // and returns null when it cannot start (no callback API, unusable options).
 template <typename Stub, typename AsyncClass, typename Request, typename Response>
@@ -472,14 +487,10 @@ std::shared_ptr<AsyncUnary<Response>> make_unary(Stub& stub,
                                                  AsyncUnaryMethod<AsyncClass, Request, Response> method,
                                                  Request request, CallOptions options,
                                                  typename AsyncUnary<Response>::Done done) {
-  check_async_stub<Stub, AsyncClass>();
   auto op = std::make_shared<AsyncUnary<Response>>(std::move(options), std::move(done));
-  AsyncClass* const async = stub.async();
+  AsyncClass* const async = async_of<Stub, AsyncClass>(stub);
   if (async == nullptr) {
-    op->fail_before_start(
-        Error(grpc::StatusCode::FAILED_PRECONDITION,
-              "stubkit::async_call: the stub has no callback API (its async() returned null, "
-              "as a StubInterface mock's does unless mocked)"));
+    op->fail_before_start(no_callback_api("async_call"));
     return nullptr;
   }
   if (auto error = setup_call<Request, Response>(op->options(), request, "async", op->setup())) {

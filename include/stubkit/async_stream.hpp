@@ -22,10 +22,12 @@
 // Reading. The stream starts at once. One read is in flight at a time, and
 // at most two messages wait for next() (one, while a read fills the
 // second); gRPC's own flow control holds the rest on the server, so a slow
-// consumer slows the server, never fills memory. `filter` (e.g. dropping heartbeats) runs on the gRPC thread
-// that read the message; a message it rejects is not delivered. Where completions run, and the
-// one-next()-at-a-time rule, are the async listing's (async_paginate.hpp). The last element is the stream's
-// status when it is not OK; an OK end is nullopt.
+// consumer slows the server, never fills memory. `filter` (e.g. dropping
+// heartbeats) runs on the gRPC thread that read the message; a message it
+// rejects is not delivered. Where completions run, and the
+// one-next()-at-a-time rule, are the async listing's (async_paginate.hpp).
+// The last element is the stream's status when it is not OK; an OK end is
+// nullopt.
 //
 // Writing. One write() or finish() at a time (another while one is pending
 // throws std::logic_error; through an asio token it completes with false or
@@ -101,13 +103,6 @@ inline grpc::Status copy_of(grpc::Status const& status) noexcept {
   }
 }
 
-inline Error no_callback_api(char const* what) {
-  return Error(grpc::StatusCode::FAILED_PRECONDITION,
-               std::string("stubkit::") + what +
-                   ": the stub has no callback API (its async() returned null, as a StubInterface "
-                   "mock's does unless mocked)");
-}
-
 // The call's ClientContext, released once the call is over (OnDone) and no
 // thread is cancelling through it. Under its owner's mutex.
 class StreamContext {
@@ -125,7 +120,6 @@ class StreamContext {
   }
   void unpin() { --pins_; }
   void call_over() { over_ = true; }
-  bool is_over() const { return over_; }
 
   // The context to destroy (with the lock released) once the call is over
   // and unpinned; null otherwise. Whoever takes it calls destroyed() once
@@ -901,12 +895,6 @@ class AsyncWriterImpl final : public AsyncOperation,
   bool finishing_ = false;
   bool cancelled_ = false;
 };
-
-template <typename Stub, typename AsyncClass>
-AsyncClass* async_of(Stub& stub) {
-  check_async_stub<Stub, AsyncClass>();
-  return stub.async();
-}
 
 }  // namespace detail
 

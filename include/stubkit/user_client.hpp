@@ -70,15 +70,104 @@ struct ResumableWatchOptions {
 
 namespace detail {
 
-// An event of a resumable watch (source "watch") at `last_sequence`.
-inline Event watch_event(EventType type, std::optional<TraceContext> const& trace,
-                         std::int64_t last_sequence) {
-  Event event =
-      event_of(type, "watch", method_path<myservice::v1::WatchUsersRequest, myservice::v1::UserEvent>(), 0,
-               trace_id_of(trace));
-  event.sequence = last_sequence;
-  return event;
-}
+// The resumable watch's rule, shared by the blocking range (ResumableWatch)
+// and the async stream (async_watch_users): each connection carries the
+// watch's metadata and trace and asks for the events after the last
+// sequence seen (heartbeats included); a retryable end is resumed after the
+// policy's backoff, up to max_attempts connections in a row without a
+// message; the observer hears of each connection, each resume and the end
+// (source "watch"). Used by one thread at a time.
+class WatchRule {
+ public:
+  using UserEvent = myservice::v1::UserEvent;
+
+  explicit WatchRule(ResumableWatchOptions options)
+      : options_(std::move(options)),
+        backoff_(options_.policy, options_.clock.random01),
+        last_sequence_(options_.after_sequence),
+        observer_(resolve_observer(options_.observer)),
+        started_(std::chrono::steady_clock::now()),
+        trace_(outgoing_trace(options_.metadata, &new_traceparent_)) {}
+
+  ResumableWatchOptions const& options() const { return options_; }
+  // The last sequence delivered or confirmed by a heartbeat.
+  std::int64_t last_sequence() const { return last_sequence_; }
+  int connections() const { return connections_; }
+
+  // A context for the next connection.
+  std::unique_ptr<grpc::ClientContext> context() const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    for (auto const& [key, value] : options_.metadata) ctx->AddMetadata(key, value);
+    if (!new_traceparent_.empty()) ctx->AddMetadata(kTraceparentKey, new_traceparent_);
+    return ctx;
+  }
+
+  // The next connection opens (stream.open): its request.
+  myservice::v1::WatchUsersRequest open() {
+    myservice::v1::WatchUsersRequest request;
+    request.set_after_sequence(last_sequence_);
+    ++connections_;
+    if (observer_ != nullptr) {
+      Event event = observed(EventType::kStreamOpen);
+      event.attempt = connections_;
+      notify(observer_, event);
+    }
+    return request;
+  }
+
+  // Every event read, heartbeats too.
+  void read(UserEvent const& event) {
+    failures_in_a_row_ = 0;
+    last_sequence_ = std::max(last_sequence_, event.sequence());
+  }
+
+  // A connection ended with `status`: the wait before the next one
+  // (stream.resume), or nullopt to end the watch with it.
+  std::optional<std::chrono::milliseconds> resume_after(grpc::Status const& status) {
+    if (!options_.policy.retryable(status.error_code()) ||
+        ++failures_in_a_row_ >= options_.policy.max_attempts) {
+      return std::nullopt;
+    }
+    auto const delay = backoff_.next();
+    if (observer_ != nullptr) {
+      Event event = observed(EventType::kStreamResume);
+      event.attempt = connections_;
+      std::string message;
+      set_status(event, status, message);
+      event.delay = delay;
+      notify(observer_, event);
+    }
+    return delay;
+  }
+
+  // The watch ended with `status` after `delivered` events (stream.end,
+  // unless it never opened a connection). Once.
+  void ended(grpc::Status const& status, std::int64_t delivered) {
+    if (observer_ == nullptr || connections_ == 0) return;
+    Event event = observed(EventType::kStreamEnd);
+    event.items = delivered;
+    event.attempts = connections_;
+    notify_end(observer_, event, status, started_);
+  }
+
+ private:
+  Event observed(EventType type) const {
+    Event event = event_of(type, "watch", method_path<myservice::v1::WatchUsersRequest, UserEvent>(), 0,
+                           trace_id_of(trace_));
+    event.sequence = last_sequence_;
+    return event;
+  }
+
+  ResumableWatchOptions options_;
+  Backoff backoff_;
+  std::int64_t last_sequence_;
+  int connections_ = 0;
+  int failures_in_a_row_ = 0;
+  Observer* const observer_;
+  std::chrono::steady_clock::time_point const started_;
+  std::string new_traceparent_;              // sent when the caller's metadata has none
+  std::optional<TraceContext> const trace_;  // one trace for every connection
+};
 
 }  // namespace detail
 
@@ -98,9 +187,9 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
 
   /// The last sequence delivered or confirmed by a heartbeat: where a new
   /// watch would resume.
-  std::int64_t resume_point() const { return state_->last_sequence; }
+  std::int64_t resume_point() const { return state_->rule.last_sequence(); }
   /// Connections made so far.
-  int connections() const { return state_->connections; }
+  int connections() const { return state_->rule.connections(); }
 
   /// Stops the watch (thread-safe); the range then ends with CANCELLED.
   void cancel() {
@@ -124,50 +213,25 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
 
   struct State {
     State(myservice::v1::UserService::StubInterface& s, ResumableWatchOptions o)
-        : stub(s),
-          options(std::move(o)),
-          backoff(options.policy, options.clock.random01),
-          last_sequence(options.after_sequence),
-          policy_problem(options.policy.problem()),
-          observer(detail::resolve_observer(options.observer)),
-          started(std::chrono::steady_clock::now()),
-          trace(detail::outgoing_trace(options.metadata, &new_traceparent)) {}
+        : stub(s), policy_problem(o.policy.problem()), rule(std::move(o)) {}
     myservice::v1::UserService::StubInterface& stub;
-    ResumableWatchOptions options;
-    Backoff backoff;
-    std::int64_t last_sequence;
-    int connections = 0;
-    int failures_in_a_row = 0;
     std::string policy_problem;  // an unusable policy ends the range at once with INVALID_ARGUMENT
-    std::mutex mu;               // guards ctx against cancel()
+    detail::WatchRule rule;
+    std::mutex mu;  // guards ctx against cancel()
     bool cancelled = false;
     std::unique_ptr<grpc::ClientContext> ctx;
     std::unique_ptr<grpc::ClientReaderInterface<UserEvent>> reader;
     std::optional<value_type> current;
     bool done = false;
-    // Observation (see ResumableWatchOptions::observer).
-    Observer* observer;
-    std::chrono::steady_clock::time_point started;  // when the watch was made
     std::int64_t delivered = 0;
-    // One trace for every connection (see ResumableWatchOptions::metadata).
-    std::string new_traceparent;  // sent when the caller's metadata has none
-    std::optional<TraceContext> trace;
   };
-
-  Event observed(EventType type) const {
-    return detail::watch_event(type, state_->trace, state_->last_sequence);
-  }
 
   // The watch is over: with `status` (OK when the server closed it).
   void finish(grpc::Status const& status) {
     auto& s = *state_;
     s.done = true;
     if (!status.ok()) s.current.emplace(Error::from(status));
-    if (s.observer == nullptr || s.connections == 0) return;  // never opened: nothing ends
-    Event event = observed(EventType::kStreamEnd);
-    event.items = s.delivered;
-    event.attempts = s.connections;
-    detail::notify_end(s.observer, event, status, s.started);
+    s.rule.ended(status, s.delivered);
   }
 
   value_type& current() { return *state_->current; }
@@ -185,9 +249,8 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
       if (!s.reader && !connect()) return;
       UserEvent event;
       if (s.reader->Read(&event)) {
-        s.failures_in_a_row = 0;
-        s.last_sequence = std::max(s.last_sequence, event.sequence());
-        if (event.type() == "heartbeat" && !s.options.include_heartbeats) continue;
+        s.rule.read(event);
+        if (event.type() == "heartbeat" && !s.rule.options().include_heartbeats) continue;
         ++s.delivered;
         s.current.emplace(std::move(event));
         return;
@@ -198,26 +261,14 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
         s.reader.reset();
         s.ctx.reset();
       }
-      if (status.ok()) {  // the server closed the stream: the watch is over
+      // An OK end: the server closed the stream, the watch is over.
+      std::optional<std::chrono::milliseconds> const delay =
+          status.ok() || is_cancelled() ? std::nullopt : s.rule.resume_after(status);
+      if (!delay) {
         finish(status);
         return;
       }
-      bool const again = s.options.policy.retryable(status.error_code()) &&
-                         ++s.failures_in_a_row < s.options.policy.max_attempts;
-      if (!again || is_cancelled()) {
-        finish(status);
-        return;
-      }
-      auto const delay = s.backoff.next();
-      if (s.observer != nullptr) {
-        Event event = observed(EventType::kStreamResume);
-        event.attempt = s.connections;
-        std::string message;
-        detail::set_status(event, status, message);
-        event.delay = std::chrono::duration_cast<std::chrono::milliseconds>(delay);
-        detail::notify(s.observer, event);
-      }
-      s.options.clock.wait(delay);
+      s.rule.options().clock.wait(*delay);
     }
   }
 
@@ -228,26 +279,15 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
 
   bool connect() {
     auto& s = *state_;
-    myservice::v1::WatchUsersRequest request;
-    request.set_after_sequence(s.last_sequence);
     {
       std::lock_guard<std::mutex> lock(s.mu);
-      if (!s.cancelled) {
-        s.ctx = std::make_unique<grpc::ClientContext>();
-        for (auto const& [key, value] : s.options.metadata) s.ctx->AddMetadata(key, value);
-        if (!s.new_traceparent.empty()) s.ctx->AddMetadata(kTraceparentKey, s.new_traceparent);
-      }
+      if (!s.cancelled) s.ctx = s.rule.context();
     }
     if (!s.ctx) {
       finish(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
       return false;
     }
-    ++s.connections;
-    if (s.observer != nullptr) {
-      Event event = observed(EventType::kStreamOpen);
-      event.attempt = s.connections;
-      detail::notify(s.observer, event);
-    }
+    myservice::v1::WatchUsersRequest const request = s.rule.open();
     s.reader = s.stub.WatchUsers(s.ctx.get(), request);
     return true;
   }
@@ -257,37 +297,19 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
 
 namespace detail {
 
-// The resumable watch's rule for an async stream (async_stream.hpp): each
-// connection asks for the events after the last sequence seen (heartbeats
-// included); a retryable end is resumed after the policy's backoff, up to
-// max_attempts connections in a row without a message.
+// The resumable watch's rule (WatchRule) for an async stream
+// (async_stream.hpp).
 class WatchResume final : public StreamResume<myservice::v1::UserEvent> {
  public:
   using Async = myservice::v1::UserService::StubInterface::async_interface;
 
-  WatchResume(Async* async, ResumableWatchOptions options)
-      : async_(async),
-        options_(std::move(options)),
-        backoff_(options_.policy, options_.clock.random01),
-        last_sequence_(options_.after_sequence),
-        observer_(resolve_observer(options_.observer)),
-        started_(std::chrono::steady_clock::now()),
-        trace_(outgoing_trace(options_.metadata, &new_traceparent_)) {
-    schedule = options_.schedule;
+  WatchResume(Async* async, ResumableWatchOptions options) : async_(async), rule_(std::move(options)) {
+    schedule = rule_.options().schedule;
   }
 
   Connection connect() override {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    for (auto const& [key, value] : options_.metadata) ctx->AddMetadata(key, value);
-    if (!new_traceparent_.empty()) ctx->AddMetadata(kTraceparentKey, new_traceparent_);
-    auto request = std::make_shared<myservice::v1::WatchUsersRequest>();
-    request->set_after_sequence(last_sequence_);
-    ++connections_;
-    if (observer_ != nullptr) {
-      Event event = watch_event(EventType::kStreamOpen, trace_, last_sequence_);
-      event.attempt = connections_;
-      notify(observer_, event);
-    }
+    auto ctx = rule_.context();
+    auto request = std::make_shared<myservice::v1::WatchUsersRequest>(rule_.open());
     auto const* raw = request.get();
     return {std::move(ctx), std::move(request),
             [async = async_, raw](grpc::ClientContext* context,
@@ -296,47 +318,17 @@ class WatchResume final : public StreamResume<myservice::v1::UserEvent> {
             }};
   }
 
-  void read(myservice::v1::UserEvent const& event) override {
-    failures_in_a_row_ = 0;
-    last_sequence_ = std::max(last_sequence_, event.sequence());
-  }
+  void read(myservice::v1::UserEvent const& event) override { rule_.read(event); }
 
   std::optional<std::chrono::milliseconds> resume_after(grpc::Status const& status) override {
-    if (!options_.policy.retryable(status.error_code()) ||
-        ++failures_in_a_row_ >= options_.policy.max_attempts) {
-      return std::nullopt;
-    }
-    auto const delay = std::chrono::duration_cast<std::chrono::milliseconds>(backoff_.next());
-    if (observer_ != nullptr) {
-      Event event = watch_event(EventType::kStreamResume, trace_, last_sequence_);
-      event.attempt = connections_;
-      std::string message;
-      set_status(event, status, message);
-      event.delay = delay;
-      notify(observer_, event);
-    }
-    return delay;
+    return rule_.resume_after(status);
   }
 
-  void ended(grpc::Status const& status, std::int64_t delivered) override {
-    if (observer_ == nullptr || connections_ == 0) return;  // never opened: nothing ends
-    Event event = watch_event(EventType::kStreamEnd, trace_, last_sequence_);
-    event.items = delivered;
-    event.attempts = connections_;
-    notify_end(observer_, event, status, started_);
-  }
+  void ended(grpc::Status const& status, std::int64_t delivered) override { rule_.ended(status, delivered); }
 
  private:
   Async* const async_;
-  ResumableWatchOptions options_;
-  Backoff backoff_;
-  std::int64_t last_sequence_;
-  int connections_ = 0;
-  int failures_in_a_row_ = 0;
-  Observer* const observer_;
-  std::chrono::steady_clock::time_point const started_;
-  std::string new_traceparent_;  // sent when the caller's metadata has none
-  std::optional<TraceContext> const trace_;
+  WatchRule rule_;
 };
 
 }  // namespace detail
