@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <set>
 #include <string>
 #include <thread>
@@ -257,9 +258,13 @@ TEST_SUITE("stream") {
     auto alice = client.chat();
     auto bob = client.chat();
     wait_for_streams(f.server, 2);
-    std::vector<std::string> bob_got;
+    std::vector<std::string> bob_got;  // the reader's until it is joined
+    std::atomic<std::size_t> bob_count{0};
     std::thread reader([&] {
-      while (auto message = bob.read()) bob_got.push_back(message->sender() + ":" + message->text());
+      while (auto message = bob.read()) {
+        bob_got.push_back(message->sender() + ":" + message->text());
+        ++bob_count;
+      }
     });
     for (int i = 0; i < 3; ++i) {
       myservice::v1::ChatMessage message;
@@ -268,7 +273,7 @@ TEST_SUITE("stream") {
       REQUIRE(alice.write(message));
     }
     // Bob's reader is running while alice writes; now both close their sides.
-    for (int i = 0; i < 1000 && bob_got.size() < 3; ++i) std::this_thread::sleep_for(2ms);
+    for (int i = 0; i < 1000 && bob_count < 3; ++i) std::this_thread::sleep_for(2ms);
     REQUIRE(alice.writes_done());
     CHECK_FALSE(alice.read().has_value());
     CHECK_FALSE(alice.finish().has_value());  // OK
