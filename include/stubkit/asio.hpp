@@ -24,9 +24,10 @@
 // gRPC thread. Only terminal cancellation is honoured (a call cancelled in
 // flight may have had effects on the server). Keep the io_context alive
 // until its operations have completed: a completion is posted to its
-// executor. An operation that cannot start (a listing's second pending
-// next()) completes with FAILED_PRECONDITION instead of throwing: asio may
-// start it inside a noexcept await_suspend.
+// executor, and run() does not return before the gRPC thread that posted
+// it is out of asio's code. An operation that cannot start (a listing's
+// second pending next()) completes with FAILED_PRECONDITION instead of
+// throwing: asio may start it inside a noexcept await_suspend.
 #ifndef STUBKIT_ASIO_HPP
 #define STUBKIT_ASIO_HPP
 
@@ -107,14 +108,19 @@ struct AsioCompletion {
   AsioCompletion(Handler h) : handler(std::move(h)), work(asio::make_work_guard(handler)) {}
 
   static void complete(std::shared_ptr<AsioCompletion> self, T result) {
-    auto executor = self->work.get_executor();
-    asio::post(executor, [self = std::move(self), result = std::move(result)]() mutable {
+    // This (gRPC) thread holds work of its own until post() has returned:
+    // asio wakes the executor's thread after releasing its lock, so without
+    // it the handler could run, run() return and the io_context be destroyed
+    // while this thread is still inside post().
+    auto posting = self->work;
+    asio::post(posting.get_executor(), [self = std::move(self), result = std::move(result)]() mutable {
       auto slot = asio::get_associated_cancellation_slot(self->handler);
       if (slot.is_connected()) slot.clear();
       Handler handler = std::move(self->handler);
       self->work.reset();
       std::move(handler)(std::move(result));
     });
+    posting.reset();
   }
 };
 
