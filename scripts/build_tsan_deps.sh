@@ -7,7 +7,7 @@
 #   bash scripts/build_tsan_deps.sh [PREFIX]    # default /opt/stubkit-tsan
 #
 # Needs the Debian source mirror (a deb-src entry is added when missing) and
-# about an hour on 2 cores; ccache makes a rebuild quick. Not part of CI:
+# about 45 minutes on 2 cores; ccache makes a rebuild quick. Not part of CI:
 # `bash scripts/test.sh --tsan-grpc` uses the prefix once it exists.
 set -euo pipefail
 prefix=${1:-/opt/stubkit-tsan}

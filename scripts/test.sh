@@ -25,7 +25,7 @@ if [ "${1:-}" = "--tsan" ]; then
 elif [ "${1:-}" = "--tsan-grpc" ]; then
   # ThreadSanitizer with abseil, protobuf and gRPC instrumented too: it sees
   # gRPC's own locks and hand-offs, so every test can be checked, the async
-  # ones included; tests/tsan-grpc.supp names two reports of abseil's and
+  # ones included; tests/tsan-grpc.supp names three reports of abseil's and
   # gRPC's own (docs/reliability.md).
   shift
   prefix=${STUBKIT_TSAN_PREFIX:-/opt/stubkit-tsan}
