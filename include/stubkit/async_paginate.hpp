@@ -249,9 +249,9 @@ class AsyncLister final
     }
     if (number != 0 && guard_observer_ != nullptr) {
       try {  // a failure to report must not lose the page
-        notify(guard_observer_, page_event<Request, Response>(
-                                    trace_id_, number, start, page,
-                                    page.ok() ? static_cast<std::size_t>(items_(*page)->size()) : 0));
+        notify(guard_observer_,
+               page_event(method_name<Request, Response>(guard_.options().method), trace_id_, number, start,
+                          page, page.ok() ? static_cast<std::size_t>(items_(*page)->size()) : 0));
       } catch (...) {
       }
     }

@@ -95,6 +95,9 @@ struct PaginateOptions {
   /// Told of every page fetched or failed (kPage, source "paginate"); empty =
   /// the default observer when the range is made (observe.hpp), if any.
   std::shared_ptr<Observer> observer;
+  /// The List method's facts (method.hpp), for the name observers see;
+  /// generated clients set it. Unset = found by the message types.
+  MethodInfo const* method = nullptr;
 };
 
 namespace detail {
@@ -321,10 +324,11 @@ class PageGuard {
 };
 
 // The kPage event of page number `page` of a listing.
-template <typename Request, typename Response>
-Event page_event(std::string_view trace_id, std::int64_t page, std::chrono::steady_clock::time_point start,
-                 Result<Response> const& result, std::size_t items) {
-  Event event = event_of(EventType::kPage, "paginate", method_path<Request, Response>(), 0, trace_id);
+template <typename Response>
+Event page_event(std::string_view method, std::string_view trace_id, std::int64_t page,
+                 std::chrono::steady_clock::time_point start, Result<Response> const& result,
+                 std::size_t items) {
+  Event event = event_of(EventType::kPage, "paginate", method, 0, trace_id);
   event.page = page;
   event.latency = since(start);
   if (result.ok()) {
@@ -402,13 +406,14 @@ class Pager {
     abandoned_ = std::make_shared<std::atomic<bool>>(false);
     fetch_ = [fetch = std::move(fetch_), count = guard_.counter(), observer,
               trace_id = std::string(guard_.trace_id()),
+              method = method_name<Request, Response>(guard_.options().method),
               pages = std::make_shared<std::atomic<std::int64_t>>(0),
               abandoned = abandoned_](grpc::ClientContext& ctx, Request const& request) -> Result<Response> {
       auto const start = std::chrono::steady_clock::now();
       Result<Response> result = fetch(ctx, request);
       if (abandoned->load()) return result;
-      notify(observer, page_event<Request, Response>(trace_id, pages->fetch_add(1) + 1, start, result,
-                                                     result.ok() ? count(*result) : 0));
+      notify(observer, page_event(method, trace_id, pages->fetch_add(1) + 1, start, result,
+                                  result.ok() ? count(*result) : 0));
       return result;
     };
   }

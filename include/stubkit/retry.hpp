@@ -41,6 +41,7 @@
 #include "google/rpc/error_details.pb.h"
 #include "stubkit/detail/method.hpp"
 #include "stubkit/detail/time.hpp"
+#include "stubkit/method.hpp"
 #include "stubkit/observe.hpp"
 #include "stubkit/status.hpp"
 #include "stubkit/trace.hpp"
@@ -524,6 +525,11 @@ struct CallOptions {
   std::optional<RetryPolicy> retry;
   /// Overrides idempotency detection (proto option or request_id).
   std::optional<bool> idempotent;
+  /// The method's facts (method.hpp): its declared idempotency, its
+  /// AIP-155 request_id and the name observers see. Generated clients set
+  /// it; unset, they are found by the request and response types, which
+  /// fails for two methods of the same types (then not retried).
+  MethodInfo const* method = nullptr;
   /// Every attempt waits for the channel to be ready instead of failing at
   /// once while no backend is reachable (gRPC's wait_for_ready); bound it
   /// with `timeout` or `deadline`. Besides riding out a backend restart,
@@ -590,8 +596,15 @@ std::optional<Error> setup_call(CallOptions const& options, Request const& reque
     }
     plan.policy = *options.retry;
   }
-  plan.idempotent = options.idempotent.value_or(
-      declared_idempotent(detail::method_for_types<Request, Response>()) || has_idempotency_key(request));
+  if (options.idempotent) {
+    plan.idempotent = *options.idempotent;
+  } else if (options.method != nullptr) {
+    plan.idempotent = options.method->declared_idempotent() ||
+                      (options.method->request_id_field != 0 && has_idempotency_key(request));
+  } else {
+    plan.idempotent =
+        declared_idempotent(detail::method_for_types<Request, Response>()) || has_idempotency_key(request);
+  }
   plan.deadline = options.deadline;
   if (options.timeout.count() > 0) {
     std::chrono::system_clock::time_point now;
@@ -613,7 +626,7 @@ std::optional<Error> setup_call(CallOptions const& options, Request const& reque
   if (setup.observer != nullptr) {
     setup.start = std::chrono::steady_clock::now();
     plan.observer = setup.observer;
-    plan.method = setup.event.method = detail::method_path<Request, Response>();
+    plan.method = setup.event.method = detail::method_name<Request, Response>(options.method);
     plan.source = setup.event.source = source;
     plan.trace_id = setup.event.trace_id = detail::trace_id_of(setup.trace);
     detail::notify(setup.observer, setup.event);

@@ -271,7 +271,7 @@ inline grpc::experimental::Interceptor* observe_only(grpc::experimental::ClientR
 
 // What the interceptor knows about a method, looked up once per method.
 struct RetryMethod {
-  bool known = false;                // in the generated descriptor pool
+  bool known = false;                // in a generated table or the generated descriptor pool
   bool declared_idempotent = false;  // NO_SIDE_EFFECTS or IDEMPOTENT
   int request_id_field = 0;          // number of a string `request_id` field of the request, 0 = none
 };
@@ -302,8 +302,16 @@ class MethodTable {
     return methods_.size();
   }
 
+  // A generated table's facts (method.hpp) first; else the generated
+  // descriptor pool's.
   static RetryMethod describe(std::string_view name) {
     RetryMethod method;
+    if (MethodInfo const* info = find_method_info(name)) {
+      method.known = true;
+      method.declared_idempotent = info->declared_idempotent();
+      method.request_id_field = info->request_id_field;
+      return method;
+    }
     auto const* descriptor = find_method(name);
     if (descriptor == nullptr) return method;
     method.known = true;

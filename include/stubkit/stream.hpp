@@ -42,6 +42,9 @@ struct StreamOptions {
   /// Told when the stream opens and ends (source "stream"); empty = the
   /// default observer when it opens (observe.hpp), if any.
   std::shared_ptr<Observer> observer;
+  /// The method's facts (method.hpp), for the name observers see;
+  /// generated clients set it. Unset = found by the message types.
+  MethodInfo const* method = nullptr;
 };
 
 namespace detail {
@@ -105,7 +108,8 @@ class StreamWatch {
 
 template <typename Request, typename Response>
 StreamWatch watch_stream(StreamOptions const& options, std::optional<TraceContext> const& trace) {
-  return StreamWatch(shared_observer(options.observer), method_path<Request, Response>(), trace);
+  return StreamWatch(shared_observer(options.observer), method_name<Request, Response>(options.method),
+                     trace);
 }
 
 // The message type R of a reader/writer handle std::unique_ptr<X<R>>.

@@ -5,8 +5,10 @@
 #define STUBKIT_DETAIL_METHOD_HPP
 
 #include <string>
+#include <string_view>
 
 #include "google/protobuf/descriptor.h"
+#include "stubkit/method.hpp"
 
 namespace stubkit::detail {
 
@@ -46,6 +48,13 @@ std::string const& method_path() {
     return "(" + Request::descriptor()->full_name() + ")->(" + Response::descriptor()->full_name() + ")";
   }();
   return path;
+}
+
+// The name observers see: the generated table's when a call has one,
+// else the one found by the request and response types.
+template <typename Request, typename Response>
+std::string_view method_name(MethodInfo const* info) {
+  return info != nullptr ? info->full_name : std::string_view(method_path<Request, Response>());
 }
 
 }  // namespace stubkit::detail
