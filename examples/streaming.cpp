@@ -85,7 +85,7 @@ int main(int argc, char** argv) {
 
   // BulkCreateUsers: each write waits for flow control; failures come back
   // typed (the second id exists already).
-  auto bulk = client.bulk_create();
+  auto bulk = client.bulk_create_users();
   for (std::string id : {"bulk1-" + tag, "ada-" + tag, "bulk2-" + tag}) {
     myservice::v1::CreateUserRequest request;
     request.mutable_user()->set_id(id);

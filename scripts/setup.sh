@@ -12,6 +12,7 @@ packages=(
   libssl-dev                        # HMAC-SHA256 page tokens of the embedded UserService
   prometheus-cpp-dev                # stubkit/metrics.hpp and user_server --metrics-port (optional for users)
   libasio-dev                       # stubkit/asio.hpp: co_await with asio::use_awaitable (optional for users)
+  libprotoc-dev                     # protoc-gen-stubkit, the generator of typed clients (optional for users)
   doctest-dev libtrompeloeil-cpp-dev
   python3-grpcio python3-protobuf   # the reference Python client, run as a real peer in tests
 )

@@ -38,6 +38,8 @@ def run(*cmd):
 run("meson", "setup", build, project)
 run("meson", "compile", "-C", build)
 run(build / "app")
+if name == "consumer":
+    run(build / "inventory_app")  # its own proto, through stubkit's meson helper
 built = [p.name for p in (build / "subprojects" / "stubkit").rglob("*") if p.is_file() and os.access(p, os.X_OK)]
 unwanted = [n for n in built if n in ("stubkit_tests", "quickstart", "user_server", "stubkit-bench", "errors")]
 if unwanted:

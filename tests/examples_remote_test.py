@@ -55,6 +55,8 @@ try:
        "1 s deadline, 5 s back end: code 4")
     ok("streaming", example("streaming", *remote), "resumable watch: 5 events over 3 connections",
        "bulk: created 2", "bob got: alice: hello, bob")
+    ok("codegen", example("codegen", *remote), "create_user ada: ok after 2 attempts",
+       "method /myservice.v1.UserService/GetUser: NO_SIDE_EFFECTS", "get_user_async: NOT_FOUND", "codegen: done")
     ok("observability", example("observability", *remote), "event=retry source=channel",
        "event=give_up source=call", "reason=\"status NOT_FOUND is not retryable\"",
        "event=page source=paginate", "counted: 2 calls, 3 attempts, 1 retries, 1 give-ups, 3 pages")

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "book_shelf.hpp"
 #include "library/v1/book.grpc.pb.h"
 #include "stubkit/testing/mock_user_service.hpp"
 #include "stubkit/user_client.hpp"
@@ -548,35 +549,6 @@ TEST_SUITE("paginate_e2e") {
 
 // ---------------------------------------------------------------------------
 // A second service: nothing above is specific to users.
-
-namespace {
-
-class BookShelf final : public library::v1::BookService::Service {
- public:
-  explicit BookShelf(int count) {
-    for (int i = 0; i < count; ++i) {
-      library::v1::Book book;
-      book.set_name("shelves/s/books/" + std::to_string(i));
-      book.set_title("Book " + std::to_string(i));
-      books_.push_back(book);
-    }
-  }
-  grpc::Status ListBooks(grpc::ServerContext*, library::v1::ListBooksRequest const* request,
-                         library::v1::ListBooksResponse* response) override {
-    std::size_t start = request->page_token().empty() ? 0 : std::stoul(request->page_token());
-    std::size_t const size = request->page_size() > 0 ? request->page_size() : 10;
-    for (std::size_t i = start; i < std::min(books_.size(), start + size); ++i)
-      *response->add_books() = books_[i];
-    response->add_unreachable("shelves/elsewhere");
-    if (start + size < books_.size()) response->set_next_page_token(std::to_string(start + size));
-    return grpc::Status::OK;
-  }
-
- private:
-  std::vector<library::v1::Book> books_;
-};
-
-}  // namespace
 
 TEST_SUITE("paginate_generic") {
   TEST_CASE("BookService.ListBooks pages through `books`, named in one line") {

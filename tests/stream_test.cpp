@@ -30,7 +30,7 @@ TEST_SUITE("stream") {
   TEST_CASE("watch_users yields change events without heartbeats, in order") {
     ServerFixture f;
     stubkit::UserClient client(f.server.channel());
-    auto events = client.watch_users();
+    auto events = client.watch_users({}, false);
     std::thread writer([&] {
       wait_for_streams(f.server, 1);
       for (auto id : {"a", "b", "c"}) REQUIRE(f.create(id).ok());
@@ -85,7 +85,7 @@ TEST_SUITE("stream") {
     f.server.faults().fail_next("WatchUsers", 1, StatusCode::PERMISSION_DENIED, "not yours");
     stubkit::UserClient client(f.server.channel());
     std::vector<std::string> seen;
-    for (auto& event : client.watch_users()) {
+    for (auto& event : client.watch_users({}, false)) {
       seen.push_back(event ? event->type() : event.error().to_string());
     }
     CHECK(seen == std::vector<std::string>{"PERMISSION_DENIED: not yours"});
@@ -102,7 +102,7 @@ TEST_SUITE("stream") {
     }
     CHECK(codes == std::vector<std::string>{"DEADLINE_EXCEEDED"});
 
-    auto events = client.watch_users();
+    auto events = client.watch_users({}, false);
     std::thread canceller([&] {
       wait_for_streams(f.server, 1);
       events.cancel();
@@ -195,7 +195,7 @@ TEST_SUITE("stream") {
     ServerFixture f;
     REQUIRE(f.create("taken").ok());
     stubkit::UserClient client(f.server.channel());
-    auto writer = client.bulk_create();
+    auto writer = client.bulk_create_users();
     for (std::string id : {"a", "taken", "b", "bad id"}) {
       myservice::v1::CreateUserRequest request;
       request.mutable_user()->set_id(id);
@@ -217,7 +217,7 @@ TEST_SUITE("stream") {
     ServerFixture f;
     stubkit::UserClient client(f.server.channel());
     {
-      auto writer = client.bulk_create();
+      auto writer = client.bulk_create_users();
       myservice::v1::CreateUserRequest request;
       request.mutable_user()->set_id("a");
       REQUIRE(writer.write(request));

@@ -7,6 +7,9 @@
 //   if (!user) return fail(user.error());          // only non-NOT_FOUND errors
 //   if (*user) greet(**user);
 //   for (auto& u : client.list_users()) { ... }    // lazy, page by page
+//
+// Every other method is the generated client's (user.stubkit.h), with its
+// async form: client.update_user(request), client.get_user_async(...).
 #ifndef STUBKIT_USER_CLIENT_HPP
 #define STUBKIT_USER_CLIENT_HPP
 
@@ -23,7 +26,12 @@
 #include <utility>
 #include <vector>
 
+#if !__has_include("myservice/v1/user.stubkit.h")
+#error \
+    "stubkit/user_client.hpp needs the generated myservice/v1/user.stubkit.h: build stubkit with protoc-gen-stubkit (Debian: libprotoc-dev)"
+#endif
 #include "myservice/v1/user.grpc.pb.h"
+#include "myservice/v1/user.stubkit.h"
 #include "stubkit/async_stream.hpp"
 #include "stubkit/detail/input_range.hpp"
 #include "stubkit/detail/method.hpp"
@@ -35,12 +43,6 @@
 #include "stubkit/trace.hpp"
 
 namespace stubkit {
-
-/// ListUsersResponse lists `users`.
-template <>
-struct PageTraits<myservice::v1::ListUsersResponse> {
-  static auto* items(myservice::v1::ListUsersResponse& response) { return response.mutable_users(); }
-};
 
 /// How UserClient::watch_users_resumable reconnects.
 struct ResumableWatchOptions {
@@ -69,6 +71,12 @@ struct ResumableWatchOptions {
 };
 
 namespace detail {
+
+// Drops heartbeats unless they are asked for (empty: keeps every event).
+inline std::function<bool(myservice::v1::UserEvent const&)> heartbeat_filter(bool include_heartbeats) {
+  if (include_heartbeats) return {};
+  return [](myservice::v1::UserEvent const& e) { return e.type() != "heartbeat"; };
+}
 
 // The resumable watch's rule, shared by the blocking range (ResumableWatch)
 // and the async stream (async_watch_users): each connection carries the
@@ -213,9 +221,13 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
 
   struct State {
     State(myservice::v1::UserService::StubInterface& s, ResumableWatchOptions o)
-        : stub(s), policy_problem(o.policy.problem()), rule(std::move(o)) {}
+        : stub(s),
+          policy_problem(o.policy.problem()),
+          filter(detail::heartbeat_filter(o.include_heartbeats)),
+          rule(std::move(o)) {}
     myservice::v1::UserService::StubInterface& stub;
     std::string policy_problem;  // an unusable policy ends the range at once with INVALID_ARGUMENT
+    std::function<bool(UserEvent const&)> filter;
     detail::WatchRule rule;
     std::mutex mu;  // guards ctx against cancel()
     bool cancelled = false;
@@ -250,7 +262,7 @@ class ResumableWatch : public detail::LazyRange<ResumableWatch> {
       UserEvent event;
       if (s.reader->Read(&event)) {
         s.rule.read(event);
-        if (event.type() == "heartbeat" && !s.rule.options().include_heartbeats) continue;
+        if (s.filter && !s.filter(event)) continue;
         ++s.delivered;
         s.current.emplace(std::move(event));
         return;
@@ -342,8 +354,7 @@ class WatchResume final : public StreamResume<myservice::v1::UserEvent> {
 inline AsyncStream<myservice::v1::UserEvent> async_watch_users(
     myservice::v1::UserService::StubInterface& stub, ResumableWatchOptions options) {
   using UserEvent = myservice::v1::UserEvent;
-  std::function<bool(UserEvent const&)> filter;
-  if (!options.include_heartbeats) filter = [](UserEvent const& e) { return e.type() != "heartbeat"; };
+  auto filter = detail::heartbeat_filter(options.include_heartbeats);
   std::string const problem = options.policy.problem();
   auto* const async = stub.async();
   auto rule = std::make_unique<detail::WatchResume>(async, std::move(options));
@@ -359,10 +370,12 @@ inline AsyncStream<myservice::v1::UserEvent> async_watch_users(
   return AsyncStream<UserEvent>(std::move(reader));
 }
 
-/// A UserService client with the reference client's behaviour: a timeout on
-/// every call, a missing user as an empty optional, every other error
-/// surfaced. Thread-safe (gRPC stubs are).
-class UserClient {
+/// The generated UserServiceClient (protoc-gen-stubkit: every method, its
+/// async form, listings and streams) with the reference client's
+/// behaviour: a timeout on every call and listing page, pages of 100, a
+/// missing user as an empty optional, every other error surfaced.
+/// Thread-safe (gRPC stubs are).
+class UserClient : public myservice::v1::UserServiceClient {
  public:
   using User = myservice::v1::User;
   using Stub = myservice::v1::UserService::StubInterface;
@@ -370,70 +383,59 @@ class UserClient {
   /// Calls the UserService over `channel`; each call gets `timeout`.
   explicit UserClient(std::shared_ptr<grpc::ChannelInterface> const& channel,
                       std::chrono::milliseconds timeout = std::chrono::seconds(5))
-      : UserClient(myservice::v1::UserService::NewStub(channel), timeout) {}
+      : UserServiceClient(channel, defaults(timeout)) {}
 
   /// Calls through any stub, a mock included.
-  explicit UserClient(std::unique_ptr<Stub> stub, std::chrono::milliseconds timeout = std::chrono::seconds(5))
-      : stub_(std::move(stub)), timeout_(timeout) {}
+  explicit UserClient(std::shared_ptr<Stub> stub, std::chrono::milliseconds timeout = std::chrono::seconds(5))
+      : UserServiceClient(std::move(stub), defaults(timeout)) {}
+
+  // The generated methods stay visible beside the conveniences below.
+  using UserServiceClient::create_user;
+  using UserServiceClient::get_user;
+  using UserServiceClient::watch_users;
 
   /// The user, an empty optional if there is none, or the error.
-  Result<std::optional<User>> get_user(std::string const& id) {
+  Result<std::optional<User>> get_user(std::string const& id) const {
     myservice::v1::GetUserRequest request;
     request.set_id(id);
-    auto ctx = context();
-    User user;
-    return optional_if_not_found(to_result(stub_->GetUser(ctx.get(), request, &user), std::move(user)));
+    return optional_if_not_found(get_user(request));
   }
 
   /// Creates `user`; `request_id` makes a retried create return the first result.
-  Result<User> create_user(User user, std::string request_id = "") {
+  Result<User> create_user(User user, std::string request_id = "") const {
     myservice::v1::CreateUserRequest request;
     *request.mutable_user() = std::move(user);
     request.set_request_id(std::move(request_id));
-    auto ctx = context();
-    myservice::v1::CreateUserResponse response;
-    auto result = to_result(stub_->CreateUser(ctx.get(), request, &response), std::move(response));
+    auto result = create_user(request);
     if (!result) return std::move(result).error();
     return std::move(*result->mutable_user());
   }
 
-  /// Every user, lazily, in pages of `options.page_size` (default 100 as in
-  /// the reference client), each page call with this client's timeout.
-  auto list_users(PaginateOptions options = {}) {
-    if (options.page_size == 0) options.page_size = 100;
-    if (options.page_timeout.count() == 0) options.page_timeout = timeout_;
-    return paginate(*stub_, &Stub::ListUsers, myservice::v1::ListUsersRequest{}, std::move(options));
-  }
-
   /// The reference client's list_all_users: every user in memory, or the
-  /// first error. Prefer list_users() for large listings.
-  Result<std::vector<User>> list_all_users() { return list_users().collect(); }
+  /// first error. Prefer list_users(), lazy, for large listings.
+  Result<std::vector<User>> list_all_users() const { return list_users().collect(); }
 
-  /// WatchUsers as a range of events; heartbeats are dropped unless asked for.
-  StreamRange<myservice::v1::UserEvent> watch_users(myservice::v1::WatchUsersRequest const& request = {},
-                                                    bool include_heartbeats = false,
-                                                    StreamOptions const& options = {}) {
-    std::function<bool(myservice::v1::UserEvent const&)> filter;
-    if (!include_heartbeats)
-      filter = [](myservice::v1::UserEvent const& e) { return e.type() != "heartbeat"; };
-    return read_stream(*stub_, &Stub::WatchUsers, request, options, std::move(filter));
+  /// WatchUsers with heartbeats dropped unless asked for (watch_users(request)
+  /// delivers every event).
+  StreamRange<myservice::v1::UserEvent> watch_users(myservice::v1::WatchUsersRequest const& request,
+                                                    bool include_heartbeats,
+                                                    StreamOptions const& options = {}) const {
+    StreamOptions named = options;
+    named.method = &Methods::WatchUsers;
+    return read_stream(stub(), &Stub::WatchUsers, request, named,
+                       detail::heartbeat_filter(include_heartbeats));
   }
 
   /// WatchUsers that reconnects and resumes after dropped streams.
-  ResumableWatch watch_users_resumable(ResumableWatchOptions options = {}) {
-    return ResumableWatch(*stub_, std::move(options));
+  ResumableWatch watch_users_resumable(ResumableWatchOptions options = {}) const {
+    return ResumableWatch(stub(), std::move(options));
   }
 
   /// The resumable watch as an async stream, with no thread blocked
   /// (async_watch_users). This client must outlive its last call.
-  AsyncStream<myservice::v1::UserEvent> watch_users_async(ResumableWatchOptions options = {}) {
-    return async_watch_users(*stub_, std::move(options));
-  }
-
-  /// A BulkCreateUsers stream: write() each request, then finish().
-  StreamWriter<myservice::v1::CreateUserRequest, myservice::v1::BulkResp> bulk_create(
-      StreamOptions const& options = {}) {
-    return write_stream(*stub_, &Stub::BulkCreateUsers, options);
+  AsyncStream<myservice::v1::UserEvent> watch_users_resumable_async(
+      ResumableWatchOptions options = {}) const {
+    return async_watch_users(stub(), std::move(options));
   }
 
   /// The per-item failures of a BulkResp as typed errors, by request index.
@@ -445,23 +447,14 @@ class UserClient {
     return failures;
   }
 
-  /// A Chat session: write and read concurrently, writes_done(), finish().
-  BidiSession<myservice::v1::ChatMessage, myservice::v1::ChatMessage> chat(
-      StreamOptions const& options = {}) {
-    return open_session(*stub_, &Stub::Chat, options);
-  }
-
-  Stub& stub() { return *stub_; }
-
  private:
-  std::unique_ptr<grpc::ClientContext> context() const {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->set_deadline(std::chrono::system_clock::now() + timeout_);
-    return ctx;
+  static ClientOptions defaults(std::chrono::milliseconds timeout) {
+    ClientOptions options;
+    options.call.timeout = timeout;
+    options.paginate.page_size = 100;  // as the reference client
+    options.paginate.page_timeout = timeout;
+    return options;
   }
-
-  std::unique_ptr<Stub> stub_;
-  std::chrono::milliseconds timeout_;
 };
 
 }  // namespace stubkit
