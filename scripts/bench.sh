@@ -11,9 +11,10 @@ meson compile -C build-bench
 cd build-bench
 ./tests/bench/stubkit-bench --user-server ./examples/user_server --proto-dir ../proto --seed-dir ../tests/interop \
   --json bench.json "$@"
-# B9, compile cost: the umbrella header and one concern header.
+# B9, compile cost: the umbrella header, one concern header, and a call
+# through the generated client.
 rounds=5
 case " $* " in *" --quick "*) rounds=2 ;; esac
-for header in stubkit/stubkit.hpp stubkit/paginate.hpp; do
+for header in stubkit/stubkit.hpp stubkit/paginate.hpp generated-client; do
   python3 ../tests/bench/compile_cost.py . "$rounds" "$header" bench.json
 done

@@ -427,15 +427,19 @@ TEST_SUITE("codegen") {
   }
 
   TEST_CASE("golden clients over their generated mocks: keywords, nested types, every stream kind") {
-    auto keys = std::make_shared<golden::keywords::v1::MockKeyStoreStub>();
-    golden::keywords::v1::KeyStoreClient key_client(keys);
+    // MockKeyStoreClient stands wherever a KeyStoreClient is taken.
+    golden::keywords::v1::MockKeyStoreClient key_client;
+    auto& keys = key_client.mock();
+    auto remove = [](golden::keywords::v1::KeyStoreClient const& client, golden::keywords::v1::Key const& k) {
+      return client.delete_(k);
+    };
     golden::keywords::v1::Key key;
     key.set_name("k");
-    REQUIRE_CALL(*keys, Delete(_, _, _))
+    REQUIRE_CALL(keys, Delete(_, _, _))
         .SIDE_EFFECT(_3->set_name("deleted " + _2.name()))
         .RETURN(grpc::Status::OK);
-    REQUIRE_CALL(*keys, New(_, _, _)).RETURN(grpc::Status(StatusCode::ALREADY_EXISTS, "k"));
-    CHECK(key_client.delete_(key)->name() == "deleted k");
+    REQUIRE_CALL(keys, New(_, _, _)).RETURN(grpc::Status(StatusCode::ALREADY_EXISTS, "k"));
+    CHECK(remove(key_client, key)->name() == "deleted k");
     CHECK(key_client.new_(key).error().code() == StatusCode::ALREADY_EXISTS);
 
     auto deep = std::make_shared<golden::deep::nested::pkg::v1::MockDeepStub>();

@@ -27,18 +27,20 @@ inline bool const stubkit_registered_KeyStore = ::stubkit::register_methods(KeyS
 
 /// A stubkit client of golden.keywords.v1.KeyStore: every call with CallOptions (retries, deadline,
 /// metadata, observer), List methods as ranges, streams as ranges, writers and sessions.
-/// Thread-safe; copies share the stub.
-class KeyStoreClient {
+/// Thread-safe; copies share the stub. Use it as KeyStoreClient: it is a template only
+/// so that each method's code is compiled where the method is called.
+template <typename StubInterface = KeyStore::StubInterface>
+class BasicKeyStoreClient {
  public:
   using Service = KeyStore;
-  using Stub = KeyStore::StubInterface;
+  using Stub = StubInterface;
   using Methods = KeyStoreMethods;
 
   /// Calls golden.keywords.v1.KeyStore over `channel`.
-  explicit KeyStoreClient(std::shared_ptr<::grpc::ChannelInterface> const& channel, ::stubkit::ClientOptions options = {})
+  explicit BasicKeyStoreClient(std::shared_ptr<::grpc::ChannelInterface> const& channel, ::stubkit::ClientOptions options = {})
       : stubkit_stub_(KeyStore::NewStub(channel)), stubkit_options_(std::move(options)) {}
   /// Calls through any stub: a mock's (MockKeyStoreStub), or one with interceptors.
-  explicit KeyStoreClient(std::shared_ptr<Stub> stub, ::stubkit::ClientOptions options = {})
+  explicit BasicKeyStoreClient(std::shared_ptr<Stub> stub, ::stubkit::ClientOptions options = {})
       : stubkit_stub_(::stubkit::detail::require_stub(std::move(stub))), stubkit_options_(std::move(options)) {}
 
   /// Delete: unary.
@@ -141,6 +143,8 @@ class KeyStoreClient {
   std::shared_ptr<Stub> stubkit_stub_;
   ::stubkit::ClientOptions stubkit_options_;
 };
+/// The golden.keywords.v1.KeyStore client.
+using KeyStoreClient = BasicKeyStoreClient<>;
 
 }  // namespace golden::keywords::v1
 

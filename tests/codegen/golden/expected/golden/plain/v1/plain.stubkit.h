@@ -25,18 +25,20 @@ inline bool const stubkit_registered_EchoService = ::stubkit::register_methods(E
 
 /// A stubkit client of golden.plain.v1.EchoService: every call with CallOptions (retries, deadline,
 /// metadata, observer), List methods as ranges, streams as ranges, writers and sessions.
-/// Thread-safe; copies share the stub.
-class EchoServiceClient {
+/// Thread-safe; copies share the stub. Use it as EchoServiceClient: it is a template only
+/// so that each method's code is compiled where the method is called.
+template <typename StubInterface = EchoService::StubInterface>
+class BasicEchoServiceClient {
  public:
   using Service = EchoService;
-  using Stub = EchoService::StubInterface;
+  using Stub = StubInterface;
   using Methods = EchoServiceMethods;
 
   /// Calls golden.plain.v1.EchoService over `channel`.
-  explicit EchoServiceClient(std::shared_ptr<::grpc::ChannelInterface> const& channel, ::stubkit::ClientOptions options = {})
+  explicit BasicEchoServiceClient(std::shared_ptr<::grpc::ChannelInterface> const& channel, ::stubkit::ClientOptions options = {})
       : stubkit_stub_(EchoService::NewStub(channel)), stubkit_options_(std::move(options)) {}
   /// Calls through any stub: a mock's (MockEchoServiceStub), or one with interceptors.
-  explicit EchoServiceClient(std::shared_ptr<Stub> stub, ::stubkit::ClientOptions options = {})
+  explicit BasicEchoServiceClient(std::shared_ptr<Stub> stub, ::stubkit::ClientOptions options = {})
       : stubkit_stub_(::stubkit::detail::require_stub(std::move(stub))), stubkit_options_(std::move(options)) {}
 
   /// Echoes the text back.
@@ -108,6 +110,8 @@ class EchoServiceClient {
   std::shared_ptr<Stub> stubkit_stub_;
   ::stubkit::ClientOptions stubkit_options_;
 };
+/// The golden.plain.v1.EchoService client.
+using EchoServiceClient = BasicEchoServiceClient<>;
 
 }  // namespace golden::plain::v1
 

@@ -36,18 +36,20 @@ inline bool const stubkit_registered_Ticker = ::stubkit::register_methods(Ticker
 
 /// A stubkit client of golden.streams.v1.Ticker: every call with CallOptions (retries, deadline,
 /// metadata, observer), List methods as ranges, streams as ranges, writers and sessions.
-/// Thread-safe; copies share the stub.
-class TickerClient {
+/// Thread-safe; copies share the stub. Use it as TickerClient: it is a template only
+/// so that each method's code is compiled where the method is called.
+template <typename StubInterface = Ticker::StubInterface>
+class BasicTickerClient {
  public:
   using Service = Ticker;
-  using Stub = Ticker::StubInterface;
+  using Stub = StubInterface;
   using Methods = TickerMethods;
 
   /// Calls golden.streams.v1.Ticker over `channel`.
-  explicit TickerClient(std::shared_ptr<::grpc::ChannelInterface> const& channel, ::stubkit::ClientOptions options = {})
+  explicit BasicTickerClient(std::shared_ptr<::grpc::ChannelInterface> const& channel, ::stubkit::ClientOptions options = {})
       : stubkit_stub_(Ticker::NewStub(channel)), stubkit_options_(std::move(options)) {}
   /// Calls through any stub: a mock's (MockTickerStub), or one with interceptors.
-  explicit TickerClient(std::shared_ptr<Stub> stub, ::stubkit::ClientOptions options = {})
+  explicit BasicTickerClient(std::shared_ptr<Stub> stub, ::stubkit::ClientOptions options = {})
       : stubkit_stub_(::stubkit::detail::require_stub(std::move(stub))), stubkit_options_(std::move(options)) {}
 
   /// Ping: unary, no side effects (retried).
@@ -147,6 +149,8 @@ class TickerClient {
   std::shared_ptr<Stub> stubkit_stub_;
   ::stubkit::ClientOptions stubkit_options_;
 };
+/// The golden.streams.v1.Ticker client.
+using TickerClient = BasicTickerClient<>;
 
 }  // namespace golden::streams::v1
 

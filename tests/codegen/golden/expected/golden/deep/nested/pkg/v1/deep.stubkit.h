@@ -23,18 +23,20 @@ inline bool const stubkit_registered_Deep = ::stubkit::register_methods(DeepMeth
 
 /// A stubkit client of golden.deep.nested.pkg.v1.Deep: every call with CallOptions (retries, deadline,
 /// metadata, observer), List methods as ranges, streams as ranges, writers and sessions.
-/// Thread-safe; copies share the stub.
-class DeepClient {
+/// Thread-safe; copies share the stub. Use it as DeepClient: it is a template only
+/// so that each method's code is compiled where the method is called.
+template <typename StubInterface = Deep::StubInterface>
+class BasicDeepClient {
  public:
   using Service = Deep;
-  using Stub = Deep::StubInterface;
+  using Stub = StubInterface;
   using Methods = DeepMethods;
 
   /// Calls golden.deep.nested.pkg.v1.Deep over `channel`.
-  explicit DeepClient(std::shared_ptr<::grpc::ChannelInterface> const& channel, ::stubkit::ClientOptions options = {})
+  explicit BasicDeepClient(std::shared_ptr<::grpc::ChannelInterface> const& channel, ::stubkit::ClientOptions options = {})
       : stubkit_stub_(Deep::NewStub(channel)), stubkit_options_(std::move(options)) {}
   /// Calls through any stub: a mock's (MockDeepStub), or one with interceptors.
-  explicit DeepClient(std::shared_ptr<Stub> stub, ::stubkit::ClientOptions options = {})
+  explicit BasicDeepClient(std::shared_ptr<Stub> stub, ::stubkit::ClientOptions options = {})
       : stubkit_stub_(::stubkit::detail::require_stub(std::move(stub))), stubkit_options_(std::move(options)) {}
 
   /// Find: unary.
@@ -65,6 +67,8 @@ class DeepClient {
   std::shared_ptr<Stub> stubkit_stub_;
   ::stubkit::ClientOptions stubkit_options_;
 };
+/// The golden.deep.nested.pkg.v1.Deep client.
+using DeepClient = BasicDeepClient<>;
 
 /// What stubkit knows of each golden.deep.nested.pkg.v1.Idle method: full name, kind, idempotency_level
 /// and the field number of an AIP-155 `request_id` (0 = none). Retries and the retry
@@ -76,18 +80,20 @@ inline bool const stubkit_registered_Idle = ::stubkit::register_methods(IdleMeth
 
 /// A stubkit client of golden.deep.nested.pkg.v1.Idle: every call with CallOptions (retries, deadline,
 /// metadata, observer), List methods as ranges, streams as ranges, writers and sessions.
-/// Thread-safe; copies share the stub.
-class IdleClient {
+/// Thread-safe; copies share the stub. Use it as IdleClient: it is a template only
+/// so that each method's code is compiled where the method is called.
+template <typename StubInterface = Idle::StubInterface>
+class BasicIdleClient {
  public:
   using Service = Idle;
-  using Stub = Idle::StubInterface;
+  using Stub = StubInterface;
   using Methods = IdleMethods;
 
   /// Calls golden.deep.nested.pkg.v1.Idle over `channel`.
-  explicit IdleClient(std::shared_ptr<::grpc::ChannelInterface> const& channel, ::stubkit::ClientOptions options = {})
+  explicit BasicIdleClient(std::shared_ptr<::grpc::ChannelInterface> const& channel, ::stubkit::ClientOptions options = {})
       : stubkit_stub_(Idle::NewStub(channel)), stubkit_options_(std::move(options)) {}
   /// Calls through any stub: a mock's (MockIdleStub), or one with interceptors.
-  explicit IdleClient(std::shared_ptr<Stub> stub, ::stubkit::ClientOptions options = {})
+  explicit BasicIdleClient(std::shared_ptr<Stub> stub, ::stubkit::ClientOptions options = {})
       : stubkit_stub_(::stubkit::detail::require_stub(std::move(stub))), stubkit_options_(std::move(options)) {}
 
   /// The stub every call goes through.
@@ -99,6 +105,8 @@ class IdleClient {
   std::shared_ptr<Stub> stubkit_stub_;
   ::stubkit::ClientOptions stubkit_options_;
 };
+/// The golden.deep.nested.pkg.v1.Idle client.
+using IdleClient = BasicIdleClient<>;
 
 }  // namespace golden::deep::nested::pkg::v1
 
