@@ -13,7 +13,7 @@
 # async, async_paginate and async_stream suites and async_stress (2000
 # calls, then 300 listings, then 200 streams, in flight; 500 calls, 300
 # listings and 200 streams against a user_server process) when built (they
-# need C++20); every
+# need C++20); the generated clients' codegen suite; every
 # 4th run also the channel suite (the slowest, some 5 s). Two runs go
 # side by side, and one busy loop per core competes with them. Logs of every
 # failed step are kept in BUILD_DIR/stress-loop/. Ends with one line
@@ -56,6 +56,9 @@ one_run() {
     "stress:$build/tests/retry_stress --calls 1000 --threads 4 --seed $run"
     "stress_process:$build/tests/retry_stress --calls 500 --threads 1 --seed $run --user-server $STUBKIT_USER_SERVER"
   )
+  if [ -x "$build/tests/codegen/codegen_tests" ]; then
+    steps+=("codegen:$build/tests/codegen/codegen_tests --no-version")
+  fi
   if [ -x "$build/tests/async_tests" ]; then
     steps+=(
       "async:$build/tests/async_tests --no-version"

@@ -383,16 +383,16 @@ class UserClient : public myservice::v1::UserServiceClient {
   /// Calls the UserService over `channel`; each call gets `timeout`.
   explicit UserClient(std::shared_ptr<grpc::ChannelInterface> const& channel,
                       std::chrono::milliseconds timeout = std::chrono::seconds(5))
-      : UserServiceClient(channel, defaults(timeout)) {}
+      : myservice::v1::UserServiceClient(channel, defaults(timeout)) {}
 
   /// Calls through any stub, a mock included.
   explicit UserClient(std::shared_ptr<Stub> stub, std::chrono::milliseconds timeout = std::chrono::seconds(5))
-      : UserServiceClient(std::move(stub), defaults(timeout)) {}
+      : myservice::v1::UserServiceClient(std::move(stub), defaults(timeout)) {}
 
   // The generated methods stay visible beside the conveniences below.
-  using UserServiceClient::create_user;
-  using UserServiceClient::get_user;
-  using UserServiceClient::watch_users;
+  using myservice::v1::UserServiceClient::create_user;
+  using myservice::v1::UserServiceClient::get_user;
+  using myservice::v1::UserServiceClient::watch_users;
 
   /// The user, an empty optional if there is none, or the error.
   Result<std::optional<User>> get_user(std::string const& id) const {
