@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   {
     stubkit::StreamOptions bounded;
     bounded.deadline = stubkit::Deadline::after(10s);  // a watch that sees too little ends
-    auto events = client.watch_users({}, /*include_heartbeats=*/true, bounded);
+    auto events = client.watch_users({}, bounded);
     std::thread writer;
     int seen = 0;
     for (auto& event : events) {

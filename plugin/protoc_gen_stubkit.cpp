@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
@@ -63,10 +64,14 @@ std::string ResolveKeyword(std::string const& name) {
   return cpp_keywords().count(name) != 0 ? name + "_" : name;
 }
 
-// A client method's name: `name_` for a keyword or for the names the
-// client itself has (stub(), options()).
+// A client method's name: `name_` for a keyword, for the names the client
+// (and its mock) already has (stub(), options(), mock()), for the
+// generated methods' parameter `request`, and for names of the client's
+// own members (stubkit_*).
 std::string client_name(std::string const& name) {
-  return name == "stub" || name == "options" ? name + "_" : ResolveKeyword(name);
+  bool const taken = name == "stub" || name == "options" || name == "mock" || name == "request" ||
+                     name.rfind("stubkit_", 0) == 0;
+  return taken ? name + "_" : ResolveKeyword(name);
 }
 
 // "GetUser" -> "get_user", "ListHTTPRoutes" -> "list_http_routes",
@@ -95,12 +100,21 @@ std::string file_stem(std::string const& proto) {
              : proto;
 }
 
+// A macro name for `path`: letters and digits upper-cased, every other
+// character as _XX (its hex code), so "a/b_c" and "a/b/c" differ.
 std::string guard_of(std::string const& path) {
+  static char const hex[] = "0123456789ABCDEF";
   std::string guard = "STUBKIT_GENERATED_";
-  for (char c : path)
-    guard += std::isalnum(static_cast<unsigned char>(c)) != 0
-                 ? static_cast<char>(std::toupper(static_cast<unsigned char>(c)))
-                 : '_';
+  for (char c : path) {
+    auto const u = static_cast<unsigned char>(c);
+    if (std::isalnum(u) != 0) {
+      guard += static_cast<char>(std::toupper(u));
+    } else {
+      guard += '_';
+      guard += hex[u >> 4];
+      guard += hex[u & 15];
+    }
+  }
   return guard;
 }
 
@@ -192,7 +206,7 @@ Listing listing_of(pb::MethodDescriptor const* m) {
         break;
       }
     }
-    if (listing.items == nullptr) listing.why_not = "the response has no repeated field";
+    if (listing.items == nullptr) listing.why_not = "the response has no repeated field (maps do not count)";
   }
   return listing;
 }
@@ -243,6 +257,7 @@ std::string doc_of(Descriptor const* d, std::string const& indent) {
     if (end == std::string::npos) end = text.size();
     std::string line = text.substr(start, end - start);
     if (!line.empty() && line[0] == ' ') line.erase(0, 1);
+    if (!line.empty() && line.back() == '\\') line += '.';  // a trailing backslash would splice the next line
     out += indent + "///" + (line.empty() ? "" : " " + line) + "\n";
     start = end + 1;
   }
@@ -257,10 +272,24 @@ class Generator final : public pb::compiler::CodeGenerator {
       *error = "protoc-gen-stubkit takes no parameters (got \"" + parameter + "\")";
       return false;
     }
+    // The generated types of every service share the package's namespace.
+    std::map<std::string, std::string> types;
     std::vector<std::vector<Method>> services;
     for (int s = 0; s < file->service_count(); ++s) {
+      auto const* service = file->service(s);
+      std::string const n = service->name();
+      for (std::string const& type :
+           {n + "Client", "Basic" + n + "Client", n + "Methods", "Mock" + n + "Stub", "Mock" + n + "Client",
+            "stubkit_registered_" + n}) {
+        auto [it, fresh] = types.emplace(type, service->full_name());
+        if (!fresh) {
+          *error = "service " + service->full_name() + ": its generated type " + type +
+                   " is also generated for service " + it->second + "; rename one of them";
+          return false;
+        }
+      }
       std::vector<Method> methods;
-      if (!plan(file->service(s), &methods, error)) return false;
+      if (!plan(service, &methods, error)) return false;
       services.push_back(std::move(methods));
     }
     std::string const stem = file_stem(file->name());
@@ -317,6 +346,7 @@ class Generator final : public pb::compiler::CodeGenerator {
       method.request = QualifiedClassName(m->input_type());
       method.response = QualifiedClassName(m->output_type());
       method.member = ResolveKeyword(m->name());
+      if (method.member == service->name() + "Methods") method.member += '_';  // not the table's own name
       std::string const base = snake_case(m->name());
       method.call = client_name(base);
       if (method.listing.items != nullptr) method.pages = client_name(base + "_pages");

@@ -14,6 +14,8 @@ args = []
 for arg in sys.argv[2:]:
     if arg.startswith("--proto_path="):
         arg = "--proto_path=" + os.path.abspath(arg[len("--proto_path="):])
+    elif arg.startswith("-I") and len(arg) > 2:
+        arg = "--proto_path=" + os.path.abspath(arg[2:])
     elif arg.endswith(".proto") and not arg.startswith("-"):
         arg = os.path.abspath(arg)
     args.append(arg)

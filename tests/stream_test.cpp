@@ -30,7 +30,7 @@ TEST_SUITE("stream") {
   TEST_CASE("watch_users yields change events without heartbeats, in order") {
     ServerFixture f;
     stubkit::UserClient client(f.server.channel());
-    auto events = client.watch_users({}, false);
+    auto events = client.watch_changes();
     std::thread writer([&] {
       wait_for_streams(f.server, 1);
       for (auto id : {"a", "b", "c"}) REQUIRE(f.create(id).ok());
@@ -72,7 +72,7 @@ TEST_SUITE("stream") {
     ServerFixture f(options);
     stubkit::UserClient client(f.server.channel());
     int heartbeats = 0;
-    for (auto& event : client.watch_users({}, true)) {
+    for (auto& event : client.watch_users({})) {
       REQUIRE(event.ok());
       heartbeats += event->type() == "heartbeat";
       if (heartbeats == 3) break;
@@ -85,7 +85,7 @@ TEST_SUITE("stream") {
     f.server.faults().fail_next("WatchUsers", 1, StatusCode::PERMISSION_DENIED, "not yours");
     stubkit::UserClient client(f.server.channel());
     std::vector<std::string> seen;
-    for (auto& event : client.watch_users({}, false)) {
+    for (auto& event : client.watch_changes()) {
       seen.push_back(event ? event->type() : event.error().to_string());
     }
     CHECK(seen == std::vector<std::string>{"PERMISSION_DENIED: not yours"});
@@ -97,12 +97,12 @@ TEST_SUITE("stream") {
     stubkit::StreamOptions options;
     options.deadline = stubkit::Deadline::after(100ms);
     std::vector<std::string> codes;
-    for (auto& event : client.watch_users({}, false, options)) {
+    for (auto& event : client.watch_changes({}, options)) {
       if (!event) codes.push_back(stubkit::code_name(event.error().code()));
     }
     CHECK(codes == std::vector<std::string>{"DEADLINE_EXCEEDED"});
 
-    auto events = client.watch_users({}, false);
+    auto events = client.watch_changes();
     std::thread canceller([&] {
       wait_for_streams(f.server, 1);
       events.cancel();
@@ -119,7 +119,7 @@ TEST_SUITE("stream") {
     ServerFixture f;
     stubkit::UserClient client(f.server.channel());
     {
-      auto events = client.watch_users({}, true);
+      auto events = client.watch_users({});
       REQUIRE(events.begin()->ok());  // the first heartbeat
       CHECK(f.server.service().open_streams() == 1);
     }

@@ -4,7 +4,9 @@
 //
 //   #include "library/v1/book.stubkit.h"
 //
-//   library::v1::BookServiceClient books(channel, {.call = {.timeout = 2s}});
+//   stubkit::ClientOptions defaults;
+//   defaults.call.timeout = 2s;
+//   library::v1::BookServiceClient books(channel, defaults);
 //   auto book = books.get_book(request);            // Result<Book>, retried if declared idempotent
 //   for (auto& b : books.list_books(request)) ...   // every page, lazily
 #ifndef STUBKIT_CLIENT_HPP

@@ -392,7 +392,6 @@ class UserClient : public myservice::v1::UserServiceClient {
   // The generated methods stay visible beside the conveniences below.
   using myservice::v1::UserServiceClient::create_user;
   using myservice::v1::UserServiceClient::get_user;
-  using myservice::v1::UserServiceClient::watch_users;
 
   /// The user, an empty optional if there is none, or the error.
   Result<std::optional<User>> get_user(std::string const& id) const {
@@ -415,15 +414,13 @@ class UserClient : public myservice::v1::UserServiceClient {
   /// first error. Prefer list_users(), lazy, for large listings.
   Result<std::vector<User>> list_all_users() const { return list_users().collect(); }
 
-  /// WatchUsers with heartbeats dropped unless asked for (watch_users(request)
-  /// delivers every event).
-  StreamRange<myservice::v1::UserEvent> watch_users(myservice::v1::WatchUsersRequest const& request,
-                                                    bool include_heartbeats,
-                                                    StreamOptions const& options = {}) const {
+  /// WatchUsers' change events: heartbeats dropped (watch_users(request)
+  /// delivers every event, heartbeats too).
+  StreamRange<myservice::v1::UserEvent> watch_changes(myservice::v1::WatchUsersRequest const& request = {},
+                                                      StreamOptions const& options = {}) const {
     StreamOptions named = options;
     named.method = &Methods::WatchUsers;
-    return read_stream(stub(), &Stub::WatchUsers, request, named,
-                       detail::heartbeat_filter(include_heartbeats));
+    return read_stream(stub(), &Stub::WatchUsers, request, named, detail::heartbeat_filter(false));
   }
 
   /// WatchUsers that reconnects and resumes after dropped streams.

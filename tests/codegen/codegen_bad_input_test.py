@@ -38,6 +38,13 @@ package bad.v1;
 message ThingClient { string a = 1; }
 service Thing { rpc Get(ThingClient) returns (ThingClient); }
 """, "", ["bad/v1/input.proto", "bad.v1.Thing", "ThingClient"]),
+    ("two services whose generated types collide", """
+syntax = "proto3";
+package bad.v1;
+message M { string a = 1; }
+service Glob { rpc Get(M) returns (M); }
+service BasicGlob { rpc Get(M) returns (M); }
+""", "", ["bad/v1/input.proto", "bad.v1.BasicGlob", "BasicGlobClient", "bad.v1.Glob"]),
     ("a parameter the plugin does not take", """
 syntax = "proto3";
 package bad.v1;

@@ -73,13 +73,12 @@ int main() {
   auto c = client.get_item(get);
 
   // The mock: Reserve with a request_id is retried through UNAVAILABLE.
-  auto mock = std::make_shared<inventory::v1::MockInventoryServiceStub>();
   stubkit::ClientOptions retrying;
   retrying.call.retry = stubkit::RetryPolicy::standard();
   retrying.call.clock.sleep = [](std::chrono::milliseconds) {};
-  inventory::v1::InventoryServiceClient mocked(mock, retrying);
+  inventory::v1::MockInventoryServiceClient mocked(retrying);
   int attempts = 0;
-  ALLOW_CALL(*mock, Reserve(trompeloeil::_, trompeloeil::_, trompeloeil::_))
+  ALLOW_CALL(mocked.mock(), Reserve(trompeloeil::_, trompeloeil::_, trompeloeil::_))
       .LR_SIDE_EFFECT(++attempts)
       .LR_RETURN(attempts < 3 ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "busy") : grpc::Status::OK);
   inventory::v1::ReserveRequest reserve;
