@@ -11,10 +11,10 @@ meson compile -C build-bench
 cd build-bench
 ./tests/bench/stubkit-bench --user-server ./examples/user_server --proto-dir ../proto --seed-dir ../tests/interop \
   --json bench.json "$@"
-# B9, compile cost: the umbrella header, one concern header, and a call
-# through the generated client.
+# B9, compile cost: the umbrella header, one concern header, and one and
+# four calls through the generated client.
 rounds=5
 case " $* " in *" --quick "*) rounds=2 ;; esac
-for header in stubkit/stubkit.hpp stubkit/paginate.hpp generated-client; do
+for header in stubkit/stubkit.hpp stubkit/paginate.hpp generated-client generated-client-4; do
   python3 ../tests/bench/compile_cost.py . "$rounds" "$header" bench.json
 done

@@ -493,7 +493,8 @@ std::shared_ptr<AsyncUnary<Response>> make_unary(Stub& stub,
     op->fail_before_start(no_callback_api("async_call"));
     return nullptr;
   }
-  if (auto error = setup_call<Request, Response>(op->options(), request, "async", op->setup())) {
+  if (auto error = setup_call(op->options(), method_of<Request, Response>(op->options().method), request,
+                              "async", op->setup())) {
     op->fail_before_start(std::move(*error));
     return nullptr;
   }

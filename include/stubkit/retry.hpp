@@ -35,6 +35,7 @@
 #include <variant>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "google/protobuf/message.h"
@@ -218,21 +219,13 @@ inline constexpr std::chrono::milliseconds kMaxServerRetryDelay{60000};
 /// Whether a method is safe to retry by its proto declaration:
 /// `option idempotency_level = NO_SIDE_EFFECTS` or `IDEMPOTENT`.
 inline bool declared_idempotent(google::protobuf::MethodDescriptor const* method) {
-  if (method == nullptr) return false;
-  auto const level = method->options().idempotency_level();
-  return level == google::protobuf::MethodOptions::NO_SIDE_EFFECTS ||
-         level == google::protobuf::MethodOptions::IDEMPOTENT;
+  return method != nullptr && detail::idempotency_of(*method) != Idempotency::kUnknown;
 }
 
 /// Whether a request carries an idempotency key: a non-empty string field
 /// named `request_id` (Google AIP-155), which lets the server deduplicate.
 inline bool has_idempotency_key(google::protobuf::Message const& request) {
-  auto const* field = request.GetDescriptor()->FindFieldByName("request_id");
-  if (field == nullptr || field->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_STRING ||
-      field->is_repeated()) {
-    return false;
-  }
-  return !request.GetReflection()->GetString(request, field).empty();
+  return detail::request_id_set(request, detail::request_id_field_of(*request.GetDescriptor()));
 }
 
 /// The method of a full gRPC method name ("/pkg.Service/Method") in the
@@ -582,13 +575,13 @@ struct CallSetup {
   CallSetup& operator=(CallSetup const&) = delete;
 };
 
-// Fills `setup` from `options` for a call of Request -> Response and tells
-// the observer the call started. Returns the error the call ends with
-// instead when the options are unusable (the call then makes no attempt
-// and reports nothing).
-template <typename Request, typename Response>
-std::optional<Error> setup_call(CallOptions const& options, Request const& request, std::string_view source,
-                                CallSetup& setup) {
+// Fills `setup` from `options` for a call of `method` and tells the
+// observer the call started. Returns the error the call ends with instead
+// when the options are unusable (the call then makes no attempt and reports
+// nothing).
+inline std::optional<Error> setup_call(CallOptions const& options, MethodInfo const& method,
+                                       google::protobuf::Message const& request, std::string_view source,
+                                       CallSetup& setup) {
   RetryPlan& plan = setup.plan;
   if (options.retry) {
     if (auto problem = options.retry->problem(); !problem.empty()) {
@@ -596,15 +589,9 @@ std::optional<Error> setup_call(CallOptions const& options, Request const& reque
     }
     plan.policy = *options.retry;
   }
-  if (options.idempotent) {
-    plan.idempotent = *options.idempotent;
-  } else if (options.method != nullptr) {
-    plan.idempotent = options.method->declared_idempotent() ||
-                      (options.method->request_id_field != 0 && has_idempotency_key(request));
-  } else {
-    plan.idempotent =
-        declared_idempotent(detail::method_for_types<Request, Response>()) || has_idempotency_key(request);
-  }
+  plan.idempotent = options.idempotent ? *options.idempotent
+                                       : method.declared_idempotent() ||
+                                             detail::request_id_set(request, method.request_id_field);
   plan.deadline = options.deadline;
   if (options.timeout.count() > 0) {
     std::chrono::system_clock::time_point now;
@@ -626,7 +613,7 @@ std::optional<Error> setup_call(CallOptions const& options, Request const& reque
   if (setup.observer != nullptr) {
     setup.start = std::chrono::steady_clock::now();
     plan.observer = setup.observer;
-    plan.method = setup.event.method = detail::method_name<Request, Response>(options.method);
+    plan.method = setup.event.method = method.full_name;
     plan.source = setup.event.source = source;
     plan.trace_id = setup.event.trace_id = detail::trace_id_of(setup.trace);
     detail::notify(setup.observer, setup.event);
@@ -684,6 +671,30 @@ inline void end_call(CallSetup const& setup, RetryReport const& report, grpc::St
   detail::notify_end(setup.observer, end, status, setup.start);
 }
 
+// One attempt of a unary call: sends the request with `ctx` and fills the
+// response (cleared first).
+using UnaryAttempt = absl::FunctionRef<grpc::Status(grpc::ClientContext& ctx)>;
+
+// The blocking call of stubkit::call, with the stub's method behind
+// `attempt`: one body for every method, so a program compiles it once per
+// translation unit, not once per method.
+inline grpc::Status run_unary(CallOptions const& options, MethodInfo const& method,
+                              google::protobuf::Message const& request, UnaryAttempt attempt) {
+  CallSetup setup;
+  if (auto error = setup_call(options, method, request, "call", setup)) return error->to_grpc_status();
+  auto attempt_n = [&](int n, std::optional<std::chrono::system_clock::time_point> deadline) {
+    grpc::ClientContext ctx;
+    auto const started = start_attempt(ctx, options, setup, n, deadline);
+    grpc::Status status = attempt(ctx);
+    return end_attempt(ctx, std::move(status), options, setup, started);
+  };
+  RetryReport local_report;
+  RetryReport& report = options.report != nullptr ? *options.report : local_report;
+  grpc::Status status = run_with_retries(setup.plan, attempt_n, &report);
+  end_call(setup, report, status);
+  return status;
+}
+
 }  // namespace detail
 
 /// Calls a unary method of a generated stub (Stub or StubInterface) with a
@@ -698,20 +709,12 @@ Result<Response> call(Stub& stub,
                       grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
                       Request const& request, CallOptions const& options = {}) {
   static_assert(std::is_base_of_v<Class, Stub>, "the method must belong to the stub");
-  detail::CallSetup setup;
-  if (auto error = detail::setup_call<Request, Response>(options, request, "call", setup)) return *error;
   Response response;
-  auto attempt = [&](int n, std::optional<std::chrono::system_clock::time_point> deadline) {
-    grpc::ClientContext ctx;
-    response.Clear();
-    auto const started = detail::start_attempt(ctx, options, setup, n, deadline);
-    grpc::Status status = (stub.*method)(&ctx, request, &response);
-    return detail::end_attempt(ctx, std::move(status), options, setup, started);
-  };
-  RetryReport local_report;
-  RetryReport& report = options.report != nullptr ? *options.report : local_report;
-  grpc::Status status = run_with_retries(setup.plan, attempt, &report);
-  detail::end_call(setup, report, status);
+  grpc::Status const status = detail::run_unary(options, detail::method_of<Request, Response>(options.method),
+                                                request, [&](grpc::ClientContext& ctx) {
+                                                  response.Clear();
+                                                  return (stub.*method)(&ctx, request, &response);
+                                                });
   return to_result(status, std::move(response));
 }
 

@@ -305,23 +305,12 @@ class MethodTable {
   // A generated table's facts (method.hpp) first; else the generated
   // descriptor pool's.
   static RetryMethod describe(std::string_view name) {
-    RetryMethod method;
-    if (MethodInfo const* info = find_method_info(name)) {
-      method.known = true;
-      method.declared_idempotent = info->declared_idempotent();
-      method.request_id_field = info->request_id_field;
-      return method;
-    }
+    auto known = [](MethodInfo const& info) {
+      return RetryMethod{true, info.declared_idempotent(), info.request_id_field};
+    };
+    if (MethodInfo const* info = find_method_info(name)) return known(*info);
     auto const* descriptor = find_method(name);
-    if (descriptor == nullptr) return method;
-    method.known = true;
-    method.declared_idempotent = declared_idempotent(descriptor);
-    auto const* field = descriptor->input_type()->FindFieldByName("request_id");
-    if (field != nullptr && !field->is_repeated() &&
-        field->type() == google::protobuf::FieldDescriptor::TYPE_STRING) {
-      method.request_id_field = field->number();
-    }
-    return method;
+    return descriptor == nullptr ? RetryMethod{} : known(method_info_of(*descriptor, name));
   }
 
  private:

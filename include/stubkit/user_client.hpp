@@ -34,7 +34,6 @@
 #include "myservice/v1/user.stubkit.h"
 #include "stubkit/async_stream.hpp"
 #include "stubkit/detail/input_range.hpp"
-#include "stubkit/detail/method.hpp"
 #include "stubkit/observe.hpp"
 #include "stubkit/paginate.hpp"
 #include "stubkit/retry.hpp"
@@ -160,7 +159,7 @@ class WatchRule {
 
  private:
   Event observed(EventType type) const {
-    Event event = event_of(type, "watch", method_path<myservice::v1::WatchUsersRequest, UserEvent>(), 0,
+    Event event = event_of(type, "watch", myservice::v1::UserServiceMethods::WatchUsers.full_name, 0,
                            trace_id_of(trace_));
     event.sequence = last_sequence_;
     return event;

@@ -9,7 +9,7 @@ and prints a Markdown row and a JSON object.
 Usage: compile_cost.py BUILD_DIR [ROUNDS] [HEADER] [JSON]
 HEADER defaults to stubkit/stubkit.hpp; "generated-client" compares a TU
 calling GetUser through the generated UserServiceClient with one calling
-the raw stub. With JSON (stubkit-bench's output
+the raw stub, "generated-client-4" the same with four unary methods. With JSON (stubkit-bench's output
 file) the row is appended to that file's array.
 """
 import json
@@ -57,6 +57,28 @@ with tempfile.TemporaryDirectory() as tmp:
                          '  grpc::ClientContext ctx;\n  myservice::v1::User user;\n'
                          '  return stub->GetUser(&ctx, myservice::v1::GetUserRequest(), &user).ok();\n}\n',
         }
+    elif header_under_test == "generated-client-4":
+        # Four unary methods of one service called in one TU: what each
+        # further method costs once the first is compiled.
+        calls = [("create_user", "CreateUser", "CreateUserRequest", "CreateUserResponse"),
+                 ("get_user", "GetUser", "GetUserRequest", "User"),
+                 ("update_user", "UpdateUser", "UpdateUserRequest", "User"),
+                 ("delete_user", "DeleteUser", "DeleteUserRequest", "google::protobuf::Empty")]
+        ns = "myservice::v1::"
+        sources = {
+            "stubkit": '#include "myservice/v1/user.stubkit.h"\n'
+                       'int get(std::shared_ptr<grpc::ChannelInterface> c) {\n'
+                       f'  {ns}UserServiceClient client(c);\n  int ok = 0;\n' +
+                       "".join(f"  ok += client.{m}({ns}{req}()).ok();\n" for m, _, req, _ in calls) +
+                       '  return ok;\n}\n',
+            "generated": '#include "myservice/v1/user.grpc.pb.h"\n'
+                         'int get(std::shared_ptr<grpc::ChannelInterface> c) {\n'
+                         f'  auto stub = {ns}UserService::NewStub(c);\n  int ok = 0;\n' +
+                         "".join(f"  {{\n    grpc::ClientContext ctx;\n    {resp if '::' in resp else ns + resp} r;\n"
+                                 f"    ok += stub->{rpc}(&ctx, {ns}{req}(), &r).ok();\n  }}\n"
+                                 for _, rpc, req, resp in calls) +
+                         '  return ok;\n}\n',
+        }
     else:
         sources = {name: f'#include "myservice/v1/user.grpc.pb.h"\n#include "{header}"\nint main() {{ return 0; }}\n'
                    for name, header in (("stubkit", header_under_test), ("generated", "myservice/v1/user.grpc.pb.h"))}
@@ -78,9 +100,10 @@ with tempfile.TemporaryDirectory() as tmp:
 ours, base = statistics.median(times["stubkit"]), statistics.median(times["generated"])
 ratio = ours / base
 ratios = [a / b for a, b in zip(times["stubkit"], times["generated"])]
-what = ("compile a TU calling GetUser through the generated UserServiceClient vs the raw stub"
-        if header_under_test == "generated-client"
-        else f"compile a TU including {header_under_test} (+ user.grpc.pb.h) vs only user.grpc.pb.h")
+what = {
+    "generated-client": "compile a TU calling GetUser through the generated UserServiceClient vs the raw stub",
+    "generated-client-4": "compile a TU calling 4 unary methods through the generated UserServiceClient vs the raw stub",
+}.get(header_under_test, f"compile a TU including {header_under_test} (+ user.grpc.pb.h) vs only user.grpc.pb.h")
 print(f"| B9 | {what} | {ours * 1000:.0f} ms | "
       f"{base * 1000:.0f} ms | {ratio:.3f} ({min(ratios):.3f}-{max(ratios):.3f}) | <= 1.3 | {'yes' if ratio <= 1.3 else 'NO'} |")
 row = {"id": "B9", "what": what,

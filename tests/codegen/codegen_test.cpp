@@ -268,6 +268,42 @@ TEST_SUITE("codegen") {
     CHECK(stubkit::find_method_info("/golden.plain.v1.EchoService/Shout")->request_id_field == 2);
   }
 
+  TEST_CASE("the descriptor pool gives the same facts as the generated tables, method by method") {
+    // The retry code and the interceptor fall back to the descriptor when a
+    // call has no table: both ways must agree on every method generated here.
+    auto check = [](auto const& methods) {
+      for (stubkit::MethodInfo const& table : methods) {
+        CAPTURE(table.full_name);
+        auto const* descriptor = stubkit::find_method(table.full_name);
+        REQUIRE(descriptor != nullptr);
+        stubkit::MethodInfo const derived = stubkit::detail::method_info_of(*descriptor, table.full_name);
+        CHECK(derived.kind == table.kind);
+        CHECK(derived.idempotency == table.idempotency);
+        CHECK(derived.request_id_field == table.request_id_field);
+      }
+    };
+    check(myservice::v1::UserServiceMethods::kMethods);
+    check(grpc::health::v1::HealthMethods::kMethods);
+    check(grpc::testing::TestServiceMethods::kMethods);
+    check(library::v1::BookServiceMethods::kMethods);
+    check(golden::plain::v1::EchoServiceMethods::kMethods);
+    check(golden::streams::v1::TickerMethods::kMethods);
+    check(golden::keywords::v1::KeyStoreMethods::kMethods);
+    check(golden::deep::nested::pkg::v1::DeepMethods::kMethods);
+    // A method found by its types gets the same facts, named by the table's name.
+    auto const& inferred = stubkit::detail::inferred_method<myservice::v1::CreateUserRequest,
+                                                            myservice::v1::CreateUserResponse>();
+    CHECK(inferred.full_name == myservice::v1::UserServiceMethods::CreateUser.full_name);
+    CHECK(inferred.request_id_field == 2);
+    // Two methods of the same types: named by the types, not declared idempotent,
+    // and the request's own request_id still counts.
+    auto const& ambiguous =
+        stubkit::detail::inferred_method<golden::plain::v1::EchoRequest, golden::plain::v1::EchoResponse>();
+    CHECK(ambiguous.full_name == "(golden.plain.v1.EchoRequest)->(golden.plain.v1.EchoResponse)");
+    CHECK_FALSE(ambiguous.declared_idempotent());
+    CHECK(ambiguous.request_id_field == 2);
+  }
+
   TEST_CASE("retries follow the table: two methods of the same types are told apart") {
     using golden::plain::v1::EchoRequest;
     using golden::plain::v1::EchoResponse;
