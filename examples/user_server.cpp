@@ -7,6 +7,7 @@
 //               [--max-page-size N] [--data PATH [--sync]] [--server-id ID]
 //               [--fault-metadata] [--tls-cert FILE --tls-key FILE]
 //               [--page-token-key-file FILE] [--metrics-port M]
+//               [--tail-latency F:D[:SEED]]
 //
 // --port 0 (the default) picks a free port. When ready it prints exactly one
 // line "listening on HOST:PORT" (after "metrics on http://HOST:M/metrics"
@@ -16,6 +17,8 @@
 // tokens are signed with the key in PATH.key (made on first start), so they
 // survive a restart. Backends behind one target that should accept each
 // other's page tokens share a key with --page-token-key-file.
+// --tail-latency makes a slow backend for hedging: a share F of calls
+// waits D longer (docs/embedded-server.md).
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -25,8 +28,11 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "stubkit/testing/embedded_server.hpp"
 #if STUBKIT_HAVE_METRICS
@@ -40,6 +46,7 @@ constexpr char const* kUsage =
     "                   [--max-page-size N] [--data PATH [--sync]] [--server-id ID]\n"
     "                   [--fault-metadata] [--tls-cert FILE --tls-key FILE]\n"
     "                   [--page-token-key-file FILE] [--metrics-port M]\n"
+    "                   [--tail-latency F:D[:SEED]]\n"
     "  --host H       address to bind (default 127.0.0.1)\n"
     "  --port P       TCP port, 0 picks a free one (default 0)\n"
     "  --preload N    create N users at start if there are none (default 0)\n"
@@ -60,7 +67,11 @@ constexpr char const* kUsage =
     "                 it accept each other's tokens (default: PATH.key with --data,\n"
     "                 else a random key per process)\n"
     "  --metrics-port M  serve Prometheus metrics at http://HOST:M/metrics: calls by\n"
-    "                 method and status, users stored, watchers (0 picks a free port)\n";
+    "                 method and status, users stored, watchers (0 picks a free port)\n"
+    "  --tail-latency F:D[:SEED]  delay a share F of calls (0 to 1, or 5%) by D more,\n"
+    "                 e.g. 0.05:200ms: a slow backend for hedging; SEED (default 1)\n"
+    "                 picks which calls, so backends given different seeds are slow\n"
+    "                 at different times\n";
 
 [[noreturn]] void usage_error(std::string const& message) {
   std::cerr << "user_server: " << message << "\n" << kUsage;
@@ -82,6 +93,7 @@ struct Flags {
   std::string tls_key;
   std::string page_token_key_file;
   int metrics_port = -1;  // -1: no metrics
+  stubkit::testing::FaultInjector::TailLatency tail_latency;
 };
 
 std::string read_file(std::string const& flag, std::string const& path) {
@@ -99,6 +111,27 @@ int parse_int(std::string_view flag, std::string_view text, int min, int max) {
                 std::to_string(max) + "], got '" + std::string(text) + "'");
   }
   return value;
+}
+
+// --tail-latency F:D[:SEED], e.g. 0.05:200ms or 5%:200ms:7.
+stubkit::testing::FaultInjector::TailLatency parse_tail_latency(absl::string_view value) {
+  auto bad = [&](std::string const& why) {
+    usage_error("--tail-latency wants F:D[:SEED] such as 0.05:200ms (" + why + "), got '" +
+                std::string(value) + "'");
+  };
+  std::vector<absl::string_view> parts = absl::StrSplit(value, ':');
+  if (parts.size() < 2 || parts.size() > 3) bad("two or three parts");
+  stubkit::testing::FaultInjector::TailLatency tail;
+  absl::string_view fraction = parts[0];
+  bool const percent = absl::ConsumeSuffix(&fraction, "%");
+  if (!absl::SimpleAtod(fraction, &tail.fraction)) bad("F is not a number");
+  if (percent) tail.fraction /= 100;
+  absl::Duration delay;
+  if (!absl::ParseDuration(parts[1], &delay)) bad("D is not a duration");
+  tail.delay = absl::ToChronoMilliseconds(delay);
+  if (parts.size() == 3 && !absl::SimpleAtoi(parts[2], &tail.seed)) bad("SEED is not a non-negative integer");
+  if (auto problem = tail.problem(); !problem.empty()) bad(problem);
+  return tail;
 }
 
 Flags parse_flags(int argc, char** argv) {
@@ -147,6 +180,8 @@ Flags parse_flags(int argc, char** argv) {
 #else
       usage_error("--metrics-port: this user_server was built without prometheus-cpp (prometheus-cpp-dev)");
 #endif
+    } else if (flag == "--tail-latency") {
+      flags.tail_latency = parse_tail_latency(absl::string_view(value.data(), value.size()));
     } else if (flag == "--max-page-size") {
       flags.max_page_size = parse_int(flag, value, 1, 1'000'000);
     } else if (flag == "--heartbeat") {
@@ -189,6 +224,7 @@ int main(int argc, char** argv) {
   options.service.sync_data = flags.sync;
   options.service.server_id = flags.server_id;
   options.service.fault_metadata = flags.fault_metadata;
+  options.service.tail_latency = flags.tail_latency;
   options.service.page_token_key_file = flags.page_token_key_file;
   if (!flags.tls_cert.empty()) {
     grpc::SslServerCredentialsOptions ssl;

@@ -9,6 +9,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+
+import grpc
 
 from peers import check, failures, run, start_server, stop_server
 
@@ -16,7 +19,9 @@ USER_SERVER, QUICKSTART, PROTO_DIR = sys.argv[1:4]
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Bad flags: a usage message and exit status 2.
 for bad in (["--port", "70000"], ["--nope", "1"], ["--port"], ["--heartbeat", "soon"],
-            ["--tls-cert", "/nonexistent.pem"], ["--tls-cert", __file__], ["--fault-metadata", "--tls-key", __file__]):
+            ["--tls-cert", "/nonexistent.pem"], ["--tls-cert", __file__], ["--fault-metadata", "--tls-key", __file__],
+            ["--tail-latency", "1.5:200ms"], ["--tail-latency", "0.1"], ["--tail-latency", "x:1s"],
+            ["--tail-latency", "0.1:soon"], ["--tail-latency", "5%:2h"], ["--tail-latency", "5%:1s:-3"]):
     r = run(USER_SERVER, *bad)
     check(r.returncode == 2 and "usage:" in r.stderr, f"user_server {' '.join(bad)} exits 2 with usage")
 
@@ -64,6 +69,28 @@ stop_server(proc)
 proc, target = start_server(USER_SERVER)
 r = run(USER_SERVER, "--port", target.rsplit(":", 1)[1])
 check(r.returncode == 1 and "cannot start" in r.stderr, "user_server on a taken port fails clearly")
+stop_server(proc)
+
+# --tail-latency: every call (F = 100%) waits 300 ms more; one that gives up
+# sooner ends with DEADLINE_EXCEEDED. Raw bytes: an empty GetUserRequest.
+proc, target = start_server(USER_SERVER, "--tail-latency", "100%:300ms")
+with grpc.insecure_channel(target) as channel:
+    get_user = channel.unary_unary("/myservice.v1.UserService/GetUser")
+    start = time.monotonic()
+    try:
+        get_user(b"", timeout=10)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        code = e.code()
+    took = time.monotonic() - start
+    check(code == grpc.StatusCode.INVALID_ARGUMENT and took >= 0.3,
+          f"--tail-latency 100%:300ms delays a call by 300 ms before it is handled ({code}, {took:.2f}s)")
+    try:
+        get_user(b"", timeout=0.1)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        code = e.code()
+    check(code == grpc.StatusCode.DEADLINE_EXCEEDED, f"a caller giving up before the delay ends gets DEADLINE_EXCEEDED ({code})")
 stop_server(proc)
 
 print(f"{len(failures)} failed")

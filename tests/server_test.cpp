@@ -3,12 +3,15 @@
 #include <doctest/doctest.h>
 #include <grpcpp/generic/generic_stub.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <future>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/dynamic_message.h"
@@ -251,6 +254,83 @@ TEST_SUITE("server") {
     // The handler stops waiting once cancelled, so shutdown is prompt.
     f.server.shutdown(0ms);
     CHECK(std::chrono::steady_clock::now() - start < 5s);
+  }
+
+  TEST_CASE("tail latency delays the chosen share of calls, the same calls for the same seed") {
+    using Tail = stubkit::testing::FaultInjector::TailLatency;
+    auto const* service = myservice::v1::User::descriptor()->file()->FindServiceByName("UserService");
+    // Which of `n` calls are delayed, and by how much.
+    auto picks = [&](Tail tail, int n) {
+      stubkit::testing::FaultInjector faults(service);
+      faults.set_tail_latency(tail);
+      std::vector<bool> slow;
+      for (int i = 0; i < n; ++i) {
+        auto const plan = faults.take(i % 2 == 0 ? "GetUser" : "ListUsers");
+        CHECK((plan.latency == 0ms || plan.latency == tail.delay));
+        slow.push_back(plan.latency == tail.delay);
+      }
+      CHECK(faults.tail_delayed_calls() == std::count(slow.begin(), slow.end(), true));
+      return slow;
+    };
+    auto const a = picks({0.05, 200ms, 7}, 4000);
+    auto const delayed = std::count(a.begin(), a.end(), true);
+    CHECK(delayed > 100);  // 5% of 4000 is 200; the seed's draw lands near it
+    CHECK(delayed < 300);
+    CHECK(picks({0.05, 200ms, 7}, 4000) == a);
+    CHECK(picks({0.05, 200ms, 8}, 4000) != a);
+    auto const none = picks({0, 200ms, 7}, 100);
+    CHECK(std::count(none.begin(), none.end(), true) == 0);
+    auto const all = picks({1, 200ms, 7}, 100);
+    CHECK(std::count(all.begin(), all.end(), true) == 100);
+    // A planned latency and the tail's add up.
+    stubkit::testing::FaultInjector faults(service);
+    faults.add_latency("GetUser", 30ms);
+    faults.set_tail_latency({1, 200ms, 1});
+    CHECK(faults.take("GetUser").latency == 230ms);
+    faults.clear();  // leaves the tail latency
+    CHECK(faults.take("GetUser").latency == 200ms);
+    faults.set_tail_latency({});
+    CHECK(faults.take("GetUser").latency == 0ms);
+  }
+
+  TEST_CASE("unusable tail latency settings are refused before the server starts") {
+    auto const* service = myservice::v1::User::descriptor()->file()->FindServiceByName("UserService");
+    stubkit::testing::FaultInjector faults(service);
+    using Tail = stubkit::testing::FaultInjector::TailLatency;
+    for (Tail bad : {Tail{-0.1, 1ms, 1}, Tail{1.5, 1ms, 1}, Tail{std::nan(""), 1ms, 1}, Tail{0.5, -1ms, 1},
+                     Tail{0.5, 2h, 1}}) {
+      CAPTURE(bad.fraction);
+      CAPTURE(bad.delay.count());
+      CHECK_THROWS_AS(faults.set_tail_latency(bad), std::invalid_argument);
+    }
+    CHECK(faults.tail_latency().fraction == 0);  // unchanged
+    stubkit::testing::EmbeddedServerOptions options;
+    options.service.tail_latency = {2, 10ms, 1};
+    CHECK_THROWS_WITH_AS(stubkit::testing::EmbeddedServer{options},
+                         "set_tail_latency: fraction must be from 0 to 1", std::invalid_argument);
+  }
+
+  TEST_CASE("a call slowed by the tail latency waits, and a caller that gives up cancels it on the server") {
+    stubkit::testing::EmbeddedServerOptions options;
+    options.service.tail_latency = {1, 10s, 1};  // every call, far past any deadline here
+    ServerFixture f(options);
+    myservice::v1::GetUserRequest request;
+    request.set_id("ada");
+    myservice::v1::User user;
+    auto status = f.stub->GetUser(context(100ms).get(), request, &user);
+    CHECK(status.error_code() == StatusCode::DEADLINE_EXCEEDED);
+    // The server sees the cancellation (what hedging relies on to stop losers).
+    for (int i = 0; i < 500 && f.server.service().cancelled_calls() == 0; ++i)
+      std::this_thread::sleep_for(10ms);
+    CHECK(f.server.service().cancelled_calls() == 1);
+    CHECK(f.server.faults().tail_delayed_calls() == 1);
+    // Turned down live: the next call waits its 50 ms at least, then is answered.
+    f.server.faults().set_tail_latency({1, 50ms, 1});
+    auto const start = std::chrono::steady_clock::now();
+    status = f.stub->GetUser(context().get(), request, &user);
+    CHECK(status.error_code() == StatusCode::NOT_FOUND);
+    CHECK(std::chrono::steady_clock::now() - start >= 50ms);
+    CHECK(f.server.faults().tail_delayed_calls() == 2);
   }
 
   TEST_CASE("close_stream_after ends a WatchUsers stream with UNAVAILABLE after K messages") {

@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -44,7 +45,51 @@ class FaultInjector {
     std::optional<int> close_stream_after;      ///< end a stream after this many messages
   };
 
+  /// A tail-latency backend, for hedging: each call is slow with
+  /// probability `fraction` and then waits `delay` longer before it is
+  /// handled (cancellable, like add_latency's wait). Every method counts.
+  struct TailLatency {
+    double fraction = 0;                 ///< 0 to 1: the share of calls delayed
+    std::chrono::milliseconds delay{0};  ///< 0 to 1 hour
+    /// Which calls: the same seed picks the same calls by arrival order,
+    /// so a run can be repeated. Backends meant to be slow at different
+    /// times need different seeds.
+    std::uint64_t seed = 1;
+
+    /// What makes these settings unusable; empty when they are fine.
+    std::string problem() const {
+      if (!(fraction >= 0 && fraction <= 1)) return "fraction must be from 0 to 1";
+      if (delay.count() < 0 || delay > std::chrono::hours(1)) return "delay must be from 0 to 1 hour";
+      return {};
+    }
+  };
+
   explicit FaultInjector(google::protobuf::ServiceDescriptor const* service) : service_(service) {}
+
+  /// Makes the backend a tail-latency one (TailLatency); `{}` turns it off.
+  /// Starts the seed's sequence anew. Throws std::invalid_argument on
+  /// unusable settings (TailLatency::problem). clear() leaves it as it is.
+  void set_tail_latency(TailLatency tail) {
+    if (auto problem = tail.problem(); !problem.empty()) {
+      throw std::invalid_argument("set_tail_latency: " + problem);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    tail_ = tail;
+    tail_random_.seed(tail.seed);
+    tail_pick_ = std::bernoulli_distribution(tail.fraction);
+  }
+
+  /// The tail-latency settings in force.
+  TailLatency tail_latency() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tail_;
+  }
+
+  /// How many calls the tail latency has delayed so far.
+  std::int64_t tail_delayed_calls() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tail_delayed_;
+  }
 
   /// The next `count` calls of `method` fail with `error`, details included
   /// (any google.rpc detail, or messages of your own).
@@ -225,6 +270,10 @@ class FaultInjector {
     if (f.attempt_headers.size() > kKeptAttemptHeaders) f.attempt_headers.pop_front();
     Plan plan;
     plan.latency = f.latency;
+    if (tail_.delay.count() > 0 && tail_pick_(tail_random_)) {
+      plan.latency += tail_.delay;
+      ++tail_delayed_;
+    }
     plan.close_stream_after = f.close_after;
     if (f.failures_left > 0) {
       --f.failures_left;
@@ -317,6 +366,10 @@ class FaultInjector {
   google::protobuf::ServiceDescriptor const* service_;
   mutable std::mutex mu_;
   std::map<std::string, Fault, std::less<>> faults_;
+  TailLatency tail_;
+  std::mt19937_64 tail_random_{1};
+  std::bernoulli_distribution tail_pick_{0};
+  std::int64_t tail_delayed_ = 0;
 };
 
 }  // namespace stubkit::testing

@@ -110,6 +110,10 @@ struct UserServiceOptions {
   /// tests can show retries against a server in another process. Testing
   /// only; off by default, and the header is ignored when off.
   bool fault_metadata = false;
+  /// A share of calls delayed (FaultInjector::TailLatency): a slow backend
+  /// for hedging. Off by default; change it live with
+  /// `faults().set_tail_latency()`.
+  FaultInjector::TailLatency tail_latency;
   /// Receives warnings such as a torn journal record ignored on start;
   /// empty = standard error.
   std::function<void(std::string const&)> warn;
@@ -134,9 +138,11 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
   /// Replays the journal at `options.data_path`, if any, and sets up the
   /// page-token key; throws std::runtime_error when the journal cannot be
   /// opened or is corrupt, or the key cannot be read or made, and
-  /// std::invalid_argument when `page_token_key` has a bad size.
+  /// std::invalid_argument when `page_token_key` has a bad size or
+  /// `tail_latency` unusable settings.
   explicit UserServiceImpl(UserServiceOptions options = {})
       : options_(std::move(options)), faults_(User::descriptor()->file()->FindServiceByName("UserService")) {
+    faults_.set_tail_latency(options_.tail_latency);  // first: unusable settings touch no file
     auto const warn = options_.warn ? options_.warn : [](std::string const& m) { std::cerr << m << "\n"; };
     if (!options_.data_path.empty()) {
       std::lock_guard<std::mutex> lock(mu_);
