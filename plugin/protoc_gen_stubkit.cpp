@@ -462,6 +462,20 @@ class Generator final : public pb::compiler::CodeGenerator {
     return out;
   }
 
+  // The two overloads of every form: one with the client's defaults
+  // (stubkit_options_.<defaults>), and one with the caller's `options` that
+  // names the method (`info`) before returning `body`. `params` come before
+  // the options ("" for none) and `args` pass them on.
+  static std::string with_options(std::string const& returns, std::string const& name,
+                                  std::string const& params, std::string const& args,
+                                  std::string const& options_type, std::string const& defaults,
+                                  std::string const& info, std::string const& body) {
+    return "  " + returns + " " + name + "(" + params + ") const { return " + name + "(" + args +
+           (args.empty() ? "" : ", ") + "stubkit_options_." + defaults + "); }\n" + "  " + returns + " " +
+           name + "(" + params + (params.empty() ? "" : ", ") + "::stubkit::" + options_type +
+           " options) const {\n" + "    options.method = " + info + ";\n    return " + body + ";\n  }\n";
+  }
+
   static std::string method_code(Method const& m) {
     std::string const& req = m.request;
     std::string const& resp = m.response;
@@ -526,12 +540,9 @@ class Generator final : public pb::compiler::CodeGenerator {
         if (!m.listing.why_not.empty()) {
           out += "  /// Not paged as an AIP-158 List method: " + m.listing.why_not + ".\n";
         }
-        out += "  ::stubkit::Result<" + resp + "> " + m.call + "(" + req +
-               " const& request) const { return " + m.call + "(request, stubkit_options_.call); }\n";
-        out += "  ::stubkit::Result<" + resp + "> " + m.call + "(" + req +
-               " const& request, ::stubkit::CallOptions options) const {\n";
-        out += "    options.method = " + info + ";\n";
-        out += "    return ::stubkit::call(*stubkit_stub_, &Stub::" + rpc + ", request, options);\n  }\n";
+        out += with_options("::stubkit::Result<" + resp + ">", m.call, req + " const& request", "request",
+                            "CallOptions", "call", info,
+                            "::stubkit::call(*stubkit_stub_, &Stub::" + rpc + ", request, options)");
         out += "  /// " + rpc +
                " without blocking (async_call): `token` is a callback, stubkit::use_future,\n"
                "  /// stubkit::use_awaitable or an asio token. The client must outlive the call.\n";
@@ -548,49 +559,36 @@ class Generator final : public pb::compiler::CodeGenerator {
         return out;
       case Kind::kServerStreaming:
         out += "  /// Its messages as a range of Result<message>.\n";
-        out += "  ::stubkit::StreamRange<" + resp + "> " + m.call + "(" + req +
-               " const& request) const { return " + m.call + "(request, stubkit_options_.stream); }\n";
-        out += "  ::stubkit::StreamRange<" + resp + "> " + m.call + "(" + req +
-               " const& request, ::stubkit::StreamOptions options) const {\n";
-        out += "    options.method = " + info + ";\n";
-        out +=
-            "    return ::stubkit::read_stream(*stubkit_stub_, &Stub::" + rpc + ", request, options);\n  }\n";
+        out += with_options("::stubkit::StreamRange<" + resp + ">", m.call, req + " const& request",
+                            "request", "StreamOptions", "stream", info,
+                            "::stubkit::read_stream(*stubkit_stub_, &Stub::" + rpc + ", request, options)");
         out +=
             "  /// Its messages as an async stream (next() at a time). The client must\n"
             "  /// outlive the stream's call.\n";
-        out += "  ::stubkit::AsyncStream<" + resp + "> " + m.async + "(" + req + " request) const { return " +
-               m.async + "(std::move(request), stubkit_options_.stream); }\n";
-        out += "  ::stubkit::AsyncStream<" + resp + "> " + m.async + "(" + req +
-               " request, ::stubkit::StreamOptions options) const {\n";
-        out += "    options.method = " + info + ";\n";
-        out += "    return ::stubkit::async_read_stream(*stubkit_stub_, &Stub::async_interface::" + rpc +
-               ", std::move(request), options);\n  }\n\n";
+        out += with_options("::stubkit::AsyncStream<" + resp + ">", m.async, req + " request",
+                            "std::move(request)", "StreamOptions", "stream", info,
+                            "::stubkit::async_read_stream(*stubkit_stub_, &Stub::async_interface::" + rpc +
+                                ", std::move(request), options)") +
+               "\n";
         return out;
       case Kind::kClientStreaming:
         out += "  /// A writer: write() each request, then finish() for the response.\n";
-        out += "  ::stubkit::StreamWriter<" + req + ", " + resp + "> " + m.call + "() const { return " +
-               m.call + "(stubkit_options_.stream); }\n";
-        out += "  ::stubkit::StreamWriter<" + req + ", " + resp + "> " + m.call +
-               "(::stubkit::StreamOptions options) const {\n";
-        out += "    options.method = " + info + ";\n";
-        out += "    return ::stubkit::write_stream(*stubkit_stub_, &Stub::" + rpc + ", options);\n  }\n";
+        out += with_options("::stubkit::StreamWriter<" + req + ", " + resp + ">", m.call, "", "",
+                            "StreamOptions", "stream", info,
+                            "::stubkit::write_stream(*stubkit_stub_, &Stub::" + rpc + ", options)");
         out += "  /// An async writer. The client must outlive the call.\n";
-        out += "  ::stubkit::AsyncWriter<" + req + ", " + resp + "> " + m.async + "() const { return " +
-               m.async + "(stubkit_options_.stream); }\n";
-        out += "  ::stubkit::AsyncWriter<" + req + ", " + resp + "> " + m.async +
-               "(::stubkit::StreamOptions options) const {\n";
-        out += "    options.method = " + info + ";\n";
-        out += "    return ::stubkit::async_write_stream(*stubkit_stub_, &Stub::async_interface::" + rpc +
-               ", options);\n  }\n\n";
+        out += with_options("::stubkit::AsyncWriter<" + req + ", " + resp + ">", m.async, "", "",
+                            "StreamOptions", "stream", info,
+                            "::stubkit::async_write_stream(*stubkit_stub_, &Stub::async_interface::" + rpc +
+                                ", options)") +
+               "\n";
         return out;
       case Kind::kBidi:
         out += "  /// A session: write and read concurrently, writes_done(), finish().\n";
-        out += "  ::stubkit::BidiSession<" + req + ", " + resp + "> " + m.call + "() const { return " +
-               m.call + "(stubkit_options_.stream); }\n";
-        out += "  ::stubkit::BidiSession<" + req + ", " + resp + "> " + m.call +
-               "(::stubkit::StreamOptions options) const {\n";
-        out += "    options.method = " + info + ";\n";
-        out += "    return ::stubkit::open_session(*stubkit_stub_, &Stub::" + rpc + ", options);\n  }\n\n";
+        out += with_options("::stubkit::BidiSession<" + req + ", " + resp + ">", m.call, "", "",
+                            "StreamOptions", "stream", info,
+                            "::stubkit::open_session(*stubkit_stub_, &Stub::" + rpc + ", options)") +
+               "\n";
         return out;
     }
     return out;
