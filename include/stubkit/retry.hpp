@@ -710,11 +710,13 @@ Result<Response> call(Stub& stub,
                       Request const& request, CallOptions const& options = {}) {
   static_assert(std::is_base_of_v<Class, Stub>, "the method must belong to the stub");
   Response response;
-  grpc::Status const status = detail::run_unary(options, detail::method_of<Request, Response>(options.method),
-                                                request, [&](grpc::ClientContext& ctx) {
-                                                  response.Clear();
-                                                  return (stub.*method)(&ctx, request, &response);
-                                                });
+  // A named object, alive until run_unary returns: the attempt refers to it.
+  auto attempt = [&stub, method, &request, &response](grpc::ClientContext& ctx) {
+    response.Clear();
+    return (stub.*method)(&ctx, request, &response);
+  };
+  grpc::Status const status =
+      detail::run_unary(options, detail::method_of<Request, Response>(options.method), request, attempt);
   return to_result(status, std::move(response));
 }
 
