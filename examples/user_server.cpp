@@ -129,6 +129,7 @@ stubkit::testing::FaultInjector::TailLatency parse_tail_latency(absl::string_vie
   absl::Duration delay;
   if (!absl::ParseDuration(parts[1], &delay)) bad("D is not a duration");
   tail.delay = absl::ToChronoMilliseconds(delay);
+  if (delay > absl::ZeroDuration() && tail.delay.count() == 0) bad("D below 1ms would turn the delay off");
   if (parts.size() == 3 && !absl::SimpleAtoi(parts[2], &tail.seed)) bad("SEED is not a non-negative integer");
   if (auto problem = tail.problem(); !problem.empty()) bad(problem);
   return tail;

@@ -73,6 +73,37 @@ TEST_SUITE("channel") {
     for (auto n : backends.calls()) CHECK(n >= 5);  // 10 each, give or take connection timing
   }
 
+  TEST_CASE("a channel pool connects each channel on its own; plain channels share one connection") {
+    Backends backends(1);
+    auto& service = backends.servers[0]->service();
+    stubkit::ChannelPool pool(backends.target(), 4);
+    REQUIRE(pool.size() == 4);
+    // next() hands the channels out in turn.
+    for (std::size_t i = 0; i < 8; ++i) CHECK(pool.next() == pool.channels()[i % 4]);
+    for (int i = 0; i < 8; ++i) {
+      auto stub = UserService::NewStub(pool.next());
+      CHECK(call_n(*stub, 1) == 0);
+    }
+    CHECK(service.peer_count() == 4);  // four connections, four client ports
+
+    // Four make_channel channels with the same target and options: one connection.
+    Backends shared(1);
+    std::vector<std::shared_ptr<grpc::Channel>> channels;
+    for (int i = 0; i < 4; ++i) channels.push_back(stubkit::make_channel(shared.target()));
+    for (auto const& channel : channels) CHECK(call_n(*UserService::NewStub(channel), 2) == 0);
+    CHECK(shared.servers[0]->service().peer_count() == 1);
+  }
+
+  TEST_CASE("a channel pool refuses a size of 0 or past its limit, and options make_channel refuses") {
+    CHECK_THROWS_WITH_AS(stubkit::ChannelPool("127.0.0.1:1", 0),
+                         "stubkit::ChannelPool: size must be from 1 to 64, got 0", std::invalid_argument);
+    CHECK_THROWS_AS(stubkit::ChannelPool("127.0.0.1:1", stubkit::ChannelPool::kMaxSize + 1),
+                    std::invalid_argument);
+    stubkit::ChannelOptions options;
+    options.bearer_token = "secret";
+    CHECK_THROWS_AS(stubkit::ChannelPool("dns:///far.example.com:443", 2, options), std::invalid_argument);
+  }
+
   TEST_CASE("a backend set NOT_SERVING gets no traffic with client-side health checking") {
     Backends backends(3);
     stubkit::ChannelOptions options;

@@ -21,7 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 for bad in (["--port", "70000"], ["--nope", "1"], ["--port"], ["--heartbeat", "soon"],
             ["--tls-cert", "/nonexistent.pem"], ["--tls-cert", __file__], ["--fault-metadata", "--tls-key", __file__],
             ["--tail-latency", "1.5:200ms"], ["--tail-latency", "0.1"], ["--tail-latency", "x:1s"],
-            ["--tail-latency", "0.1:soon"], ["--tail-latency", "5%:2h"], ["--tail-latency", "5%:1s:-3"]):
+            ["--tail-latency", "0.1:soon"], ["--tail-latency", "5%:2h"], ["--tail-latency", "5%:1s:-3"],
+            ["--tail-latency", "0.05:0.5ms"]):
     r = run(USER_SERVER, *bad)
     check(r.returncode == 2 and "usage:" in r.stderr, f"user_server {' '.join(bad)} exits 2 with usage")
 
@@ -71,6 +72,14 @@ r = run(USER_SERVER, "--port", target.rsplit(":", 1)[1])
 check(r.returncode == 1 and "cannot start" in r.stderr, "user_server on a taken port fails clearly")
 stop_server(proc)
 
+# A percentage is read as one: 150% is refused as a fraction above 1.
+r = run(USER_SERVER, "--tail-latency", "150%:1s")
+check(r.returncode == 2 and "fraction must be from 0 to 1" in r.stderr, "--tail-latency 150%:1s is refused as above 1")
+for good in ("0.05:200ms", "5%:200ms:7"):
+    proc, target = start_server(USER_SERVER, "--tail-latency", good)
+    rc, _, _ = stop_server(proc)
+    check(rc == 0, f"user_server --tail-latency {good} starts and stops")
+
 # --tail-latency: every call (F = 100%) waits 300 ms more; one that gives up
 # sooner ends with DEADLINE_EXCEEDED. Raw bytes: an empty GetUserRequest.
 proc, target = start_server(USER_SERVER, "--tail-latency", "100%:300ms")
@@ -91,6 +100,16 @@ with grpc.insecure_channel(target) as channel:
     except grpc.RpcError as e:
         code = e.code()
     check(code == grpc.StatusCode.DEADLINE_EXCEEDED, f"a caller giving up before the delay ends gets DEADLINE_EXCEEDED ({code})")
+stop_server(proc)
+# No call is delayed at 0%, however long the delay.
+proc, target = start_server(USER_SERVER, "--tail-latency", "0%:10s")
+with grpc.insecure_channel(target) as channel:
+    try:
+        channel.unary_unary("/myservice.v1.UserService/GetUser")(b"", timeout=5)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        code = e.code()
+    check(code == grpc.StatusCode.INVALID_ARGUMENT, f"--tail-latency 0%:10s delays nothing ({code})")
 stop_server(proc)
 
 print(f"{len(failures)} failed")

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <filesystem>
 #include <future>
 #include <set>
 #include <stdexcept>
@@ -266,8 +267,9 @@ TEST_SUITE("server") {
       std::vector<bool> slow;
       for (int i = 0; i < n; ++i) {
         auto const plan = faults.take(i % 2 == 0 ? "GetUser" : "ListUsers");
-        CHECK((plan.latency == 0ms || plan.latency == tail.delay));
-        slow.push_back(plan.latency == tail.delay);
+        CHECK(plan.latency == 0ms);
+        CHECK((plan.tail_delay == 0ms || plan.tail_delay == tail.delay));
+        slow.push_back(plan.tail_delay == tail.delay);
       }
       CHECK(faults.tail_delayed_calls() == std::count(slow.begin(), slow.end(), true));
       return slow;
@@ -282,15 +284,26 @@ TEST_SUITE("server") {
     CHECK(std::count(none.begin(), none.end(), true) == 0);
     auto const all = picks({1, 200ms, 7}, 100);
     CHECK(std::count(all.begin(), all.end(), true) == 100);
-    // A planned latency and the tail's add up.
+    // A planned latency and the tail's are kept apart (the server waits both).
     stubkit::testing::FaultInjector faults(service);
     faults.add_latency("GetUser", 30ms);
     faults.set_tail_latency({1, 200ms, 1});
-    CHECK(faults.take("GetUser").latency == 230ms);
+    auto plan = faults.take("GetUser");
+    CHECK(plan.latency == 30ms);
+    CHECK(plan.tail_delay == 200ms);
+    // A stubkit-fault header's latency replaces the planned one, not the tail's.
+    REQUIRE(stubkit::testing::FaultInjector::apply_header("latency=5ms", 0, plan).ok());
+    CHECK(plan.latency == 5ms);
+    CHECK(plan.tail_delay == 200ms);
+    // Streams are never delayed (BulkCreateUsers runs on a callback thread).
+    CHECK(faults.take("WatchUsers").tail_delay == 0ms);
+    CHECK(faults.take("BulkCreateUsers").tail_delay == 0ms);
+    CHECK(faults.take("Chat").tail_delay == 0ms);
+    CHECK(faults.tail_delayed_calls() == 1);
     faults.clear();  // leaves the tail latency
-    CHECK(faults.take("GetUser").latency == 200ms);
+    CHECK(faults.take("GetUser").tail_delay == 200ms);
     faults.set_tail_latency({});
-    CHECK(faults.take("GetUser").latency == 0ms);
+    CHECK(faults.take("GetUser").tail_delay == 0ms);
   }
 
   TEST_CASE("unusable tail latency settings are refused before the server starts") {
@@ -304,10 +317,31 @@ TEST_SUITE("server") {
       CHECK_THROWS_AS(faults.set_tail_latency(bad), std::invalid_argument);
     }
     CHECK(faults.tail_latency().fraction == 0);  // unchanged
+    // Refused before the journal or its key file is made.
+    TempDir dir;
     stubkit::testing::EmbeddedServerOptions options;
     options.service.tail_latency = {2, 10ms, 1};
+    options.service.data_path = (dir.path / "users.journal").string();
     CHECK_THROWS_WITH_AS(stubkit::testing::EmbeddedServer{options},
                          "set_tail_latency: fraction must be from 0 to 1", std::invalid_argument);
+    CHECK_FALSE(std::filesystem::exists(options.service.data_path));
+    CHECK_FALSE(std::filesystem::exists(options.service.data_path + ".key"));
+  }
+
+  TEST_CASE("the server draws the tail latency once per unary call, with the options' seed") {
+    stubkit::testing::FaultInjector::TailLatency const tail{0.5, 1ms, 7};
+    stubkit::testing::EmbeddedServerOptions options;
+    options.service.tail_latency = tail;
+    ServerFixture f(options);
+    myservice::v1::User user;
+    for (int i = 0; i < 40; ++i) (void)f.stub->GetUser(context().get(), get_request("ada"), &user);
+    stubkit::testing::FaultInjector same(
+        myservice::v1::User::descriptor()->file()->FindServiceByName("UserService"));
+    same.set_tail_latency(tail);
+    for (int i = 0; i < 40; ++i) (void)same.take("GetUser");
+    CHECK(f.server.faults().tail_delayed_calls() == same.tail_delayed_calls());
+    CHECK(same.tail_delayed_calls() > 0);
+    CHECK(same.tail_delayed_calls() < 40);
   }
 
   TEST_CASE("a call slowed by the tail latency waits, and a caller that gives up cancels it on the server") {

@@ -14,6 +14,7 @@
 #include <grpcpp/support/channel_arguments.h>
 #include <grpcpp/support/client_interceptor.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -348,15 +349,13 @@ inline std::string service_config_json(ChannelOptions const& options) {
   return json + "}";
 }
 
-}  // namespace detail
-
-/// A channel to `target` (anything gRPC resolves: "host:port", "dns:///",
-/// "ipv4:a:p1,b:p2", "unix:/path", "xds:///") configured by `options`.
-/// Throws std::invalid_argument when `options.retry` holds an unusable
-/// policy: a bad policy is refused where it is accepted, not at the first call.
-inline std::shared_ptr<grpc::Channel> make_channel(std::string const& target,
-                                                   ChannelOptions const& options = {}) {
+// make_channel's body; with `own_connections` the channel keeps its
+// connections to itself (gRPC's local subchannel pool) instead of sharing
+// them with every channel of the same target and arguments.
+inline std::shared_ptr<grpc::Channel> make_channel(std::string const& target, ChannelOptions const& options,
+                                                   bool own_connections) {
   grpc::ChannelArguments args;
+  if (own_connections) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   std::string const config = detail::service_config_json(options);
   if (config != "{}") args.SetServiceConfigJSON(config);
   if (options.keepalive_time.count() > 0) {
@@ -426,6 +425,57 @@ inline std::shared_ptr<grpc::Channel> make_channel(std::string const& target,
   return grpc::experimental::CreateCustomChannelWithInterceptors(target, credentials, args,
                                                                  std::move(interceptors));
 }
+
+}  // namespace detail
+
+/// A channel to `target` (anything gRPC resolves: "host:port", "dns:///",
+/// "ipv4:a:p1,b:p2", "unix:/path", "xds:///") configured by `options`.
+/// Throws std::invalid_argument when `options.retry` holds an unusable
+/// policy: a bad policy is refused where it is accepted, not at the first call.
+inline std::shared_ptr<grpc::Channel> make_channel(std::string const& target,
+                                                   ChannelOptions const& options = {}) {
+  return detail::make_channel(target, options, false);
+}
+
+/// `size` channels to one target, each with connections of its own, handed
+/// out round-robin: for more calls in flight than one HTTP/2 connection
+/// carries (servers commonly allow 100 concurrent streams per connection;
+/// more calls queue). Channels from make_channel with the same target and
+/// options share one connection per backend; a pool's do not. Every
+/// channel is made by make_channel with `options` (with a token provider,
+/// each runs its own provider thread). Thread-safe.
+///
+///   stubkit::ChannelPool pool("dns:///users.internal:443", 4, options);
+///   auto stub = myservice::v1::UserService::NewStub(pool.next());
+class ChannelPool {
+ public:
+  static constexpr std::size_t kMaxSize = 64;
+
+  /// Throws std::invalid_argument when `size` is 0 or above kMaxSize, or
+  /// when make_channel refuses `options`.
+  ChannelPool(std::string const& target, std::size_t size, ChannelOptions const& options = {}) {
+    if (size == 0 || size > kMaxSize) {
+      throw std::invalid_argument("stubkit::ChannelPool: size must be from 1 to " + std::to_string(kMaxSize) +
+                                  ", got " + std::to_string(size));
+    }
+    channels_.reserve(size);
+    for (std::size_t i = 0; i < size; ++i) channels_.push_back(detail::make_channel(target, options, true));
+  }
+
+  std::size_t size() const noexcept { return channels_.size(); }
+
+  /// The next channel, round-robin.
+  std::shared_ptr<grpc::Channel> next() noexcept {
+    return channels_[next_.fetch_add(1, std::memory_order_relaxed) % channels_.size()];
+  }
+
+  /// Every channel, in the order next() hands them out.
+  std::vector<std::shared_ptr<grpc::Channel>> const& channels() const noexcept { return channels_; }
+
+ private:
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::atomic<std::size_t> next_{0};
+};
 
 /// Waits until `channel` connects and its health service reports `service`
 /// SERVING, or `timeout` passes. The error says which step did not happen.

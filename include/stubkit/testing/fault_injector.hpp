@@ -42,18 +42,22 @@ class FaultInjector {
     std::optional<grpc::Status> failure_after;  ///< handle the call, then fail it (reply lost)
     std::optional<std::string> pushback;        ///< grpc-retry-pushback-ms trailer sent with `failure`
     std::chrono::milliseconds latency{0};       ///< wait this long first (cancellable)
+    std::chrono::milliseconds tail_delay{0};    ///< and this much longer: the tail latency's
     std::optional<int> close_stream_after;      ///< end a stream after this many messages
   };
 
-  /// A tail-latency backend, for hedging: each call is slow with
+  /// A tail-latency backend, for hedging: each unary call is slow with
   /// probability `fraction` and then waits `delay` longer before it is
-  /// handled (cancellable, like add_latency's wait). Every method counts.
+  /// handled (cancellable, like add_latency's wait). Streams are not
+  /// delayed: BulkCreateUsers is admitted on a gRPC callback thread, which
+  /// must not block.
   struct TailLatency {
     double fraction = 0;                 ///< 0 to 1: the share of calls delayed
     std::chrono::milliseconds delay{0};  ///< 0 to 1 hour
-    /// Which calls: the same seed picks the same calls by arrival order,
-    /// so a run can be repeated. Backends meant to be slow at different
-    /// times need different seeds.
+    /// Which calls: the n-th unary call to arrive is slow or not by the
+    /// n-th draw of a generator seeded with this, so calls made one after
+    /// another are delayed the same way on every run. Backends meant to be
+    /// slow at different times need different seeds.
     std::uint64_t seed = 1;
 
     /// What makes these settings unusable; empty when they are fine.
@@ -76,7 +80,6 @@ class FaultInjector {
     std::lock_guard<std::mutex> lock(mu_);
     tail_ = tail;
     tail_random_.seed(tail.seed);
-    tail_pick_ = std::bernoulli_distribution(tail.fraction);
   }
 
   /// The tail-latency settings in force.
@@ -270,8 +273,8 @@ class FaultInjector {
     if (f.attempt_headers.size() > kKeptAttemptHeaders) f.attempt_headers.pop_front();
     Plan plan;
     plan.latency = f.latency;
-    if (tail_.delay.count() > 0 && tail_pick_(tail_random_)) {
-      plan.latency += tail_.delay;
+    if (tail_.delay.count() > 0 && unary(method) && tail_draw() < tail_.fraction) {
+      plan.tail_delay = tail_.delay;
       ++tail_delayed_;
     }
     plan.close_stream_after = f.close_after;
@@ -355,6 +358,15 @@ class FaultInjector {
     return std::chrono::milliseconds(std::int64_t{*n} * scale);
   }
 
+  // A uniform draw in [0, 1) from the top 53 bits: the same on every
+  // standard library (std::bernoulli_distribution's is unspecified).
+  double tail_draw() { return static_cast<double>(tail_random_() >> 11) * 0x1p-53; }
+
+  bool unary(std::string_view method) const {
+    auto const* m = service_->FindMethodByName(std::string(method));
+    return m != nullptr && !m->client_streaming() && !m->server_streaming();
+  }
+
   std::string checked(std::string_view method) const {
     std::string name(method);
     if (service_->FindMethodByName(name) == nullptr) {
@@ -368,7 +380,6 @@ class FaultInjector {
   std::map<std::string, Fault, std::less<>> faults_;
   TailLatency tail_;
   std::mt19937_64 tail_random_{1};
-  std::bernoulli_distribution tail_pick_{0};
   std::int64_t tail_delayed_ = 0;
 };
 

@@ -52,6 +52,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -194,6 +195,14 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
   /// How many calls stopped early because their caller cancelled or their
   /// deadline passed while the server was still working on them.
   std::int64_t cancelled_calls() const { return cancelled_calls_.load(); }
+
+  /// How many peers (client connections, as grpc::ServerContext::peer()
+  /// names them: "ipv4:127.0.0.1:PORT") have called, up to kMaxPeers.
+  static constexpr std::size_t kMaxPeers = 4096;
+  std::size_t peer_count() const {
+    std::lock_guard<std::mutex> lock(peers_mu_);
+    return peers_.size();
+  }
 
   /// The sequence number of the latest change event (0: none yet).
   std::int64_t last_sequence() const {
@@ -583,6 +592,11 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
   grpc::Status admit(grpc::ServerContextBase* ctx, std::string_view method,
                      FaultInjector::Plan* plan_out = nullptr) {
     if (!options_.server_id.empty()) ctx->AddTrailingMetadata("stubkit-server-id", options_.server_id);
+    {
+      std::string peer = ctx->peer();
+      std::lock_guard<std::mutex> lock(peers_mu_);
+      if (peers_.size() < kMaxPeers) peers_.insert(std::move(peer));
+    }
     if (auto s = authenticate(*ctx); !s.ok()) return s;
     auto const& metadata = ctx->client_metadata();
     auto header = [&](char const* name) {
@@ -605,7 +619,10 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
         if (!s.ok()) return s;
       }
     }
-    if (plan.latency.count() > 0 && !sleep_unless_cancelled(*ctx, plan.latency)) {
+    // Capped, so that no add_latency value overflows the clock's arithmetic.
+    std::chrono::milliseconds const cap = std::chrono::hours(24);
+    auto const wait = std::min(plan.latency, cap) + std::min(plan.tail_delay, cap);
+    if (wait.count() > 0 && !sleep_unless_cancelled(*ctx, wait)) {
       ++cancelled_calls_;
       return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
     }
@@ -888,6 +905,8 @@ class UserServiceImpl final : public myservice::v1::UserService::WithRawCallback
   int watchers_ = 0;
   std::vector<std::shared_ptr<ChatSession>> chat_sessions_;
   std::atomic<std::int64_t> cancelled_calls_{0};
+  mutable std::mutex peers_mu_;  // only for peers_: taken on every call, never with mu_
+  std::unordered_set<std::string> peers_;
   std::unique_ptr<detail::Journal> journal_;  // null without data_path
 };
 
