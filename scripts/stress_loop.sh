@@ -5,8 +5,8 @@
 #
 #   bash scripts/stress_loop.sh [RUNS] [BUILD_DIR]    # defaults: 100 runs, ./build
 #
-# One run is: the retry_interceptor, retry_native, stream, server, observe, trace
-# and metrics suites of stubkit_tests (stream and server: Chat sessions, the
+# One run is: the retry_interceptor, retry_native, stream, server, observe, trace,
+# metrics and hedging suites of stubkit_tests (stream and server: Chat sessions, the
 # stubkit-fault header; metrics only when built with prometheus-cpp),
 # retry_stress on an embedded server (4 threads, 1000 calls) and
 # retry_stress against a user_server process (1 thread, 500 calls); the
@@ -53,6 +53,7 @@ one_run() {
     "observe:$build/tests/stubkit_tests --test-suite=observe --no-version"
     "trace:$build/tests/stubkit_tests --test-suite=trace --no-version"
     "metrics:$build/tests/stubkit_tests --test-suite=metrics --no-version"
+    "hedging:$build/tests/stubkit_tests --test-suite=hedging --no-version"
     "stress:$build/tests/retry_stress --calls 1000 --threads 4 --seed $run"
     "stress_process:$build/tests/retry_stress --calls 500 --threads 1 --seed $run --user-server $STUBKIT_USER_SERVER"
   )

@@ -302,6 +302,16 @@ TEST_SUITE("async") {
     CHECK(future.handle().done());
     CHECK(f.server.faults().calls("GetUser") == 0);
 
+    // Hedging is stubkit::call's only, so far: refused, not ignored.
+    stubkit::CallOptions hedged;
+    hedged.hedging = stubkit::HedgingPolicy{};
+    auto unhedged = stubkit::async_call(*f.stub, kGetUser, get_request("ada"), hedged, stubkit::use_future);
+    auto refused = get_within(unhedged);
+    CHECK(refused.error().code() == StatusCode::UNIMPLEMENTED);
+    CHECK(refused.error().message() ==
+          "CallOptions::hedging: only stubkit::call hedges so far, not the async call");
+    CHECK(f.server.faults().calls("GetUser") == 0);
+
     // A StubInterface mock has no callback API unless its async() is mocked.
     stubkit::testing::MockUserServiceStub mock;
     auto no_api = stubkit::async_call(mock, &UserService::StubInterface::async_interface::GetUser,

@@ -25,7 +25,8 @@
 // and stubkit's own:
 //   stubkit_client_retries_total             counter    grpc_method, grpc_status (of the failed attempt)
 //   stubkit_client_give_ups_total            counter    grpc_method, reason (why no further attempt)
-//   stubkit_client_retry_throttle_changes_total counter state ("refusing" or "allowing")
+//   stubkit_client_hedges_total              counter    grpc_method (hedged attempts sent, the first not
+//   counted) stubkit_client_retry_throttle_changes_total counter state ("refusing" or "allowing")
 //   stubkit_client_pages_total               counter    grpc_method, grpc_status
 //   stubkit_client_page_items_total          counter    grpc_method
 //   stubkit_client_streams_total             counter    grpc_method, grpc_status (streams ended)
@@ -191,6 +192,10 @@ class MetricsObserver final : public Observer {
         give_ups_(detail::counter_family(*keep_, "stubkit_client_give_ups_total",
                                          "Failed attempts that were not retried, by method and reason.",
                                          {"grpc_method", "reason", "stubkit_source"})),
+        hedges_(detail::counter_family(
+            *keep_, "stubkit_client_hedges_total",
+            "Hedged attempts sent (the first attempt of a call not counted), by method.",
+            {"grpc_method", "stubkit_source"})),
         throttle_changes_(detail::counter_family(*keep_, "stubkit_client_retry_throttle_changes_total",
                                                  "Retry throttles starting to refuse or to allow retries.",
                                                  {"state"})),
@@ -230,6 +235,9 @@ class MetricsObserver final : public Observer {
       case EventType::kGiveUp:
         give_ups_.get({method, e.reason, e.source}).Increment();
         break;
+      case EventType::kHedge:
+        hedges_.get({method, e.source}).Increment();
+        break;
       case EventType::kThrottle:
         // Changes only: a throttle's changes are told while an observer
         // watches its calls, so no gauge of its state could be kept right.
@@ -260,6 +268,7 @@ class MetricsObserver final : public Observer {
   detail::MetricCache<prometheus::Histogram> call_duration_;
   detail::MetricCache<prometheus::Counter> retries_;
   detail::MetricCache<prometheus::Counter> give_ups_;
+  detail::MetricCache<prometheus::Counter> hedges_;
   detail::MetricCache<prometheus::Counter> throttle_changes_;
   detail::MetricCache<prometheus::Counter> pages_;
   detail::MetricCache<prometheus::Counter> page_items_;

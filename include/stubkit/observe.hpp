@@ -69,8 +69,9 @@ enum class EventType {
   kAttemptEnd,    ///< it ended: code, message, latency, peer
   kRetry,         ///< attempt `attempt` failed with `code`; the next follows after `delay`
   kGiveUp,        ///< attempt `attempt` failed with `code` and is the last: `reason` says why
-  kThrottle,      ///< the retry throttle started refusing retries, or allowing them again: `retries_allowed`
-  kPage,          ///< page `page` of a listing arrived (or failed): items, has_next_page, latency
+  kHedge,     ///< attempt `attempt` of a hedged call is sent while others may be in flight: `reason` says why
+  kThrottle,  ///< the retry throttle started refusing retries, or allowing them again: `retries_allowed`
+  kPage,      ///< page `page` of a listing arrived (or failed): items, has_next_page, latency
   kStreamOpen,    ///< a stream was opened (for a watch: connection `attempt`)
   kStreamResume,  ///< a resumable watch reconnects after `code`, from `sequence`, after `delay`
   kStreamEnd,     ///< a stream ended: code, message, items (messages read or written), latency
@@ -91,6 +92,8 @@ inline char const* event_name(EventType type) {
       return "retry";
     case EventType::kGiveUp:
       return "give_up";
+    case EventType::kHedge:
+      return "hedge";
     case EventType::kThrottle:
       return "throttle";
     case EventType::kPage:
@@ -124,8 +127,9 @@ struct Event {
   std::chrono::nanoseconds latency{0};  ///< *End, kPage: time since the matching start
   std::chrono::milliseconds delay{
       0};                       ///< kRetry, kStreamResume: wait before the next; kCallEnd: waits in all
-  std::string_view reason;      ///< kGiveUp: why no further attempt
+  std::string_view reason;      ///< kGiveUp: why no further attempt; kHedge: why this one now
   int attempts = 0;             ///< kCallEnd: attempts made; kStreamEnd of a watch: connections made
+  int winner = 0;               ///< kCallEnd of a hedged call: the attempt whose result the call returned
   bool retries_allowed = true;  ///< kThrottle
   std::int64_t page = 0;        ///< kPage: 1-based
   std::int64_t items = 0;       ///< kPage: items in it; kStreamEnd: messages read or written
@@ -257,7 +261,7 @@ struct LogOptions {
 ///
 /// Keys, in this order, each only when it applies: ts, event, source,
 /// method, trace_id, attempt, code, msg, peer, latency_ms (3 decimals), delay_ms,
-/// attempts, reason, retries_allowed, page, items, next_page, sequence.
+/// attempts, winner, reason, retries_allowed, page, items, next_page, sequence.
 /// Values with spaces, quotes, '=' or control characters are quoted with
 /// backslash escapes. Nothing of a request, a response, metadata or a page
 /// token is in an event, so none of it is logged; status messages are,
@@ -290,7 +294,8 @@ class LogObserver final : public Observer {
     if ((e.type == EventType::kCallEnd || e.type == EventType::kStreamEnd) && e.attempts > 0) {
       put("attempts", std::to_string(e.attempts), &line);
     }
-    if (e.type == EventType::kGiveUp) put("reason", e.reason, &line);
+    if (e.type == EventType::kCallEnd && e.winner > 0) put("winner", std::to_string(e.winner), &line);
+    if (e.type == EventType::kGiveUp || e.type == EventType::kHedge) put("reason", e.reason, &line);
     if (e.type == EventType::kThrottle) put("retries_allowed", e.retries_allowed ? "true" : "false", &line);
     if (e.type == EventType::kPage) {
       put("page", std::to_string(e.page), &line);

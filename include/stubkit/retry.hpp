@@ -18,9 +18,12 @@
 #include <grpcpp/support/status.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <map>
@@ -30,6 +33,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <variant>
@@ -86,6 +90,90 @@ struct RetryPolicy {
 
   bool retryable(grpc::StatusCode code) const {
     return std::find(retryable_codes.begin(), retryable_codes.end(), code) != retryable_codes.end();
+  }
+};
+
+/// A budget of hedges shared by many calls (per backend, or per client):
+/// every call earns `ratio` of a hedge, every hedge spends one, and no more
+/// than `burst` can be saved up. So hedges stay below `ratio` of calls
+/// (plus the burst) whatever happens: when a backend slows down as a whole,
+/// every call passes its hedging delay, and without a budget every call
+/// would send copies to the backend that is already slow. Thread-safe.
+class HedgeBudget {
+ public:
+  explicit HedgeBudget(double ratio = 0.1, double burst = 10)
+      : ratio_(ratio >= 0 && std::isfinite(ratio) ? ratio : 0),
+        burst_(burst >= 1 && std::isfinite(burst) ? burst : 1),
+        tokens_(burst_) {}
+
+  /// The budget hedged calls share unless theirs is given: 10% of calls
+  /// plus 10, for the whole process.
+  static std::shared_ptr<HedgeBudget> const& process_default() {
+    static auto const* const budget = new std::shared_ptr<HedgeBudget>(std::make_shared<HedgeBudget>());
+    return *budget;
+  }
+
+  /// A call starts: it earns its share.
+  void on_call() {
+    std::lock_guard<std::mutex> lock(mu_);
+    tokens_ = std::min(burst_, tokens_ + ratio_);
+  }
+  /// Takes a hedge from the budget; false when it is spent.
+  bool try_spend() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (tokens_ < 1) return false;
+    tokens_ -= 1;
+    return true;
+  }
+  double tokens() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tokens_;
+  }
+
+ private:
+  double const ratio_;
+  double const burst_;
+  mutable std::mutex mu_;
+  double tokens_;
+};
+
+/// Hedging (gRPC's A6 design) for calls that are safe to repeat: the first
+/// attempt is sent, and while no answer has come after `hedging_delay`,
+/// another, up to `max_attempts` in flight. The first OK (or a code not in
+/// `non_fatal_codes`) is the call's result and the other attempts are
+/// cancelled. An attempt that fails with a non-fatal code sends the next at
+/// once. Hedges count against a RetryThrottle like retries, honour the
+/// server's pushback, and the call's deadline bounds them all. A call that
+/// is not idempotent (the same rules as retries) is sent once, unhedged.
+/// Set it in CallOptions::hedging; a call has retries or hedging, not both.
+struct HedgingPolicy {
+  /// The most attempts in all, the first included (A6 allows 2 to 5).
+  static constexpr int kMaxAttempts = 5;
+  int max_attempts = 3;
+  /// How long to wait for an answer before sending the next attempt; zero
+  /// sends every attempt at once. About the method's p95 latency is a good
+  /// start: then some 5% of calls send a second attempt.
+  std::chrono::milliseconds hedging_delay{50};
+  /// Codes that do not end the call: the next attempt is sent at once.
+  std::vector<grpc::StatusCode> non_fatal_codes{grpc::StatusCode::UNAVAILABLE};
+  /// Where the hedges come from; unset = HedgeBudget::process_default()
+  /// (10% of calls). Give each backend or client its own to keep one
+  /// slow backend from spending the others' hedges.
+  std::shared_ptr<HedgeBudget> budget;
+
+  /// Why the policy is unusable, or "" if it is fine.
+  std::string problem() const {
+    if (max_attempts < 2 || max_attempts > kMaxAttempts) {
+      return "max_attempts must be from 2 to " + std::to_string(kMaxAttempts) + ", got " +
+             std::to_string(max_attempts);
+    }
+    if (hedging_delay.count() < 0) return "hedging_delay must not be negative";
+    if (non_fatal(grpc::StatusCode::OK)) return "non_fatal_codes must not hold OK";
+    return "";
+  }
+
+  bool non_fatal(grpc::StatusCode code) const {
+    return std::find(non_fatal_codes.begin(), non_fatal_codes.end(), code) != non_fatal_codes.end();
   }
 };
 
@@ -185,6 +273,10 @@ struct RetryReport {
   std::chrono::milliseconds total_delay{0};
   grpc::Status last_status;
   std::string stop_reason;  ///< why no further attempt was made ("" after success)
+  /// A hedged call: the attempt whose result the call returned (1-based;
+  /// 0 when none did: the call ended before an attempt answered, or it was
+  /// not hedged). `attempts` counts every attempt sent.
+  int winner = 0;
 };
 
 /// Time seams: every clock read and sleep of a retry loop goes through these,
@@ -326,6 +418,21 @@ struct RetryDecision {
   std::optional<grpc::Status> status;
 };
 
+namespace detail {
+
+// Feeds the plan's throttle, telling the observer when it starts refusing
+// retries or allows them again.
+inline void feed_throttle(RetryPlan const& plan, bool success) {
+  RetryThrottle& throttle = *plan.throttle;
+  bool const changed = success ? throttle.on_success() : throttle.on_retryable_failure();
+  if (!changed || plan.observer == nullptr) return;
+  Event event = detail::event_of(EventType::kThrottle, plan.source, plan.method, 0, plan.trace_id);
+  event.retries_allowed = success;  // a success can only open it, a failure only close it
+  detail::notify(plan.observer, event);
+}
+
+}  // namespace detail
+
 /// The retry rules of one call, applied attempt by attempt: shared by the
 /// blocking loop (run_with_retries) and the asynchronous interceptor.
 /// Not thread-safe; one per call. It calls the plan's user code (clock,
@@ -385,16 +492,7 @@ class RetryState {
   }
 
  private:
-  // Feeds the throttle, telling the observer when it starts refusing
-  // retries or allows them again.
-  void feed_throttle(bool success) {
-    RetryThrottle& throttle = *plan_.throttle;
-    bool const changed = success ? throttle.on_success() : throttle.on_retryable_failure();
-    if (!changed || plan_.observer == nullptr) return;
-    Event event = detail::event_of(EventType::kThrottle, plan_.source, plan_.method, 0, plan_.trace_id);
-    event.retries_allowed = success;  // a success can only open it, a failure only close it
-    detail::notify(plan_.observer, event);
-  }
+  void feed_throttle(bool success) { detail::feed_throttle(plan_, success); }
 
   RetryDecision decide(int attempt, AttemptOutcome const& outcome) {
     auto const code = outcome.status.error_code();
@@ -516,6 +614,9 @@ struct CallOptions {
   std::optional<std::chrono::system_clock::time_point> deadline;
   /// Retry policy; unset = a single attempt.
   std::optional<RetryPolicy> retry;
+  /// Hedging policy (HedgingPolicy), instead of `retry`: stubkit::call
+  /// only for now; other calls refuse it with UNIMPLEMENTED.
+  std::optional<HedgingPolicy> hedging;
   /// Overrides idempotency detection (proto option or request_id).
   std::optional<bool> idempotent;
   /// The method's facts (method.hpp): its declared idempotency, its
@@ -535,7 +636,8 @@ struct CallOptions {
   std::vector<std::pair<std::string, std::string>> metadata;
   /// A throttle shared by the calls to one backend; optional.
   std::shared_ptr<RetryThrottle> throttle;
-  /// Called before each retry; optional.
+  /// Called before each retry; optional. Not called for hedges (observers
+  /// hear of those as `hedge` events).
   std::function<void(RetryEvent const&)> on_retry;
   /// Filled with attempts, delays and the stop reason; optional.
   RetryReport* report = nullptr;
@@ -589,6 +691,20 @@ inline std::optional<Error> setup_call(CallOptions const& options, MethodInfo co
     }
     plan.policy = *options.retry;
   }
+  if (options.hedging) {
+    if (auto problem = options.hedging->problem(); !problem.empty()) {
+      return Error(grpc::StatusCode::INVALID_ARGUMENT, "invalid HedgingPolicy: " + problem);
+    }
+    if (options.retry) {
+      return Error(grpc::StatusCode::INVALID_ARGUMENT,
+                   "CallOptions: set retry or hedging, not both (a hedged call's attempts are its retries)");
+    }
+    if (source != "call") {
+      return Error(
+          grpc::StatusCode::UNIMPLEMENTED,
+          "CallOptions::hedging: only stubkit::call hedges so far, not the " + std::string(source) + " call");
+    }
+  }
   plan.idempotent = options.idempotent ? *options.idempotent
                                        : method.declared_idempotent() ||
                                              detail::request_id_set(request, method.request_id_field);
@@ -641,15 +757,21 @@ inline std::chrono::steady_clock::time_point start_attempt(
 
 // What the retry loop needs of an attempt that ended with `status`: tells
 // the observer, reads the pushback and copies the trailers the caller asked for.
+// Tells the observer an attempt ended.
+inline void notify_attempt_end(grpc::ClientContext& ctx, grpc::Status const& status, CallSetup const& setup,
+                               int n, std::chrono::steady_clock::time_point started) {
+  if (setup.observer == nullptr) return;
+  Event end = setup.event;
+  end.type = EventType::kAttemptEnd;
+  end.attempt = n;
+  std::string const peer = ctx.peer();
+  end.peer = peer;
+  detail::notify_end(setup.observer, end, status, started);
+}
+
 inline AttemptOutcome end_attempt(grpc::ClientContext& ctx, grpc::Status status, CallOptions const& options,
                                   CallSetup const& setup, std::chrono::steady_clock::time_point started) {
-  if (setup.observer != nullptr) {
-    Event end = setup.event;
-    end.type = EventType::kAttemptEnd;
-    std::string const peer = ctx.peer();
-    end.peer = peer;
-    detail::notify_end(setup.observer, end, status, started);
-  }
+  notify_attempt_end(ctx, status, setup, setup.event.attempt, started);
   AttemptOutcome outcome{std::move(status), std::nullopt};
   if (!outcome.status.ok()) outcome.pushback_ms = detail::parse_pushback(ctx.GetServerTrailingMetadata());
   if (options.trailers != nullptr) {
@@ -668,6 +790,7 @@ inline void end_call(CallSetup const& setup, RetryReport const& report, grpc::St
       detail::event_of(EventType::kCallEnd, setup.event.source, setup.event.method, 0, setup.event.trace_id);
   end.attempts = report.attempts;
   end.delay = report.total_delay;
+  end.winner = report.winner;
   detail::notify_end(setup.observer, end, status, setup.start);
 }
 
@@ -695,6 +818,520 @@ inline grpc::Status run_unary(CallOptions const& options, MethodInfo const& meth
   return status;
 }
 
+// One attempt of a hedged call: attempt `n` (1-based) sends the request
+// with `ctx` and fills the n-th response. Attempts run at the same time.
+using HedgedAttempt = absl::FunctionRef<grpc::Status(grpc::ClientContext& ctx, int n)>;
+
+// The one timer of hedged calls: runs a callback at a time, on a thread of
+// its own (started at the first use, never stopped, so no static
+// destructor runs while a call uses it). A call adds one entry at its start
+// and cancels it when its first attempt ends, which is all that a call
+// answered within its hedging delay costs: two short locks, no wake-up.
+class HedgeTimer {
+ public:
+  struct Token {
+    std::chrono::steady_clock::time_point at;
+    std::uint64_t id = 0;
+  };
+
+  static HedgeTimer& instance() {
+    static HedgeTimer* const timer = new HedgeTimer;  // never destroyed: see above
+    return *timer;
+  }
+
+  // Runs `fire` (which must not throw) at `at`; id 0 when the timer thread
+  // cannot be started.
+  Token add(std::chrono::steady_clock::time_point at, std::function<void()> fire) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!started_) {
+      try {
+        std::thread([this] { loop(); }).detach();
+      } catch (std::system_error const&) {
+        return {};
+      }
+      started_ = true;
+    }
+    Token const token{at, ++last_id_};
+    auto const it = queue_.emplace(std::make_pair(at, token.id), std::move(fire)).first;
+    if (it == queue_.begin()) wake_.notify_one();
+    return token;
+  }
+
+  // When it returns, the entry's callback either will never run or has
+  // finished. Never call it from a callback.
+  void cancel(Token token) {
+    if (token.id == 0) return;
+    std::unique_lock<std::mutex> lock(mu_);
+    if (queue_.erase(std::make_pair(token.at, token.id)) > 0) return;
+    finished_.wait(lock, [&] { return running_ != token.id; });
+  }
+
+ private:
+  HedgeTimer() = default;
+
+  void loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      if (queue_.empty()) {
+        wake_.wait(lock);
+        continue;
+      }
+      auto const first = queue_.begin();
+      auto const at = first->first.first;  // a copy: cancel() may erase the entry while we wait
+      if (at > std::chrono::steady_clock::now()) {
+        wake_.wait_until(lock, at);
+        continue;
+      }
+      std::function<void()> fire = std::move(first->second);
+      running_ = first->first.second;
+      queue_.erase(first);
+      lock.unlock();
+      fire();
+      lock.lock();
+      running_ = 0;
+      finished_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable wake_;      // the loop: an earlier entry came
+  std::condition_variable finished_;  // cancel: a callback finished
+  std::map<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>, std::function<void()>> queue_;
+  std::uint64_t last_id_ = 0;
+  std::uint64_t running_ = 0;  // the entry whose callback runs now
+  bool started_ = false;
+};
+
+// The threads of hedged calls: a task runs on an idle worker, or on a new
+// one when none is idle (tasks block in gRPC calls, so there is no cap:
+// each hedged call needs at most max_attempts of them). A worker idle for
+// 30 s ends. Reused threads matter: a new thread and its first gRPC call
+// cost some 0.2 ms, which under load made hedges slower than the calls they
+// hedge. Never destroyed, like the timer.
+class HedgeWorkers {
+ public:
+  static HedgeWorkers& instance() {
+    static HedgeWorkers* const workers = new HedgeWorkers;
+    return *workers;
+  }
+
+  // Runs `task`, which must not throw. Throws std::system_error when it
+  // needs a new thread and none can be made.
+  void run(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (idle_ > 0) {
+        tasks_.push_back(std::move(task));
+        --idle_;  // claimed: idle_ counts waiting workers without a task queued for them
+        work_.notify_one();
+        return;
+      }
+    }
+    std::thread([this, first = std::move(task)]() mutable { work(std::move(first)); }).detach();
+  }
+
+ private:
+  HedgeWorkers() = default;
+
+  void work(std::function<void()> task) {
+    for (;;) {
+      task();
+      task = nullptr;
+      std::unique_lock<std::mutex> lock(mu_);
+      ++idle_;
+      if (!work_.wait_for(lock, std::chrono::seconds(30), [&] { return !tasks_.empty(); })) {
+        --idle_;
+        return;
+      }
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable work_;
+  std::deque<std::function<void()>> tasks_;
+  int idle_ = 0;
+};
+
+// The blocking hedged call of stubkit::call (HedgingPolicy).
+//
+// Threads. The first attempt runs on the caller's thread. A call answered
+// within the hedging delay uses no other thread; otherwise the hedge timer
+// has a coordinator take over, on a worker (HedgeWorkers). Whoever
+// coordinates (the caller's thread after its attempt, or the coordinator)
+// starts further attempts, each on a worker, reads their ends in the order
+// they ended, tells the observer and the throttle, and at the end cancels
+// the attempts in flight and waits until each has ended. The caller waits
+// for the coordinator, so no worker runs for the call once run() returns,
+// also when it unwinds: the attempts use the caller's stub, request and
+// responses. A worker's last touch of the call is the notify under mu_ that
+// says it is done. One thread coordinates at a time (the caller until it
+// starts waiting for a coordinator, which the timer starts under mu_).
+// gRPC objects (the contexts) are created by the coordinating thread and
+// destroyed by the caller's.
+//
+// Time. The hedging delay is waited on the steady clock; the call's
+// deadline is each attempt's deadline, and the options' clock decides
+// whether it has passed before a hedge is sent.
+class HedgedCall {
+ public:
+  HedgedCall(CallOptions const& options, CallSetup& setup, HedgedAttempt attempt, RetryReport& report)
+      : options_(options), policy_(*options.hedging), setup_(setup), attempt_(attempt), report_(report) {}
+  HedgedCall(HedgedCall const&) = delete;
+  HedgedCall& operator=(HedgedCall const&) = delete;
+  ~HedgedCall() {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return !coordinator_started_ || coordinator_done_; });
+    }
+    stop_all();
+  }
+
+  grpc::Status run() {
+    most_ = setup_.plan.idempotent ? policy_.max_attempts : 1;
+    if (most_ > 1) budget().on_call();
+    start(1, "");
+    HedgeTimer::Token timer;
+    if (most_ > 1 && policy_.hedging_delay.count() == 0) {
+      fire();  // every attempt at once
+    } else if (most_ > 1) {
+      try {
+        timer = HedgeTimer::instance().add(after(policy_.hedging_delay), [this] { fire(); });
+      } catch (...) {  // no memory or no timer thread: the first attempt goes on alone
+        timer = {};
+      }
+    }
+    grpc::Status status = run_attempt(1);
+    HedgeTimer::instance().cancel(timer);
+    bool coordinated = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      end_of(1, std::move(status));
+      coordinated = coordinator_started_;
+    }
+    cv_.notify_all();
+    if (coordinated) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return coordinator_done_; });
+      return result_;
+    }
+    return coordinate(std::chrono::steady_clock::now(), "");
+  }
+
+ private:
+  struct Slot {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    std::chrono::steady_clock::time_point started;
+    grpc::Status status;   // under mu_ until the attempt has ended
+    bool running = false;  // under mu_
+    bool settled = false;  // its end was read and told
+  };
+
+  // On the timer's thread (or the caller's, for a zero delay): the first
+  // attempt has no answer in time; a coordinator takes over.
+  // The caller reads coordinator_started_ only once this has returned
+  // (HedgeTimer::cancel waits for it), so it is set before the worker runs
+  // and taken back if none can.
+  void fire() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!slots_[0].running) return;  // it ended meanwhile: the caller coordinates
+      coordinator_started_ = true;
+    }
+    try {
+      HedgeWorkers::instance().run([this] { coordinate_on_worker(); });
+    } catch (...) {  // no thread: the first attempt goes on alone
+      std::lock_guard<std::mutex> lock(mu_);
+      coordinator_started_ = false;
+    }
+  }
+
+  void coordinate_on_worker() noexcept {
+    try {
+      result_ = coordinate(std::chrono::steady_clock::now(), "no answer within hedging_delay");
+    } catch (...) {  // the options' clock threw, or memory ran out
+      result_ = failed_step(std::current_exception());
+      stop_all();
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    coordinator_done_ = true;
+    cv_.notify_all();  // the last touch of this call
+  }
+
+  // The status of a call whose step threw; allocates nothing when memory
+  // is what ran out.
+  grpc::Status failed_step(std::exception_ptr error) noexcept {
+    try {
+      report_.stop_reason = "a hedged call's step threw";
+      return report_.last_status =
+                 callback_threw("a hedged call's step (the retry clock?)", std::move(error));
+    } catch (...) {
+      return grpc::Status(grpc::StatusCode::UNKNOWN, std::string());
+    }
+  }
+
+  // Now plus `delay`, capped so that no delay overflows the clock.
+  static std::chrono::steady_clock::time_point after(std::chrono::milliseconds delay) {
+    return std::chrono::steady_clock::now() +
+           std::min<std::chrono::milliseconds>(delay, std::chrono::hours(24 * 365));
+  }
+
+  // Runs the call from here to its end: reads attempts' ends, sends
+  // attempts when due (the next one at `next_at`), decides. Returns the
+  // call's status, every attempt ended.
+  grpc::Status coordinate(std::chrono::steady_clock::time_point next_at, std::string why_next) {
+    for (;;) {
+      for (int n = take_ended(); n != 0; n = take_ended()) {
+        if (auto done = settle(n, next_at, why_next)) return finish(n, *done);
+      }
+      bool const can_send = sent_ < most_ && more_;
+      if (sent_ == settled_ && !can_send) return finish(last_, report_.stop_reason);  // nothing left
+      if (can_send && std::chrono::steady_clock::now() >= next_at) {
+        if (auto refused = hedge_refused(); !refused.empty()) {
+          more_ = false;
+          report_.stop_reason = refused;
+        } else {
+          start(sent_ + 1, why_next);
+          next_at = after(policy_.hedging_delay);
+          why_next = "no answer within hedging_delay";
+          next_after_failure_ = false;
+        }
+        continue;
+      }
+      std::unique_lock<std::mutex> lock(mu_);
+      auto const ended = [&] { return ended_count_ > taken_; };
+      if (can_send) {
+        cv_.wait_until(lock, next_at, ended);
+      } else {
+        cv_.wait(lock, ended);
+      }
+    }
+  }
+
+  // Reads attempt n's end; returns the reason the call ends with it, or
+  // nothing when the call goes on (then maybe with the next attempt sooner).
+  std::optional<std::string> settle(int n, std::chrono::steady_clock::time_point& next_at,
+                                    std::string& why_next) {
+    ++settled_;
+    Slot& slot = slots_[n - 1];
+    slot.settled = true;
+    setup_.event.attempt = n;
+    AttemptOutcome const outcome = end_attempt(*slot.ctx, slot.status, options_, setup_, slot.started);
+    report_.last_status = outcome.status;
+    last_ = n;
+    grpc::StatusCode const code = outcome.status.error_code();
+    if (code == grpc::StatusCode::OK) {
+      if (setup_.plan.throttle) feed_throttle(setup_.plan, true);
+      return std::string();
+    }
+    if (!policy_.non_fatal(code)) return "status " + code_name(code) + " is fatal for hedging";
+    if (setup_.plan.throttle) feed_throttle(setup_.plan, false);
+    if (!setup_.plan.idempotent) return std::string("the call is not idempotent and has no idempotency key");
+    // A non-fatal failure sends the next attempt at once, or after the
+    // server's pushback; a pushback that says stop sends no more.
+    why_next = "attempt " + std::to_string(n) + " failed with " + code_name(code);
+    next_after_failure_ = true;
+    std::chrono::milliseconds wait{0};
+    if (outcome.pushback_ms && *outcome.pushback_ms < 0) {
+      more_ = false;
+      report_.stop_reason = "the server asked not to retry";
+    } else if (outcome.pushback_ms) {
+      wait = std::chrono::milliseconds(*outcome.pushback_ms);
+      why_next += ", after the server's pushback";
+    } else if (auto asked = retry_info_delay(outcome.status)) {
+      wait = *asked;
+      why_next += ", after its RetryInfo delay";
+    }
+    next_at = after(wait);
+    if (wait.count() > 0) pushed_back_until_ = std::max(pushed_back_until_, next_at);
+    next_at = std::max(next_at, pushed_back_until_);  // an earlier pushback still holds
+    if (more_ && wait.count() > 0 && setup_.plan.deadline &&
+        saturating_add(setup_.plan.clock.read(), wait) >= *setup_.plan.deadline) {
+      more_ = false;
+      report_.stop_reason = "the deadline would pass before the next attempt";
+    }
+    if (sent_ >= most_ && report_.stop_reason.empty()) report_.stop_reason = "max_attempts reached";
+    return std::nullopt;
+  }
+
+  // Why no further attempt may be sent now, or "" (then one hedge of the
+  // budget is spent on it).
+  std::string hedge_refused() const {
+    if (setup_.plan.throttle && !setup_.plan.throttle->allows_retry()) return "the retry throttle is closed";
+    if (setup_.plan.deadline && setup_.plan.clock.read() >= *setup_.plan.deadline)
+      return "the deadline passed";
+    // Only hedges for slowness spend the budget; an attempt after a failure
+    // is the throttle's to refuse.
+    if (!next_after_failure_ && !budget().try_spend()) return "the hedging budget is spent";
+    return "";
+  }
+
+  HedgeBudget& budget() const { return policy_.budget ? *policy_.budget : *HedgeBudget::process_default(); }
+
+  // Readies attempt n and, past the first, starts it on a thread of its
+  // own. A thread that cannot be made ends the attempt at once with
+  // RESOURCE_EXHAUSTED.
+  void start(int n, std::string const& why) {
+    Slot& slot = slots_[n - 1];
+    slot.ctx = std::make_unique<grpc::ClientContext>();
+    if (n > 1 && setup_.observer != nullptr) {
+      Event event = setup_.event;
+      event.type = EventType::kHedge;
+      event.attempt = n;
+      event.reason = why;
+      detail::notify(setup_.observer, event);
+    }
+    slot.started = start_attempt(*slot.ctx, options_, setup_, n, setup_.plan.deadline);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      slot.running = true;
+      sent_ = n;  // with `running`: stop_all waits only for attempts it can cancel
+    }
+    report_.attempts = n;
+    if (n == 1) return;  // the caller runs it
+    try {
+      HedgeWorkers::instance().run([this, n] {
+        grpc::Status status = run_attempt(n);
+        std::lock_guard<std::mutex> lock(mu_);
+        end_of(n, std::move(status));
+        cv_.notify_all();  // the last touch of this call
+      });
+    } catch (...) {
+      // No thread (or no memory) for it: it was never sent. The attempts in
+      // flight go on; no more are sent.
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        slot.running = false;
+        sent_ = n - 1;
+      }
+      report_.attempts = n - 1;
+      more_ = false;
+      report_.stop_reason = "no thread for a hedged attempt";
+      notify_attempt_end(*slot.ctx, grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, report_.stop_reason),
+                         setup_, n, slot.started);
+    }
+  }
+
+  grpc::Status run_attempt(int n) noexcept {
+    try {
+      return attempt_(*slots_[n - 1].ctx, n);
+    } catch (...) {
+      try {
+        return callback_threw("the stub's method", std::current_exception());
+      } catch (...) {  // no memory for the message
+        return grpc::Status(grpc::StatusCode::UNKNOWN, std::string());
+      }
+    }
+  }
+
+  // Records attempt n's end; mu_ held.
+  void end_of(int n, grpc::Status status) {
+    slots_[n - 1].status = std::move(status);
+    slots_[n - 1].running = false;
+    ended_[ended_count_++] = n;
+  }
+
+  // The next attempt that ended and is not read yet, in the order they
+  // ended; 0 when none.
+  int take_ended() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return ended_count_ > taken_ ? ended_[taken_++] : 0;
+  }
+
+  // Ends the call with attempt n's status: cancels the others and waits
+  // for them.
+  grpc::Status finish(int n, std::string reason) {
+    report_.winner = n;
+    report_.stop_reason = std::move(reason);
+    grpc::Status status =
+        n > 0 ? report_.last_status : grpc::Status(grpc::StatusCode::INTERNAL, "stubkit: no attempt");
+    stop_all();
+    for (int i = 1; i <= sent_; ++i) {
+      Slot& slot = slots_[i - 1];
+      if (!slot.settled) notify_attempt_end(*slot.ctx, slot.status, setup_, i, slot.started);
+      slot.settled = true;
+    }
+    if (!status.ok() && setup_.observer != nullptr) {
+      Event event = setup_.event;
+      event.type = EventType::kGiveUp;
+      event.attempt = n;
+      std::string message;
+      set_status(event, status, message);
+      event.reason = report_.stop_reason;
+      detail::notify(setup_.observer, event);
+    }
+    return status;
+  }
+
+  // Cancels the attempts in flight and waits until every one has ended.
+  void stop_all() noexcept {
+    std::array<grpc::ClientContext*, HedgingPolicy::kMaxAttempts> running{};
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int i = 0; i < sent_; ++i) running[i] = slots_[i].running ? slots_[i].ctx.get() : nullptr;
+    }
+    for (grpc::ClientContext* ctx : running) {  // outside the lock: contexts live until the caller's return
+      if (ctx != nullptr) ctx->TryCancel();
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] {
+      return std::none_of(slots_.begin(), slots_.end(), [](Slot const& slot) { return slot.running; });
+    });
+  }
+
+  CallOptions const& options_;
+  HedgingPolicy const& policy_;
+  CallSetup& setup_;
+  HedgedAttempt attempt_;
+  RetryReport& report_;
+  std::array<Slot, HedgingPolicy::kMaxAttempts> slots_;
+  int most_ = 1;                                               // attempts this call may send
+  int sent_ = 0;                                               // attempts started
+  int settled_ = 0;                                            // attempts whose end was read
+  int last_ = 0;                                               // the last attempt whose end was read
+  bool more_ = true;                                           // hedges may still be sent
+  std::chrono::steady_clock::time_point pushed_back_until_{};  // no attempt before this
+  bool next_after_failure_ = false;  // the next attempt replaces a failed one (else: hedges a slow one)
+  grpc::Status result_;              // the coordinator's, read once it is done
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool coordinator_started_ = false;
+  bool coordinator_done_ = false;
+  std::array<int, HedgingPolicy::kMaxAttempts> ended_{};  // attempts in the order they ended
+  int ended_count_ = 0;
+  int taken_ = 0;  // of ended_, read by the coordinating thread
+};
+
+// The blocking hedged call of stubkit::call; the winner's response is
+// report.winner's (0: none).
+inline grpc::Status run_hedged(CallOptions const& options, MethodInfo const& method,
+                               google::protobuf::Message const& request, HedgedAttempt attempt, int& winner) {
+  CallSetup setup;
+  winner = 0;
+  if (auto error = setup_call(options, method, request, "call", setup)) return error->to_grpc_status();
+  RetryReport local_report;
+  RetryReport& report = options.report != nullptr ? *options.report : local_report;
+  report = RetryReport{};
+  grpc::Status status;
+  try {
+    HedgedCall call(options, setup, attempt, report);  // its destructor cancels and joins every attempt
+    status = call.run();
+  } catch (...) {  // the options' clock threw, or memory ran out
+    try {
+      report.stop_reason = "a hedged call's step threw";
+      status = report.last_status =
+          callback_threw("a hedged call's step (the retry clock?)", std::current_exception());
+    } catch (...) {
+      status = grpc::Status(grpc::StatusCode::UNKNOWN, std::string());
+    }
+  }
+  winner = report.winner;
+  end_call(setup, report, status);
+  return status;
+}
+
 }  // namespace detail
 
 /// Calls a unary method of a generated stub (Stub or StubInterface) with a
@@ -709,14 +1346,23 @@ Result<Response> call(Stub& stub,
                       grpc::Status (Class::*method)(grpc::ClientContext*, Request const&, Response*),
                       Request const& request, CallOptions const& options = {}) {
   static_assert(std::is_base_of_v<Class, Stub>, "the method must belong to the stub");
+  MethodInfo const& info = detail::method_of<Request, Response>(options.method);
+  if (options.hedging) {
+    std::array<Response, HedgingPolicy::kMaxAttempts> responses;  // one per attempt: they run at once
+    auto attempt = [&stub, method, &request, &responses](grpc::ClientContext& ctx, int n) {
+      return (stub.*method)(&ctx, request, &responses[n - 1]);
+    };
+    int winner = 0;
+    grpc::Status const status = detail::run_hedged(options, info, request, attempt, winner);
+    return to_result(status, winner > 0 ? std::move(responses[winner - 1]) : Response());
+  }
   Response response;
   // A named object, alive until run_unary returns: the attempt refers to it.
   auto attempt = [&stub, method, &request, &response](grpc::ClientContext& ctx) {
     response.Clear();
     return (stub.*method)(&ctx, request, &response);
   };
-  grpc::Status const status =
-      detail::run_unary(options, detail::method_of<Request, Response>(options.method), request, attempt);
+  grpc::Status const status = detail::run_unary(options, info, request, attempt);
   return to_result(status, std::move(response));
 }
 
