@@ -92,17 +92,15 @@ struct HedgeFixture : ServerFixture {
   }
 };
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+// A budget with no hedge left, none earned by calls.
+std::shared_ptr<stubkit::HedgeBudget> spent_budget() {
+  auto budget = std::make_shared<stubkit::HedgeBudget>(0, 1);
+  REQUIRE(budget->try_spend());
+  return budget;
 }
 
-myservice::v1::CreateUserRequest create_request(std::string const& id, std::string const& request_id = "") {
-  myservice::v1::CreateUserRequest request;
-  request.mutable_user()->set_id(id);
-  request.mutable_user()->set_email(id + "@example.com");
-  request.mutable_user()->set_display_name("User " + id);
-  request.set_request_id(request_id);
-  return request;
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // namespace
@@ -198,7 +196,7 @@ TEST_SUITE("hedging") {
     options.observer = recorder;
     auto const start = std::chrono::steady_clock::now();
     auto created =
-        stubkit::call(*fixture.stub, &UserService::Stub::CreateUser, create_request("alan"), options);
+        stubkit::call(*fixture.stub, &UserService::Stub::CreateUser, create_user_request("alan"), options);
     REQUIRE(created.ok());
     CHECK(seconds_since(start) >= 0.25);  // it waited for its one slow attempt
     CHECK(report.attempts == 1);
@@ -209,7 +207,7 @@ TEST_SUITE("hedging") {
     // With a request_id the server deduplicates: hedges are safe and sent.
     report = {};
     auto again = stubkit::call(*fixture.stub, &UserService::Stub::CreateUser,
-                               create_request("grace", "req-grace-1"), options);
+                               create_user_request("grace", "req-grace-1"), options);
     REQUIRE(again.ok());
     CHECK(again->user().id() == "grace");
     CHECK(report.attempts == 3);
@@ -436,8 +434,7 @@ TEST_SUITE("hedging") {
     fixture.server.faults().fail_next("GetUser", 1, StatusCode::UNAVAILABLE);
     stubkit::RetryReport report;
     auto options = hedged(3, 10ms);
-    options.hedging->budget = std::make_shared<stubkit::HedgeBudget>(0, 1);
-    REQUIRE(options.hedging->budget->try_spend());  // now empty
+    options.hedging->budget = spent_budget();
     options.report = &report;
     REQUIRE(
         stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options).ok());
@@ -449,8 +446,7 @@ TEST_SUITE("hedging") {
     stubkit::RetryReport report;
     auto options = hedged(3, 10ms);
     options.timeout = 300ms;
-    options.hedging->budget = std::make_shared<stubkit::HedgeBudget>(0, 1);
-    REQUIRE(options.hedging->budget->try_spend());
+    options.hedging->budget = spent_budget();
     options.report = &report;
     auto user = stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options);
     REQUIRE_FALSE(user.ok());

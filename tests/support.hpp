@@ -55,6 +55,17 @@ inline myservice::v1::GetUserRequest get_request(std::string const& id) {
   return request;
 }
 
+/// A CreateUserRequest for user `id` (email and display name made from it).
+inline myservice::v1::CreateUserRequest create_user_request(std::string const& id,
+                                                            std::string const& request_id = "") {
+  myservice::v1::CreateUserRequest request;
+  request.mutable_user()->set_id(id);
+  request.mutable_user()->set_email(id + "@example.com");
+  request.mutable_user()->set_display_name("User " + id);
+  request.set_request_id(request_id);
+  return request;
+}
+
 /// Options of an embedded server that also listens on a free loopback port.
 inline stubkit::testing::EmbeddedServerOptions tcp_options() {
   stubkit::testing::EmbeddedServerOptions options;
@@ -69,13 +80,8 @@ struct ServerFixture {
 
   grpc::Status create(std::string const& id, myservice::v1::User* out = nullptr,
                       std::string const& request_id = "") {
-    myservice::v1::CreateUserRequest request;
-    request.mutable_user()->set_id(id);
-    request.mutable_user()->set_email(id + "@example.com");
-    request.mutable_user()->set_display_name("User " + id);
-    request.set_request_id(request_id);
     myservice::v1::CreateUserResponse response;
-    auto status = stub->CreateUser(context().get(), request, &response);
+    auto status = stub->CreateUser(context().get(), create_user_request(id, request_id), &response);
     if (out != nullptr) *out = response.user();
     return status;
   }

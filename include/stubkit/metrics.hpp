@@ -25,8 +25,8 @@
 // and stubkit's own:
 //   stubkit_client_retries_total             counter    grpc_method, grpc_status (of the failed attempt)
 //   stubkit_client_give_ups_total            counter    grpc_method, reason (why no further attempt)
-//   stubkit_client_hedges_total              counter    grpc_method (hedged attempts sent, the first not
-//   counted) stubkit_client_retry_throttle_changes_total counter state ("refusing" or "allowing")
+//   stubkit_client_hedges_total              counter    grpc_method (hedges sent, first attempts not counted)
+//   stubkit_client_retry_throttle_changes_total counter state ("refusing" or "allowing")
 //   stubkit_client_pages_total               counter    grpc_method, grpc_status
 //   stubkit_client_page_items_total          counter    grpc_method
 //   stubkit_client_streams_total             counter    grpc_method, grpc_status (streams ended)

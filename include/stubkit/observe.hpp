@@ -69,9 +69,9 @@ enum class EventType {
   kAttemptEnd,    ///< it ended: code, message, latency, peer
   kRetry,         ///< attempt `attempt` failed with `code`; the next follows after `delay`
   kGiveUp,        ///< attempt `attempt` failed with `code` and is the last: `reason` says why
-  kHedge,     ///< attempt `attempt` of a hedged call is sent while others may be in flight: `reason` says why
-  kThrottle,  ///< the retry throttle started refusing retries, or allowing them again: `retries_allowed`
-  kPage,      ///< page `page` of a listing arrived (or failed): items, has_next_page, latency
+  kHedge,         ///< attempt `attempt` of a hedged call is sent, others in flight: `reason` says why
+  kThrottle,      ///< the retry throttle started refusing retries, or allowing them again: `retries_allowed`
+  kPage,          ///< page `page` of a listing arrived (or failed): items, has_next_page, latency
   kStreamOpen,    ///< a stream was opened (for a watch: connection `attempt`)
   kStreamResume,  ///< a resumable watch reconnects after `code`, from `sequence`, after `delay`
   kStreamEnd,     ///< a stream ended: code, message, items (messages read or written), latency

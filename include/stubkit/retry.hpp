@@ -273,9 +273,9 @@ struct RetryReport {
   std::chrono::milliseconds total_delay{0};
   grpc::Status last_status;
   std::string stop_reason;  ///< why no further attempt was made ("" after success)
-  /// A hedged call: the attempt whose result the call returned (1-based;
-  /// 0 when none did: the call ended before an attempt answered, or it was
-  /// not hedged). `attempts` counts every attempt sent.
+  /// A hedged call: the attempt whose status and response the call returned
+  /// (1-based); 0 for a call without hedging, or one refused before any
+  /// attempt. `attempts` counts every attempt sent.
   int winner = 0;
 };
 
@@ -406,6 +406,14 @@ struct RetryPlan {
 struct AttemptOutcome {
   grpc::Status status;
   std::optional<std::int64_t> pushback_ms;  ///< from grpc-retry-pushback-ms, see detail::parse_pushback
+
+  /// The wait the server asked for before another attempt: its pushback,
+  /// else the RetryInfo delay in the status; nullopt when it asked for none,
+  /// negative when it asked for no further attempt.
+  std::optional<std::chrono::milliseconds> server_wait() const {
+    if (pushback_ms) return std::chrono::milliseconds(*pushback_ms);
+    return detail::retry_info_delay(status);
+  }
 };
 
 /// What to do after an attempt failed.
@@ -509,10 +517,8 @@ class RetryState {
     if (attempt >= plan_.policy.max_attempts) return stop("max_attempts reached");
     if (plan_.throttle && !plan_.throttle->allows_retry()) return stop("the retry throttle is closed");
     std::chrono::milliseconds delay;
-    if (outcome.pushback_ms) {
-      if (*outcome.pushback_ms < 0) return stop("the server asked not to retry");
-      delay = std::chrono::milliseconds(*outcome.pushback_ms);
-    } else if (auto asked = detail::retry_info_delay(outcome.status)) {
+    if (auto asked = outcome.server_wait()) {
+      if (asked->count() < 0) return stop("the server asked not to retry");
       delay = *asked;
     } else {
       delay = backoff_.next();
@@ -755,9 +761,7 @@ inline std::chrono::steady_clock::time_point start_attempt(
   return std::chrono::steady_clock::now();
 }
 
-// What the retry loop needs of an attempt that ended with `status`: tells
-// the observer, reads the pushback and copies the trailers the caller asked for.
-// Tells the observer an attempt ended.
+// Tells the observer attempt n ended.
 inline void notify_attempt_end(grpc::ClientContext& ctx, grpc::Status const& status, CallSetup const& setup,
                                int n, std::chrono::steady_clock::time_point started) {
   if (setup.observer == nullptr) return;
@@ -769,6 +773,8 @@ inline void notify_attempt_end(grpc::ClientContext& ctx, grpc::Status const& sta
   detail::notify_end(setup.observer, end, status, started);
 }
 
+// What the retry loop needs of an attempt that ended with `status`: tells
+// the observer, reads the pushback and copies the trailers the caller asked for.
 inline AttemptOutcome end_attempt(grpc::ClientContext& ctx, grpc::Status status, CallOptions const& options,
                                   CallSetup const& setup, std::chrono::steady_clock::time_point started) {
   notify_attempt_end(ctx, status, setup, setup.event.attempt, started);
@@ -954,6 +960,18 @@ class HedgeWorkers {
   int idle_ = 0;
 };
 
+// The status of a hedged call whose step threw (the options' clock, or
+// memory running out), noted in `report`; allocates nothing when memory is
+// what ran out.
+inline grpc::Status hedged_step_threw(RetryReport& report, std::exception_ptr error) noexcept {
+  try {
+    report.stop_reason = "a hedged call's step threw";
+    return report.last_status = callback_threw("a hedged call's step (the retry clock?)", std::move(error));
+  } catch (...) {
+    return grpc::Status(grpc::StatusCode::UNKNOWN, std::string());
+  }
+}
+
 // The blocking hedged call of stubkit::call (HedgingPolicy).
 //
 // Threads. The first attempt runs on the caller's thread. A call answered
@@ -966,8 +984,9 @@ class HedgeWorkers {
 // for the coordinator, so no worker runs for the call once run() returns,
 // also when it unwinds: the attempts use the caller's stub, request and
 // responses. A worker's last touch of the call is the notify under mu_ that
-// says it is done. One thread coordinates at a time (the caller until it
-// starts waiting for a coordinator, which the timer starts under mu_).
+// says it is done. One thread coordinates at a time: the caller until it
+// starts waiting for a coordinator, which the timer starts only while the
+// caller's attempt is running (checked under mu_).
 // gRPC objects (the contexts) are created by the coordinating thread and
 // destroyed by the caller's.
 //
@@ -1051,24 +1070,12 @@ class HedgedCall {
     try {
       result_ = coordinate(std::chrono::steady_clock::now(), "no answer within hedging_delay");
     } catch (...) {  // the options' clock threw, or memory ran out
-      result_ = failed_step(std::current_exception());
+      result_ = hedged_step_threw(report_, std::current_exception());
       stop_all();
     }
     std::lock_guard<std::mutex> lock(mu_);
     coordinator_done_ = true;
     cv_.notify_all();  // the last touch of this call
-  }
-
-  // The status of a call whose step threw; allocates nothing when memory
-  // is what ran out.
-  grpc::Status failed_step(std::exception_ptr error) noexcept {
-    try {
-      report_.stop_reason = "a hedged call's step threw";
-      return report_.last_status =
-                 callback_threw("a hedged call's step (the retry clock?)", std::move(error));
-    } catch (...) {
-      return grpc::Status(grpc::StatusCode::UNKNOWN, std::string());
-    }
   }
 
   // Now plus `delay`, capped so that no delay overflows the clock.
@@ -1133,15 +1140,12 @@ class HedgedCall {
     why_next = "attempt " + std::to_string(n) + " failed with " + code_name(code);
     next_after_failure_ = true;
     std::chrono::milliseconds wait{0};
-    if (outcome.pushback_ms && *outcome.pushback_ms < 0) {
+    if (auto asked = outcome.server_wait(); asked && asked->count() < 0) {
       more_ = false;
       report_.stop_reason = "the server asked not to retry";
-    } else if (outcome.pushback_ms) {
-      wait = std::chrono::milliseconds(*outcome.pushback_ms);
-      why_next += ", after the server's pushback";
-    } else if (auto asked = retry_info_delay(outcome.status)) {
+    } else if (asked) {
       wait = *asked;
-      why_next += ", after its RetryInfo delay";
+      why_next += ", after the wait the server asked for";
     }
     next_at = after(wait);
     if (wait.count() > 0) pushed_back_until_ = std::max(pushed_back_until_, next_at);
@@ -1169,9 +1173,9 @@ class HedgedCall {
 
   HedgeBudget& budget() const { return policy_.budget ? *policy_.budget : *HedgeBudget::process_default(); }
 
-  // Readies attempt n and, past the first, starts it on a thread of its
-  // own. A thread that cannot be made ends the attempt at once with
-  // RESOURCE_EXHAUSTED.
+  // Readies attempt n and, past the first, starts it on a worker. When no
+  // worker can be had, the attempt is never sent: the attempts in flight
+  // go on and no more are sent.
   void start(int n, std::string const& why) {
     Slot& slot = slots_[n - 1];
     slot.ctx = std::make_unique<grpc::ClientContext>();
@@ -1318,14 +1322,8 @@ inline grpc::Status run_hedged(CallOptions const& options, MethodInfo const& met
   try {
     HedgedCall call(options, setup, attempt, report);  // its destructor cancels and joins every attempt
     status = call.run();
-  } catch (...) {  // the options' clock threw, or memory ran out
-    try {
-      report.stop_reason = "a hedged call's step threw";
-      status = report.last_status =
-          callback_threw("a hedged call's step (the retry clock?)", std::current_exception());
-    } catch (...) {
-      status = grpc::Status(grpc::StatusCode::UNKNOWN, std::string());
-    }
+  } catch (...) {
+    status = hedged_step_threw(report, std::current_exception());
   }
   winner = report.winner;
   end_call(setup, report, status);
