@@ -7,7 +7,7 @@
 //               [--max-page-size N] [--data PATH [--sync]] [--server-id ID]
 //               [--fault-metadata] [--tls-cert FILE --tls-key FILE]
 //               [--page-token-key-file FILE] [--metrics-port M]
-//               [--tail-latency F:D[:SEED]]
+//               [--tail-latency F:D[:SEED]] [--max-concurrent-streams N]
 //
 // --port 0 (the default) picks a free port. When ready it prints exactly one
 // line "listening on HOST:PORT" (after "metrics on http://HOST:M/metrics"
@@ -46,7 +46,7 @@ constexpr char const* kUsage =
     "                   [--max-page-size N] [--data PATH [--sync]] [--server-id ID]\n"
     "                   [--fault-metadata] [--tls-cert FILE --tls-key FILE]\n"
     "                   [--page-token-key-file FILE] [--metrics-port M]\n"
-    "                   [--tail-latency F:D[:SEED]]\n"
+    "                   [--tail-latency F:D[:SEED]] [--max-concurrent-streams N]\n"
     "  --host H       address to bind (default 127.0.0.1)\n"
     "  --port P       TCP port, 0 picks a free one (default 0)\n"
     "  --preload N    create N users at start if there are none (default 0)\n"
@@ -71,7 +71,9 @@ constexpr char const* kUsage =
     "  --tail-latency F:D[:SEED]  delay a share F of calls (0 to 1, or 5%) by D more,\n"
     "                 e.g. 0.05:200ms: a slow backend for hedging; SEED (default 1)\n"
     "                 picks which calls, so backends given different seeds are slow\n"
-    "                 at different times\n";
+    "                 at different times\n"
+    "  --max-concurrent-streams N  calls one client connection may have open at once\n"
+    "                 (1 to 1000000; default: no limit)\n";
 
 [[noreturn]] void usage_error(std::string const& message) {
   std::cerr << "user_server: " << message << "\n" << kUsage;
@@ -85,6 +87,7 @@ struct Flags {
   std::string token;
   std::chrono::milliseconds heartbeat{5000};
   int max_page_size = 100;
+  int max_concurrent_streams = 0;  // 0: no limit
   std::string data;
   bool sync = false;
   std::string server_id;
@@ -183,6 +186,8 @@ Flags parse_flags(int argc, char** argv) {
 #endif
     } else if (flag == "--tail-latency") {
       flags.tail_latency = parse_tail_latency(absl::string_view(value.data(), value.size()));
+    } else if (flag == "--max-concurrent-streams") {
+      flags.max_concurrent_streams = parse_int(flag, value, 1, 1'000'000);
     } else if (flag == "--max-page-size") {
       flags.max_page_size = parse_int(flag, value, 1, 1'000'000);
     } else if (flag == "--heartbeat") {
@@ -226,6 +231,7 @@ int main(int argc, char** argv) {
   options.service.server_id = flags.server_id;
   options.service.fault_metadata = flags.fault_metadata;
   options.service.tail_latency = flags.tail_latency;
+  options.max_concurrent_streams = flags.max_concurrent_streams;
   options.service.page_token_key_file = flags.page_token_key_file;
   if (!flags.tls_cert.empty()) {
     grpc::SslServerCredentialsOptions ssl;

@@ -1,8 +1,9 @@
 // protoc-gen-stubkit: a protoc plugin that writes, for each .proto file,
 //   <name>.stubkit.h       a typed stubkit client per service, the table of
 //                          its methods (full name, kind, idempotency_level,
-//                          AIP-155 request_id) and PageTraits for its
-//                          AIP-158 List methods;
+//                          AIP-155 request_id), PageTraits for its AIP-158
+//                          List methods and a pool stub (XxxPoolStub: each
+//                          call on the next of several channels);
 //   <name>.stubkit_mock.h  a trompeloeil mock of each service's generated
 //                          StubInterface, and the client over it, for tests.
 // Both are headers only: beside protoc's own .pb.cc and gRPC's .grpc.pb.cc
@@ -279,8 +280,8 @@ class Generator final : public pb::compiler::CodeGenerator {
       auto const* service = file->service(s);
       std::string const n = service->name();
       for (std::string const& type :
-           {n + "Client", "Basic" + n + "Client", n + "Methods", "Mock" + n + "Stub", "Mock" + n + "Client",
-            "stubkit_registered_" + n}) {
+           {n + "Client", "Basic" + n + "Client", n + "Methods", n + "PoolStub", "Mock" + n + "Stub",
+            "Mock" + n + "Client", "stubkit_registered_" + n}) {
         auto [it, fresh] = types.emplace(type, service->full_name());
         if (!fresh) {
           *error = "service " + service->full_name() + ": its generated type " + type +
@@ -313,9 +314,9 @@ class Generator final : public pb::compiler::CodeGenerator {
     auto const* file = service->file();
     std::string const where = "service " + service->full_name();  // protoc adds the file's name
     std::string const prefix = file->package().empty() ? "" : file->package() + ".";
-    for (std::string const& type :
-         {service->name() + "Client", "Basic" + service->name() + "Client", service->name() + "Methods",
-          "Mock" + service->name() + "Stub", "Mock" + service->name() + "Client"}) {
+    for (std::string const& type : {service->name() + "Client", "Basic" + service->name() + "Client",
+                                    service->name() + "Methods", service->name() + "PoolStub",
+                                    "Mock" + service->name() + "Stub", "Mock" + service->name() + "Client"}) {
       auto const* pool = file->pool();
       std::string const full = prefix + type;
       if (pool->FindMessageTypeByName(full) == nullptr && pool->FindEnumTypeByName(full) == nullptr &&
@@ -372,7 +373,9 @@ class Generator final : public pb::compiler::CodeGenerator {
       out += "// " + file->name() + " defines no service.\n\n#endif\n";
       return out;
     }
-    out += "#include <array>\n#include <memory>\n#include <utility>\n\n";
+    out +=
+        "#include <array>\n#include <cstddef>\n#include <functional>\n#include <memory>\n#include "
+        "<utility>\n\n";
     out += "#include \"" + stem + ".grpc.pb.h\"\n#include \"stubkit/client.hpp\"\n\n";
     out += page_traits(services);
     std::string const ns = cpp_namespace(file->package());
@@ -459,6 +462,147 @@ class Generator final : public pb::compiler::CodeGenerator {
         "stubkit_options_;\n};\n";
     out += "/// The " + service->full_name() + " client.\nusing " + name + "Client = Basic" + name +
            "Client<>;\n\n";
+    out += pool_stub_code(service, methods);
+    return out;
+  }
+
+  // XxxPoolStub: the service's StubInterface over several channels, each
+  // call (blocking, completion-queue or callback) on the next one in turn.
+  static std::string pool_stub_code(pb::ServiceDescriptor const* service,
+                                    std::vector<Method> const& methods) {
+    std::string const name = service->name();
+    std::string const pool = name + "PoolStub";
+    // Qualified: inside the class, an rpc named like its service would
+    // hide the service's name.
+    std::string const ns = cpp_namespace(service->file()->package());
+    std::string const ring = "::stubkit::detail::StubRing<::" + (ns.empty() ? "" : ns + "::") + name + ">";
+    std::string const ctx = "::grpc::ClientContext* context";
+    std::string const cq = "::grpc::CompletionQueue* cq";
+    std::string out;
+    out += "/// " + service->full_name() +
+           "'s StubInterface over several channels:\n"
+           "/// every call, blocking, completion-queue or callback, goes to the next\n"
+           "/// channel in turn. Pass it wherever a stub goes (" +
+           name +
+           "Client, paginate, streams, async calls), e.g.\n"
+           "///   " +
+           name + "Client client(std::make_shared<" + pool +
+           ">(pool.channels()));\n"
+           "/// with a stubkit::ChannelPool `pool` (docs/channels.md). Thread-safe.\n";
+    out += "class " + pool + " final : public " + name + "::StubInterface {\n public:\n";
+    out +=
+        "  /// One stub per channel of `channels` (shared_ptrs to channels). Throws\n"
+        "  /// std::invalid_argument when there are none or one is null.\n";
+    out += "  template <typename Channels>\n  explicit " + pool +
+           "(Channels const& channels) : stubkit_ring_(channels) {}\n";
+    out += "  " + pool + "(" + pool + " const&) = delete;\n  " + pool + "& operator=(" + pool +
+           " const&) = delete;\n\n";
+    out +=
+        "  /// How many channels the calls are spread over.\n"
+        "  std::size_t size() const noexcept { return stubkit_ring_.size(); }\n\n";
+    for (auto const& m : methods) {
+      std::string const& req = m.request;
+      std::string const& resp = m.response;
+      std::string const n = m.desc->name();
+      if (m.kind == Kind::kUnary) {
+        out += "  ::grpc::Status " + n + "(" + ctx + ", " + req + " const& request, " + resp +
+               "* response) override {\n    return stubkit_ring_.next()." + n +
+               "(context, request, response);\n  }\n";
+      }
+    }
+    // A service without methods has no callback API to spread.
+    bool const callbacks = !methods.empty();
+    if (callbacks) out += "  async_interface* async() override { return &stubkit_async_; }\n";
+    out += "\n private:\n";
+    // The callback API: each call on the next stub's async().
+    if (callbacks) out += "  class StubkitAsync final : public async_interface {\n   public:\n";
+    if (callbacks) {
+      out += "    explicit StubkitAsync(" + ring + "& ring) : ring_(ring) {}\n";
+    }
+    for (auto const& m : methods) {
+      std::string const& req = m.request;
+      std::string const& resp = m.response;
+      std::string const n = m.desc->name();
+      std::string const call = "      ring_.next().async()->" + n;
+      switch (m.kind) {
+        case Kind::kUnary:
+          out += "    void " + n + "(" + ctx + ", " + req + " const* request, " + resp +
+                 "* response, std::function<void(::grpc::Status)> done) override {\n" + call +
+                 "(context, request, response, std::move(done));\n    }\n";
+          out += "    void " + n + "(" + ctx + ", " + req + " const* request, " + resp +
+                 "* response, ::grpc::ClientUnaryReactor* reactor) override {\n" + call +
+                 "(context, request, response, reactor);\n    }\n";
+          break;
+        case Kind::kServerStreaming:
+          out += "    void " + n + "(" + ctx + ", " + req + " const* request, ::grpc::ClientReadReactor<" +
+                 resp + ">* reactor) override {\n" + call + "(context, request, reactor);\n    }\n";
+          break;
+        case Kind::kClientStreaming:
+          out += "    void " + n + "(" + ctx + ", " + resp + "* response, ::grpc::ClientWriteReactor<" + req +
+                 ">* reactor) override {\n" + call + "(context, response, reactor);\n    }\n";
+          break;
+        case Kind::kBidi:
+          out += "    void " + n + "(" + ctx + ", ::grpc::ClientBidiReactor<" + req + ", " + resp +
+                 ">* reactor) override {\n" + call + "(context, reactor);\n    }\n";
+          break;
+      }
+    }
+    if (callbacks) out += "\n   private:\n    " + ring + "& ring_;\n  };\n\n";
+    // The completion-queue API and the blocking streams: gRPC's public
+    // methods of the next stub, released into the raw pointers asked for.
+    for (auto const& m : methods) {
+      std::string const& req = m.request;
+      std::string const& resp = m.response;
+      std::string const n = m.desc->name();
+      std::string const next = "stubkit_ring_.next().";
+      switch (m.kind) {
+        case Kind::kUnary: {
+          std::string const reader = "::grpc::ClientAsyncResponseReaderInterface<" + resp + ">*";
+          for (std::string const prefix : {"Async", "PrepareAsync"}) {
+            out += "  " + reader + " " + prefix + n + "Raw(" + ctx + ", " + req + " const& request, " + cq +
+                   ") override {\n    return " + next + prefix + n +
+                   "(context, request, cq).release();\n  }\n";
+          }
+          break;
+        }
+        case Kind::kServerStreaming:
+          out += "  ::grpc::ClientReaderInterface<" + resp + ">* " + n + "Raw(" + ctx + ", " + req +
+                 " const& request) override {\n    return " + next + n +
+                 "(context, request).release();\n  }\n";
+          out += "  ::grpc::ClientAsyncReaderInterface<" + resp + ">* Async" + n + "Raw(" + ctx + ", " + req +
+                 " const& request, " + cq + ", void* tag) override {\n    return " + next + "Async" + n +
+                 "(context, request, cq, tag).release();\n  }\n";
+          out += "  ::grpc::ClientAsyncReaderInterface<" + resp + ">* PrepareAsync" + n + "Raw(" + ctx +
+                 ", " + req + " const& request, " + cq + ") override {\n    return " + next + "PrepareAsync" +
+                 n + "(context, request, cq).release();\n  }\n";
+          break;
+        case Kind::kClientStreaming:
+          out += "  ::grpc::ClientWriterInterface<" + req + ">* " + n + "Raw(" + ctx + ", " + resp +
+                 "* response) override {\n    return " + next + n + "(context, response).release();\n  }\n";
+          out += "  ::grpc::ClientAsyncWriterInterface<" + req + ">* Async" + n + "Raw(" + ctx + ", " + resp +
+                 "* response, " + cq + ", void* tag) override {\n    return " + next + "Async" + n +
+                 "(context, response, cq, tag).release();\n  }\n";
+          out += "  ::grpc::ClientAsyncWriterInterface<" + req + ">* PrepareAsync" + n + "Raw(" + ctx + ", " +
+                 resp + "* response, " + cq + ") override {\n    return " + next + "PrepareAsync" + n +
+                 "(context, response, cq).release();\n  }\n";
+          break;
+        case Kind::kBidi: {
+          std::string const rw = req + ", " + resp;
+          out += "  ::grpc::ClientReaderWriterInterface<" + rw + ">* " + n + "Raw(" + ctx +
+                 ") override {\n    return " + next + n + "(context).release();\n  }\n";
+          out += "  ::grpc::ClientAsyncReaderWriterInterface<" + rw + ">* Async" + n + "Raw(" + ctx + ", " +
+                 cq + ", void* tag) override {\n    return " + next + "Async" + n +
+                 "(context, cq, tag).release();\n  }\n";
+          out += "  ::grpc::ClientAsyncReaderWriterInterface<" + rw + ">* PrepareAsync" + n + "Raw(" + ctx +
+                 ", " + cq + ") override {\n    return " + next + "PrepareAsync" + n +
+                 "(context, cq).release();\n  }\n";
+          break;
+        }
+      }
+    }
+    out += "\n  " + ring + " stubkit_ring_;\n";
+    if (callbacks) out += "  StubkitAsync stubkit_async_{stubkit_ring_};\n";
+    out += "};\n\n";
     return out;
   }
 

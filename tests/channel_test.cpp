@@ -9,19 +9,24 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <map>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "myservice/v1/user.stubkit.h"
 #include "process.hpp"
 #include "support.hpp"
+#include "tcp_proxy.hpp"
 
 using namespace stubkit_tests;
 using grpc::StatusCode;
 using myservice::v1::User;
+using myservice::v1::UserServicePoolStub;
 
 namespace {
 
@@ -53,6 +58,35 @@ int call_n(UserService::Stub& stub, int n) {
   }
   return failed;
 }
+
+// A pool of four channels to one backend through a TCP proxy, connected
+// one by one: the proxy's connection i is channel i's, so a pool stub's
+// call i goes over connection i % 4.
+struct ProxiedPool {
+  ProxiedPool() {
+    for (std::size_t i = 0; i < pool.size(); ++i) {
+      REQUIRE(pool.channels()[i]->WaitForConnected(std::chrono::system_clock::now() + 5s));
+      REQUIRE(proxy.connections() == i + 1);
+    }
+  }
+  // Eight GetUser in flight through `client`, two per connection, each
+  // held `hold` by the server; returns once the server has all eight.
+  std::vector<stubkit::AsyncFuture<stubkit::Result<User>>> eight_held(
+      myservice::v1::UserServiceClient const& client, std::chrono::milliseconds hold) {
+    server.faults().set_tail_latency({1.0, hold});
+    std::vector<stubkit::AsyncFuture<stubkit::Result<User>>> calls;
+    for (int i = 0; i < 8; ++i)
+      calls.push_back(client.get_user_async(get_request("u00000001"), stubkit::use_future));
+    for (int i = 0; i < 500 && server.faults().calls("GetUser") < 8; ++i) std::this_thread::sleep_for(10ms);
+    REQUIRE(server.faults().calls("GetUser") == 8);
+    return calls;
+  }
+
+  Backends backends{1};
+  stubkit::testing::EmbeddedServer& server = *backends.servers[0];
+  TcpProxy proxy{server.port()};
+  stubkit::ChannelPool pool{proxy.address(), 4};
+};
 
 std::string read_file(std::string const& path) {
   std::ifstream in(path);
@@ -102,6 +136,171 @@ TEST_SUITE("channel") {
     stubkit::ChannelOptions options;
     options.bearer_token = "secret";
     CHECK_THROWS_AS(stubkit::ChannelPool("dns:///far.example.com:443", 2, options), std::invalid_argument);
+  }
+
+  TEST_CASE("a pool stub sends every kind of call to the next channel in turn") {
+    // A fresh backend for each kind of call: the connections it sees are
+    // the pool's channels that kind of call went through.
+    auto peers_of = [](std::string const& kind, auto&& calls) {
+      CAPTURE(kind);
+      Backends backends(1);
+      auto& service = backends.servers[0]->service();
+      service.preload(7);  // 8 users: four pages of 2
+      stubkit::ChannelPool pool(backends.target(), 4);
+      auto stub = std::make_shared<UserServicePoolStub>(pool.channels());
+      CHECK(stub->size() == 4);
+      myservice::v1::UserServiceClient client(stub);
+      calls(client, *stub);
+      return service.peer_count();
+    };
+    CHECK(peers_of("blocking unary", [](auto& client, auto&) {
+            for (int i = 0; i < 4; ++i) CHECK(client.get_user(get_request("u00000001")).ok());
+          }) == 4);
+    CHECK(peers_of("listing", [](auto& client, auto&) {
+            stubkit::PaginateOptions options;
+            options.page_size = 2;
+            std::size_t items = 0;
+            for (auto const& user : client.list_users({}, options)) items += user.ok() ? 1 : 0;
+            CHECK(items == 8);
+          }) == 4);
+    CHECK(peers_of("server stream", [](auto& client, auto&) {
+            for (int i = 0; i < 4; ++i) {
+              stubkit::StreamOptions options;
+              options.deadline = stubkit::Deadline::after(50ms);
+              std::optional<StatusCode> end;
+              for (auto const& event : client.watch_users({}, options)) {
+                if (!event) end = event.error().code();
+              }
+              CHECK(end == StatusCode::DEADLINE_EXCEEDED);  // no changes: it ends at its deadline
+            }
+          }) == 4);
+    CHECK(peers_of("client stream", [](auto& client, auto&) {
+            for (int i = 0; i < 4; ++i) {
+              auto writer = client.bulk_create_users();
+              CHECK(writer.write(create_user_request("")));
+              auto result = writer.finish();
+              REQUIRE(result.ok());
+              CHECK(result->created() == 1);
+            }
+          }) == 4);
+    CHECK(peers_of("bidi stream", [](auto& client, auto&) {
+            for (int i = 0; i < 4; ++i) {
+              auto session = client.chat();
+              myservice::v1::ChatMessage message;
+              message.set_sender("pool");
+              message.set_text("hello");
+              CHECK(session.write(message));
+              CHECK(session.writes_done());
+              while (session.read()) {
+              }
+              CHECK_FALSE(session.finish().has_value());  // no error
+            }
+          }) == 4);
+    CHECK(peers_of("async_call", [](auto& client, auto&) {
+            std::vector<stubkit::AsyncFuture<stubkit::Result<User>>> calls;
+            for (int i = 0; i < 4; ++i)
+              calls.push_back(client.get_user_async(get_request("u00000001"), stubkit::use_future));
+            for (auto& call : calls) CHECK(call.get().ok());
+          }) == 4);
+    CHECK(peers_of("completion queue", [](auto&, auto& stub) {
+            grpc::CompletionQueue cq;
+            struct Call {
+              std::unique_ptr<grpc::ClientContext> ctx = context();
+              User user;
+              grpc::Status status;
+            };
+            std::vector<Call> calls(4);
+            for (std::size_t i = 0; i < calls.size(); ++i) {
+              stub.AsyncGetUser(calls[i].ctx.get(), get_request("u00000001"), &cq)
+                  ->Finish(&calls[i].user, &calls[i].status, &calls[i]);
+            }
+            for (std::size_t done = 0; done < calls.size(); ++done) {
+              void* tag = nullptr;
+              bool ok = false;
+              REQUIRE(cq.Next(&tag, &ok));
+              CHECK(ok);
+              CHECK(static_cast<Call*>(tag)->status.ok());
+            }
+          }) == 4);
+  }
+
+  TEST_CASE("a pool stub refuses no channels and null channels") {
+    CHECK_THROWS_WITH_AS(UserServicePoolStub{std::vector<std::shared_ptr<grpc::Channel>>{}},
+                         "stubkit: a pool stub needs at least one channel, got none", std::invalid_argument);
+    std::vector<std::shared_ptr<grpc::Channel>> channels{stubkit::make_channel("127.0.0.1:1"), nullptr};
+    CHECK_THROWS_WITH_AS(UserServicePoolStub{channels}, "stubkit: a pool stub's channel 1 is a null pointer",
+                         std::invalid_argument);
+  }
+
+  TEST_CASE("a connection reset on one pool channel fails only the calls on that channel") {
+    ProxiedPool proxied;
+    auto& server = proxied.server;
+    auto& proxy = proxied.proxy;
+    auto& pool = proxied.pool;
+    auto stub = std::make_shared<UserServicePoolStub>(pool.channels());
+    myservice::v1::UserServiceClient client(stub);
+
+    auto calls = proxied.eight_held(client, 2s);
+
+    proxy.reset(1);
+    for (std::size_t i = 0; i < calls.size(); ++i) {
+      CAPTURE(i);
+      auto result = calls[i].get();
+      if (i % 4 == 1) {
+        REQUIRE_FALSE(result.ok());
+        CHECK(result.error().code() == StatusCode::UNAVAILABLE);
+      } else {
+        CHECK(result.ok());
+      }
+    }
+    // The server saw its side of the connection reset: both calls on it end there.
+    for (int i = 0; i < 500 && server.service().cancelled_calls() < 2; ++i) std::this_thread::sleep_for(10ms);
+    CHECK(server.service().cancelled_calls() == 2);
+
+    // The reset channel connects again on its next call; the others keep theirs.
+    server.faults().set_tail_latency({});
+    for (int i = 0; i < 8; ++i) CHECK(client.get_user(get_request("u00000001")).ok());
+    CHECK(proxy.connections() == 5);
+  }
+
+  TEST_CASE("with retries, a connection reset on one pool channel fails no call") {
+    ProxiedPool proxied;
+    auto& server = proxied.server;
+    auto& proxy = proxied.proxy;
+    auto& pool = proxied.pool;
+
+    stubkit::ClientOptions defaults;
+    defaults.call.retry = stubkit::RetryPolicy{};
+    myservice::v1::UserServiceClient client(std::make_shared<UserServicePoolStub>(pool.channels()), defaults);
+
+    auto calls = proxied.eight_held(client, 1s);
+    proxy.reset(1);
+    // The two attempts on the reset connection are retried on the next
+    // channels: every call succeeds, two of them after a second attempt.
+    for (auto& call : calls) CHECK(call.get().ok());
+    CHECK(server.faults().calls("GetUser") == 10);
+  }
+
+  TEST_CASE("max_concurrent_streams holds a connection's further calls on the client") {
+    auto options = tcp_options();
+    options.max_concurrent_streams = 2;
+    stubkit::testing::EmbeddedServer server(options);
+    server.service().preload(1);
+    server.faults().set_tail_latency({1.0, 2s});
+    myservice::v1::UserServiceClient client(stubkit::make_channel(server.address()));
+    std::vector<stubkit::AsyncFuture<stubkit::Result<User>>> calls;
+    for (int i = 0; i < 4; ++i)
+      calls.push_back(client.get_user_async(get_request("u00000001"), stubkit::use_future));
+    for (int i = 0; i < 500 && server.faults().calls("GetUser") < 2; ++i) std::this_thread::sleep_for(10ms);
+    std::this_thread::sleep_for(200ms);
+    CHECK(server.faults().calls("GetUser") == 2);  // two calls open; two wait on the client
+    for (auto& call : calls) CHECK(call.get().ok());
+    CHECK(server.faults().calls("GetUser") == 4);
+
+    options.max_concurrent_streams = -1;
+    CHECK_THROWS_WITH_AS(stubkit::testing::EmbeddedServer{options},
+                         "EmbeddedServerOptions::max_concurrent_streams must not be negative, got -1",
+                         std::invalid_argument);
   }
 
   TEST_CASE("a backend set NOT_SERVING gets no traffic with client-side health checking") {

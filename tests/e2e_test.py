@@ -22,7 +22,8 @@ for bad in (["--port", "70000"], ["--nope", "1"], ["--port"], ["--heartbeat", "s
             ["--tls-cert", "/nonexistent.pem"], ["--tls-cert", __file__], ["--fault-metadata", "--tls-key", __file__],
             ["--tail-latency", "1.5:200ms"], ["--tail-latency", "0.1"], ["--tail-latency", "x:1s"],
             ["--tail-latency", "0.1:soon"], ["--tail-latency", "5%:2h"], ["--tail-latency", "5%:1s:-3"],
-            ["--tail-latency", "0.05:0.5ms"]):
+            ["--tail-latency", "0.05:0.5ms"], ["--max-concurrent-streams", "0"],
+            ["--max-concurrent-streams", "many"]):
     r = run(USER_SERVER, *bad)
     check(r.returncode == 2 and "usage:" in r.stderr, f"user_server {' '.join(bad)} exits 2 with usage")
 
@@ -79,6 +80,9 @@ for good in ("0.05:200ms", "5%:200ms:7"):
     proc, target = start_server(USER_SERVER, "--tail-latency", good)
     rc, _, _ = stop_server(proc)
     check(rc == 0, f"user_server --tail-latency {good} starts and stops")
+proc, target = start_server(USER_SERVER, "--max-concurrent-streams", "100")
+rc, _, _ = stop_server(proc)
+check(rc == 0, "user_server --max-concurrent-streams 100 starts and stops")
 
 # --tail-latency: every call (F = 100%) waits 300 ms more; one that gives up
 # sooner ends with DEADLINE_EXCEEDED. Raw bytes: an empty GetUserRequest.

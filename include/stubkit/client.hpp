@@ -12,9 +12,13 @@
 #ifndef STUBKIT_CLIENT_HPP
 #define STUBKIT_CLIENT_HPP
 
+#include <atomic>
+#include <cstddef>
 #include <memory>
 #include <stdexcept>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "stubkit/async.hpp"
 #include "stubkit/async_paginate.hpp"
@@ -45,6 +49,35 @@ std::shared_ptr<Stub> require_stub(std::shared_ptr<Stub> stub) {
   if (!stub) throw std::invalid_argument("stubkit: a generated client needs a stub, got a null pointer");
   return stub;
 }
+
+// The stubs of a generated XxxPoolStub: one per channel, handed out in
+// turn. Thread-safe; next() is one relaxed atomic increment.
+template <typename Service>
+class StubRing {
+ public:
+  using Stub = typename Service::Stub;
+
+  // One stub per channel of `channels` (a range of shared_ptr to channels,
+  // e.g. ChannelPool::channels()). Refuses an empty range and null channels.
+  template <typename Channels>
+  explicit StubRing(Channels const& channels) {
+    for (auto const& channel : channels) {
+      if (!channel)
+        throw std::invalid_argument("stubkit: a pool stub's channel " + std::to_string(stubs_.size()) +
+                                    " is a null pointer");
+      stubs_.push_back(Service::NewStub(channel));
+    }
+    if (stubs_.empty())
+      throw std::invalid_argument("stubkit: a pool stub needs at least one channel, got none");
+  }
+
+  std::size_t size() const noexcept { return stubs_.size(); }
+  Stub& next() noexcept { return *stubs_[next_.fetch_add(1, std::memory_order_relaxed) % stubs_.size()]; }
+
+ private:
+  std::vector<std::unique_ptr<Stub>> stubs_;
+  std::atomic<std::size_t> next_{0};
+};
 
 }  // namespace detail
 

@@ -38,6 +38,13 @@ package bad.v1;
 message ThingClient { string a = 1; }
 service Thing { rpc Get(ThingClient) returns (ThingClient); }
 """, "", ["bad/v1/input.proto", "bad.v1.Thing", "ThingClient"]),
+    ("a service named like another's pool stub", """
+syntax = "proto3";
+package bad.v1;
+message M { string a = 1; }
+service Thing { rpc Get(M) returns (M); }
+service ThingPoolStub { rpc Get(M) returns (M); }
+""", "", ["bad/v1/input.proto", "bad.v1.Thing", "ThingPoolStub", "rename"]),
     ("two services whose generated types collide", """
 syntax = "proto3";
 package bad.v1;

@@ -377,64 +377,72 @@ TEST_SUITE("codegen") {
   TEST_CASE("grpc.testing.TestService, a proto nobody here wrote, through its generated client") {
     InteropService service;
     InProcess server(&service);
-    grpc::testing::TestServiceClient client(server.channel());
+    auto exercise = [&](grpc::testing::TestServiceClient const& client) {
+      CHECK(client.empty_call({}).ok());
+      grpc::testing::SimpleRequest request;
+      request.set_response_size(10);
+      auto unary = client.unary_call(request);
+      REQUIRE(unary.ok());
+      CHECK(unary->payload().body().size() == 10);
+      CHECK(client.cacheable_unary_call(request).ok());
+      request.mutable_response_status()->set_code(static_cast<int>(StatusCode::NOT_FOUND));
+      request.mutable_response_status()->set_message("echoed");
+      auto failed = client.unary_call(request);
+      REQUIRE_FALSE(failed.ok());
+      CHECK(failed.error().code() == StatusCode::NOT_FOUND);
+      CHECK(failed.error().message() == "echoed");
+      auto unimplemented = client.unimplemented_call({});
+      CHECK(unimplemented.error().code() == StatusCode::UNIMPLEMENTED);
 
-    CHECK(client.empty_call({}).ok());
-    grpc::testing::SimpleRequest request;
-    request.set_response_size(10);
-    auto unary = client.unary_call(request);
-    REQUIRE(unary.ok());
-    CHECK(unary->payload().body().size() == 10);
-    CHECK(client.cacheable_unary_call(request).ok());
-    request.mutable_response_status()->set_code(static_cast<int>(StatusCode::NOT_FOUND));
-    request.mutable_response_status()->set_message("echoed");
-    auto failed = client.unary_call(request);
-    REQUIRE_FALSE(failed.ok());
-    CHECK(failed.error().code() == StatusCode::NOT_FOUND);
-    CHECK(failed.error().message() == "echoed");
-    auto unimplemented = client.unimplemented_call({});
-    CHECK(unimplemented.error().code() == StatusCode::UNIMPLEMENTED);
+      std::vector<std::size_t> out;
+      for (auto& r : client.streaming_output_call(sizes({1, 2, 3})))
+        out.push_back(r.value().payload().body().size());
+      CHECK(out == std::vector<std::size_t>{1, 2, 3});
 
-    std::vector<std::size_t> out;
-    for (auto& r : client.streaming_output_call(sizes({1, 2, 3})))
-      out.push_back(r.value().payload().body().size());
-    CHECK(out == std::vector<std::size_t>{1, 2, 3});
+      auto input = client.streaming_input_call();
+      for (int size : {4, 5}) {
+        grpc::testing::StreamingInputCallRequest chunk;
+        chunk.mutable_payload()->set_body(std::string(static_cast<std::size_t>(size), 'x'));
+        REQUIRE(input.write(chunk));
+      }
+      auto total = input.finish();
+      REQUIRE(total.ok());
+      CHECK(total->aggregated_payload_size() == 9);
 
-    auto input = client.streaming_input_call();
-    for (int size : {4, 5}) {
-      grpc::testing::StreamingInputCallRequest chunk;
-      chunk.mutable_payload()->set_body(std::string(static_cast<std::size_t>(size), 'x'));
-      REQUIRE(input.write(chunk));
+      auto duplex = client.full_duplex_call();
+      REQUIRE(duplex.write(sizes({7, 8})));
+      CHECK(duplex.read()->payload().body().size() == 7);
+      CHECK(duplex.read()->payload().body().size() == 8);
+      CHECK(duplex.writes_done());
+      CHECK_FALSE(duplex.read().has_value());
+      CHECK_FALSE(duplex.finish().has_value());
+
+      auto half = client.half_duplex_call();
+      REQUIRE(half.write(sizes({2})));
+      REQUIRE(half.write(sizes({3})));
+      CHECK(half.writes_done());
+      std::vector<std::size_t> halves;
+      while (auto r = half.read()) halves.push_back(r->payload().body().size());
+      CHECK(halves == std::vector<std::size_t>{2, 3});
+      CHECK_FALSE(half.finish().has_value());
+
+      auto async_unary = client.unary_call_async(grpc::testing::SimpleRequest(), stubkit::use_future).get();
+      CHECK(async_unary.ok());
+      auto stream = client.streaming_output_call_async(sizes({5, 6}));
+      std::vector<std::size_t> async_out;
+      while (auto r = stream.next(stubkit::use_future).get())
+        async_out.push_back(r->value().payload().body().size());
+      CHECK(async_out == std::vector<std::size_t>{5, 6});
+      settle(stream.handle());
+    };
+    SUBCASE("over one channel") { exercise(grpc::testing::TestServiceClient(server.channel())); }
+    SUBCASE("over the generated pool stub, each call on the next of three channels") {
+      std::vector<std::shared_ptr<grpc::Channel>> channels{server.channel(), server.channel(),
+                                                           server.channel()};
+      auto pool = std::make_shared<grpc::testing::TestServicePoolStub>(channels);
+      CHECK(pool->size() == 3);
+      exercise(grpc::testing::TestServiceClient(pool));
     }
-    auto total = input.finish();
-    REQUIRE(total.ok());
-    CHECK(total->aggregated_payload_size() == 9);
-
-    auto duplex = client.full_duplex_call();
-    REQUIRE(duplex.write(sizes({7, 8})));
-    CHECK(duplex.read()->payload().body().size() == 7);
-    CHECK(duplex.read()->payload().body().size() == 8);
-    CHECK(duplex.writes_done());
-    CHECK_FALSE(duplex.read().has_value());
-    CHECK_FALSE(duplex.finish().has_value());
-
-    auto half = client.half_duplex_call();
-    REQUIRE(half.write(sizes({2})));
-    REQUIRE(half.write(sizes({3})));
-    CHECK(half.writes_done());
-    std::vector<std::size_t> halves;
-    while (auto r = half.read()) halves.push_back(r->payload().body().size());
-    CHECK(halves == std::vector<std::size_t>{2, 3});
-    CHECK_FALSE(half.finish().has_value());
-
-    auto async_unary = client.unary_call_async(grpc::testing::SimpleRequest(), stubkit::use_future).get();
-    CHECK(async_unary.ok());
-    auto stream = client.streaming_output_call_async(sizes({5, 6}));
-    std::vector<std::size_t> async_out;
-    while (auto r = stream.next(stubkit::use_future).get())
-      async_out.push_back(r->value().payload().body().size());
-    CHECK(async_out == std::vector<std::size_t>{5, 6});
-    settle(stream.handle());
   }
 
   TEST_CASE("grpc.health.v1.Health through its generated client, on the embedded server") {

@@ -110,6 +110,10 @@ struct EmbeddedServerOptions {
   int max_receive_message_size = 10 * 1024 * 1024;
   /// HTTP/2 keepalive ping interval (the reference server's 30 s).
   std::chrono::milliseconds keepalive_time{30000};
+  /// Most calls one client connection may have open at once (HTTP/2's
+  /// SETTINGS_MAX_CONCURRENT_STREAMS; many servers use 100); more wait on
+  /// the client. 0 = gRPC's default, no limit.
+  int max_concurrent_streams = 0;
   /// Credentials of the TCP port; empty = plaintext (e.g.
   /// grpc::SslServerCredentials for TLS).
   std::shared_ptr<grpc::ServerCredentials> credentials;
@@ -146,6 +150,13 @@ class EmbeddedServer {
     // would "start" and share its traffic. Fail instead.
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(options.keepalive_time.count()));
+    if (options.max_concurrent_streams < 0) {
+      throw std::invalid_argument("EmbeddedServerOptions::max_concurrent_streams must not be negative, got " +
+                                  std::to_string(options.max_concurrent_streams));
+    }
+    if (options.max_concurrent_streams > 0) {
+      builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
+    }
     if (!options.listen_address.empty()) {
       builder.AddListeningPort(options.listen_address,
                                options.credentials ? options.credentials : grpc::InsecureServerCredentials(),

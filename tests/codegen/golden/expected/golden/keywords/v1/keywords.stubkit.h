@@ -4,6 +4,8 @@
 #define STUBKIT_GENERATED_GOLDEN_2FKEYWORDS_2FV1_2FKEYWORDS_2ESTUBKIT_2EH
 
 #include <array>
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <utility>
 
@@ -23,7 +25,8 @@ struct KeyStoreMethods {
   static constexpr ::stubkit::MethodInfo Options{"/golden.keywords.v1.KeyStore/Options", ::stubkit::RpcKind::kUnary, ::stubkit::Idempotency::kUnknown, 0};
   static constexpr ::stubkit::MethodInfo Mock{"/golden.keywords.v1.KeyStore/Mock", ::stubkit::RpcKind::kUnary, ::stubkit::Idempotency::kUnknown, 0};
   static constexpr ::stubkit::MethodInfo Request{"/golden.keywords.v1.KeyStore/Request", ::stubkit::RpcKind::kUnary, ::stubkit::Idempotency::kUnknown, 0};
-  static constexpr std::array<::stubkit::MethodInfo, 7> kMethods{{Delete, New, Export, Default, Options, Mock, Request}};
+  static constexpr ::stubkit::MethodInfo KeyStore{"/golden.keywords.v1.KeyStore/KeyStore", ::stubkit::RpcKind::kUnary, ::stubkit::Idempotency::kUnknown, 0};
+  static constexpr std::array<::stubkit::MethodInfo, 8> kMethods{{Delete, New, Export, Default, Options, Mock, Request, KeyStore}};
 };
 inline bool const stubkit_registered_KeyStore = ::stubkit::register_methods(KeyStoreMethods::kMethods.data(), KeyStoreMethods::kMethods.size());
 
@@ -174,6 +177,27 @@ class BasicKeyStoreClient {
                                std::forward<Token>(token));
   }
 
+  /// Named like its service: inside the service's classes the name is the
+  /// method's, so generated code names the service fully qualified.
+  /// KeyStore: unary.
+  ::stubkit::Result<::golden::keywords::v1::Key> key_store(::golden::keywords::v1::Key const& request) const { return key_store(request, stubkit_options_.call); }
+  ::stubkit::Result<::golden::keywords::v1::Key> key_store(::golden::keywords::v1::Key const& request, ::stubkit::CallOptions options) const {
+    options.method = &Methods::KeyStore;
+    return ::stubkit::call(*stubkit_stub_, &Stub::KeyStore, request, options);
+  }
+  /// KeyStore without blocking (async_call): `token` is a callback, stubkit::use_future,
+  /// stubkit::use_awaitable or an asio token. The client must outlive the call.
+  template <typename Token>
+  auto key_store_async(::golden::keywords::v1::Key request, Token&& token) const {
+    return key_store_async(std::move(request), stubkit_options_.call, std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto key_store_async(::golden::keywords::v1::Key request, ::stubkit::CallOptions options, Token&& token) const {
+    options.method = &Methods::KeyStore;
+    return ::stubkit::async_call(*stubkit_stub_, &Stub::async_interface::KeyStore, std::move(request), std::move(options),
+                               std::forward<Token>(token));
+  }
+
   /// The stub every call goes through.
   Stub& stub() const { return *stubkit_stub_; }
   /// The defaults of every call, listing and stream.
@@ -185,6 +209,156 @@ class BasicKeyStoreClient {
 };
 /// The golden.keywords.v1.KeyStore client.
 using KeyStoreClient = BasicKeyStoreClient<>;
+
+/// golden.keywords.v1.KeyStore's StubInterface over several channels:
+/// every call, blocking, completion-queue or callback, goes to the next
+/// channel in turn. Pass it wherever a stub goes (KeyStoreClient, paginate, streams, async calls), e.g.
+///   KeyStoreClient client(std::make_shared<KeyStorePoolStub>(pool.channels()));
+/// with a stubkit::ChannelPool `pool` (docs/channels.md). Thread-safe.
+class KeyStorePoolStub final : public KeyStore::StubInterface {
+ public:
+  /// One stub per channel of `channels` (shared_ptrs to channels). Throws
+  /// std::invalid_argument when there are none or one is null.
+  template <typename Channels>
+  explicit KeyStorePoolStub(Channels const& channels) : stubkit_ring_(channels) {}
+  KeyStorePoolStub(KeyStorePoolStub const&) = delete;
+  KeyStorePoolStub& operator=(KeyStorePoolStub const&) = delete;
+
+  /// How many channels the calls are spread over.
+  std::size_t size() const noexcept { return stubkit_ring_.size(); }
+
+  ::grpc::Status Delete(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::golden::keywords::v1::Key* response) override {
+    return stubkit_ring_.next().Delete(context, request, response);
+  }
+  ::grpc::Status New(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::golden::keywords::v1::Key* response) override {
+    return stubkit_ring_.next().New(context, request, response);
+  }
+  ::grpc::Status Default(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::golden::keywords::v1::Key* response) override {
+    return stubkit_ring_.next().Default(context, request, response);
+  }
+  ::grpc::Status Options(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::golden::keywords::v1::Key* response) override {
+    return stubkit_ring_.next().Options(context, request, response);
+  }
+  ::grpc::Status Mock(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::golden::keywords::v1::Key* response) override {
+    return stubkit_ring_.next().Mock(context, request, response);
+  }
+  ::grpc::Status Request(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::golden::keywords::v1::Key* response) override {
+    return stubkit_ring_.next().Request(context, request, response);
+  }
+  ::grpc::Status KeyStore(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::golden::keywords::v1::Key* response) override {
+    return stubkit_ring_.next().KeyStore(context, request, response);
+  }
+  async_interface* async() override { return &stubkit_async_; }
+
+ private:
+  class StubkitAsync final : public async_interface {
+   public:
+    explicit StubkitAsync(::stubkit::detail::StubRing<::golden::keywords::v1::KeyStore>& ring) : ring_(ring) {}
+    void Delete(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->Delete(context, request, response, std::move(done));
+    }
+    void Delete(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->Delete(context, request, response, reactor);
+    }
+    void New(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->New(context, request, response, std::move(done));
+    }
+    void New(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->New(context, request, response, reactor);
+    }
+    void Export(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::grpc::ClientReadReactor<::golden::keywords::v1::Key>* reactor) override {
+      ring_.next().async()->Export(context, request, reactor);
+    }
+    void Default(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->Default(context, request, response, std::move(done));
+    }
+    void Default(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->Default(context, request, response, reactor);
+    }
+    void Options(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->Options(context, request, response, std::move(done));
+    }
+    void Options(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->Options(context, request, response, reactor);
+    }
+    void Mock(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->Mock(context, request, response, std::move(done));
+    }
+    void Mock(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->Mock(context, request, response, reactor);
+    }
+    void Request(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->Request(context, request, response, std::move(done));
+    }
+    void Request(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->Request(context, request, response, reactor);
+    }
+    void KeyStore(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->KeyStore(context, request, response, std::move(done));
+    }
+    void KeyStore(::grpc::ClientContext* context, ::golden::keywords::v1::Key const* request, ::golden::keywords::v1::Key* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->KeyStore(context, request, response, reactor);
+    }
+
+   private:
+    ::stubkit::detail::StubRing<::golden::keywords::v1::KeyStore>& ring_;
+  };
+
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* AsyncDeleteRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncDelete(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* PrepareAsyncDeleteRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncDelete(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* AsyncNewRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncNew(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* PrepareAsyncNewRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncNew(context, request, cq).release();
+  }
+  ::grpc::ClientReaderInterface<::golden::keywords::v1::Key>* ExportRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request) override {
+    return stubkit_ring_.next().Export(context, request).release();
+  }
+  ::grpc::ClientAsyncReaderInterface<::golden::keywords::v1::Key>* AsyncExportRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq, void* tag) override {
+    return stubkit_ring_.next().AsyncExport(context, request, cq, tag).release();
+  }
+  ::grpc::ClientAsyncReaderInterface<::golden::keywords::v1::Key>* PrepareAsyncExportRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncExport(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* AsyncDefaultRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncDefault(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* PrepareAsyncDefaultRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncDefault(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* AsyncOptionsRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncOptions(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* PrepareAsyncOptionsRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncOptions(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* AsyncMockRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncMock(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* PrepareAsyncMockRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncMock(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* AsyncRequestRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncRequest(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* PrepareAsyncRequestRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncRequest(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* AsyncKeyStoreRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncKeyStore(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>* PrepareAsyncKeyStoreRaw(::grpc::ClientContext* context, ::golden::keywords::v1::Key const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncKeyStore(context, request, cq).release();
+  }
+
+  ::stubkit::detail::StubRing<::golden::keywords::v1::KeyStore> stubkit_ring_;
+  StubkitAsync stubkit_async_{stubkit_ring_};
+};
 
 }  // namespace golden::keywords::v1
 

@@ -40,6 +40,9 @@ class MockKeyStoreStub : public KeyStore::StubInterface {
   MAKE_MOCK3(Request, ::grpc::Status(::grpc::ClientContext*, ::golden::keywords::v1::Key const&, ::golden::keywords::v1::Key*), override);
   MAKE_MOCK3(AsyncRequestRaw, ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>*(::grpc::ClientContext*, ::golden::keywords::v1::Key const&, ::grpc::CompletionQueue*), override);
   MAKE_MOCK3(PrepareAsyncRequestRaw, ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>*(::grpc::ClientContext*, ::golden::keywords::v1::Key const&, ::grpc::CompletionQueue*), override);
+  MAKE_MOCK3(KeyStore, ::grpc::Status(::grpc::ClientContext*, ::golden::keywords::v1::Key const&, ::golden::keywords::v1::Key*), override);
+  MAKE_MOCK3(AsyncKeyStoreRaw, ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>*(::grpc::ClientContext*, ::golden::keywords::v1::Key const&, ::grpc::CompletionQueue*), override);
+  MAKE_MOCK3(PrepareAsyncKeyStoreRaw, ::grpc::ClientAsyncResponseReaderInterface<::golden::keywords::v1::Key>*(::grpc::ClientContext*, ::golden::keywords::v1::Key const&, ::grpc::CompletionQueue*), override);
 };
 
 /// KeyStoreClient over a MockKeyStoreStub: pass it wherever the code under test

@@ -4,6 +4,8 @@
 #define STUBKIT_GENERATED_GOLDEN_2FPLAIN_2FV1_2FPLAIN_2ESTUBKIT_2EH
 
 #include <array>
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <utility>
 
@@ -112,6 +114,84 @@ class BasicEchoServiceClient {
 };
 /// The golden.plain.v1.EchoService client.
 using EchoServiceClient = BasicEchoServiceClient<>;
+
+/// golden.plain.v1.EchoService's StubInterface over several channels:
+/// every call, blocking, completion-queue or callback, goes to the next
+/// channel in turn. Pass it wherever a stub goes (EchoServiceClient, paginate, streams, async calls), e.g.
+///   EchoServiceClient client(std::make_shared<EchoServicePoolStub>(pool.channels()));
+/// with a stubkit::ChannelPool `pool` (docs/channels.md). Thread-safe.
+class EchoServicePoolStub final : public EchoService::StubInterface {
+ public:
+  /// One stub per channel of `channels` (shared_ptrs to channels). Throws
+  /// std::invalid_argument when there are none or one is null.
+  template <typename Channels>
+  explicit EchoServicePoolStub(Channels const& channels) : stubkit_ring_(channels) {}
+  EchoServicePoolStub(EchoServicePoolStub const&) = delete;
+  EchoServicePoolStub& operator=(EchoServicePoolStub const&) = delete;
+
+  /// How many channels the calls are spread over.
+  std::size_t size() const noexcept { return stubkit_ring_.size(); }
+
+  ::grpc::Status Echo(::grpc::ClientContext* context, ::golden::plain::v1::EchoRequest const& request, ::golden::plain::v1::EchoResponse* response) override {
+    return stubkit_ring_.next().Echo(context, request, response);
+  }
+  ::grpc::Status Shout(::grpc::ClientContext* context, ::golden::plain::v1::EchoRequest const& request, ::golden::plain::v1::EchoResponse* response) override {
+    return stubkit_ring_.next().Shout(context, request, response);
+  }
+  ::grpc::Status ListThings(::grpc::ClientContext* context, ::golden::plain::v1::ListThingsRequest const& request, ::golden::plain::v1::ListThingsResponse* response) override {
+    return stubkit_ring_.next().ListThings(context, request, response);
+  }
+  async_interface* async() override { return &stubkit_async_; }
+
+ private:
+  class StubkitAsync final : public async_interface {
+   public:
+    explicit StubkitAsync(::stubkit::detail::StubRing<::golden::plain::v1::EchoService>& ring) : ring_(ring) {}
+    void Echo(::grpc::ClientContext* context, ::golden::plain::v1::EchoRequest const* request, ::golden::plain::v1::EchoResponse* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->Echo(context, request, response, std::move(done));
+    }
+    void Echo(::grpc::ClientContext* context, ::golden::plain::v1::EchoRequest const* request, ::golden::plain::v1::EchoResponse* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->Echo(context, request, response, reactor);
+    }
+    void Shout(::grpc::ClientContext* context, ::golden::plain::v1::EchoRequest const* request, ::golden::plain::v1::EchoResponse* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->Shout(context, request, response, std::move(done));
+    }
+    void Shout(::grpc::ClientContext* context, ::golden::plain::v1::EchoRequest const* request, ::golden::plain::v1::EchoResponse* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->Shout(context, request, response, reactor);
+    }
+    void ListThings(::grpc::ClientContext* context, ::golden::plain::v1::ListThingsRequest const* request, ::golden::plain::v1::ListThingsResponse* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->ListThings(context, request, response, std::move(done));
+    }
+    void ListThings(::grpc::ClientContext* context, ::golden::plain::v1::ListThingsRequest const* request, ::golden::plain::v1::ListThingsResponse* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->ListThings(context, request, response, reactor);
+    }
+
+   private:
+    ::stubkit::detail::StubRing<::golden::plain::v1::EchoService>& ring_;
+  };
+
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::plain::v1::EchoResponse>* AsyncEchoRaw(::grpc::ClientContext* context, ::golden::plain::v1::EchoRequest const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncEcho(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::plain::v1::EchoResponse>* PrepareAsyncEchoRaw(::grpc::ClientContext* context, ::golden::plain::v1::EchoRequest const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncEcho(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::plain::v1::EchoResponse>* AsyncShoutRaw(::grpc::ClientContext* context, ::golden::plain::v1::EchoRequest const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncShout(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::plain::v1::EchoResponse>* PrepareAsyncShoutRaw(::grpc::ClientContext* context, ::golden::plain::v1::EchoRequest const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncShout(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::plain::v1::ListThingsResponse>* AsyncListThingsRaw(::grpc::ClientContext* context, ::golden::plain::v1::ListThingsRequest const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncListThings(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::plain::v1::ListThingsResponse>* PrepareAsyncListThingsRaw(::grpc::ClientContext* context, ::golden::plain::v1::ListThingsRequest const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncListThings(context, request, cq).release();
+  }
+
+  ::stubkit::detail::StubRing<::golden::plain::v1::EchoService> stubkit_ring_;
+  StubkitAsync stubkit_async_{stubkit_ring_};
+};
 
 }  // namespace golden::plain::v1
 

@@ -4,6 +4,8 @@
 #define STUBKIT_GENERATED_GOLDEN_2FSTREAMS_2FV1_2FSTREAMS_2ESTUBKIT_2EH
 
 #include <array>
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <utility>
 
@@ -151,6 +153,105 @@ class BasicTickerClient {
 };
 /// The golden.streams.v1.Ticker client.
 using TickerClient = BasicTickerClient<>;
+
+/// golden.streams.v1.Ticker's StubInterface over several channels:
+/// every call, blocking, completion-queue or callback, goes to the next
+/// channel in turn. Pass it wherever a stub goes (TickerClient, paginate, streams, async calls), e.g.
+///   TickerClient client(std::make_shared<TickerPoolStub>(pool.channels()));
+/// with a stubkit::ChannelPool `pool` (docs/channels.md). Thread-safe.
+class TickerPoolStub final : public Ticker::StubInterface {
+ public:
+  /// One stub per channel of `channels` (shared_ptrs to channels). Throws
+  /// std::invalid_argument when there are none or one is null.
+  template <typename Channels>
+  explicit TickerPoolStub(Channels const& channels) : stubkit_ring_(channels) {}
+  TickerPoolStub(TickerPoolStub const&) = delete;
+  TickerPoolStub& operator=(TickerPoolStub const&) = delete;
+
+  /// How many channels the calls are spread over.
+  std::size_t size() const noexcept { return stubkit_ring_.size(); }
+
+  ::grpc::Status Ping(::grpc::ClientContext* context, ::google::protobuf::Empty const& request, ::google::protobuf::Empty* response) override {
+    return stubkit_ring_.next().Ping(context, request, response);
+  }
+  ::grpc::Status ListTicks(::grpc::ClientContext* context, ::golden::streams::v1::ListTicksRequest const& request, ::golden::streams::v1::ListTicksResponse* response) override {
+    return stubkit_ring_.next().ListTicks(context, request, response);
+  }
+  async_interface* async() override { return &stubkit_async_; }
+
+ private:
+  class StubkitAsync final : public async_interface {
+   public:
+    explicit StubkitAsync(::stubkit::detail::StubRing<::golden::streams::v1::Ticker>& ring) : ring_(ring) {}
+    void Ping(::grpc::ClientContext* context, ::google::protobuf::Empty const* request, ::google::protobuf::Empty* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->Ping(context, request, response, std::move(done));
+    }
+    void Ping(::grpc::ClientContext* context, ::google::protobuf::Empty const* request, ::google::protobuf::Empty* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->Ping(context, request, response, reactor);
+    }
+    void ListTicks(::grpc::ClientContext* context, ::golden::streams::v1::ListTicksRequest const* request, ::golden::streams::v1::ListTicksResponse* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->ListTicks(context, request, response, std::move(done));
+    }
+    void ListTicks(::grpc::ClientContext* context, ::golden::streams::v1::ListTicksRequest const* request, ::golden::streams::v1::ListTicksResponse* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->ListTicks(context, request, response, reactor);
+    }
+    void Subscribe(::grpc::ClientContext* context, ::golden::streams::v1::Tick const* request, ::grpc::ClientReadReactor<::golden::streams::v1::Tick>* reactor) override {
+      ring_.next().async()->Subscribe(context, request, reactor);
+    }
+    void Sum(::grpc::ClientContext* context, ::golden::streams::v1::Total* response, ::grpc::ClientWriteReactor<::golden::streams::v1::Tick>* reactor) override {
+      ring_.next().async()->Sum(context, response, reactor);
+    }
+    void Echo(::grpc::ClientContext* context, ::grpc::ClientBidiReactor<::golden::streams::v1::Tick, ::golden::streams::v1::Tick>* reactor) override {
+      ring_.next().async()->Echo(context, reactor);
+    }
+
+   private:
+    ::stubkit::detail::StubRing<::golden::streams::v1::Ticker>& ring_;
+  };
+
+  ::grpc::ClientAsyncResponseReaderInterface<::google::protobuf::Empty>* AsyncPingRaw(::grpc::ClientContext* context, ::google::protobuf::Empty const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncPing(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::google::protobuf::Empty>* PrepareAsyncPingRaw(::grpc::ClientContext* context, ::google::protobuf::Empty const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncPing(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::streams::v1::ListTicksResponse>* AsyncListTicksRaw(::grpc::ClientContext* context, ::golden::streams::v1::ListTicksRequest const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncListTicks(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::streams::v1::ListTicksResponse>* PrepareAsyncListTicksRaw(::grpc::ClientContext* context, ::golden::streams::v1::ListTicksRequest const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncListTicks(context, request, cq).release();
+  }
+  ::grpc::ClientReaderInterface<::golden::streams::v1::Tick>* SubscribeRaw(::grpc::ClientContext* context, ::golden::streams::v1::Tick const& request) override {
+    return stubkit_ring_.next().Subscribe(context, request).release();
+  }
+  ::grpc::ClientAsyncReaderInterface<::golden::streams::v1::Tick>* AsyncSubscribeRaw(::grpc::ClientContext* context, ::golden::streams::v1::Tick const& request, ::grpc::CompletionQueue* cq, void* tag) override {
+    return stubkit_ring_.next().AsyncSubscribe(context, request, cq, tag).release();
+  }
+  ::grpc::ClientAsyncReaderInterface<::golden::streams::v1::Tick>* PrepareAsyncSubscribeRaw(::grpc::ClientContext* context, ::golden::streams::v1::Tick const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncSubscribe(context, request, cq).release();
+  }
+  ::grpc::ClientWriterInterface<::golden::streams::v1::Tick>* SumRaw(::grpc::ClientContext* context, ::golden::streams::v1::Total* response) override {
+    return stubkit_ring_.next().Sum(context, response).release();
+  }
+  ::grpc::ClientAsyncWriterInterface<::golden::streams::v1::Tick>* AsyncSumRaw(::grpc::ClientContext* context, ::golden::streams::v1::Total* response, ::grpc::CompletionQueue* cq, void* tag) override {
+    return stubkit_ring_.next().AsyncSum(context, response, cq, tag).release();
+  }
+  ::grpc::ClientAsyncWriterInterface<::golden::streams::v1::Tick>* PrepareAsyncSumRaw(::grpc::ClientContext* context, ::golden::streams::v1::Total* response, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncSum(context, response, cq).release();
+  }
+  ::grpc::ClientReaderWriterInterface<::golden::streams::v1::Tick, ::golden::streams::v1::Tick>* EchoRaw(::grpc::ClientContext* context) override {
+    return stubkit_ring_.next().Echo(context).release();
+  }
+  ::grpc::ClientAsyncReaderWriterInterface<::golden::streams::v1::Tick, ::golden::streams::v1::Tick>* AsyncEchoRaw(::grpc::ClientContext* context, ::grpc::CompletionQueue* cq, void* tag) override {
+    return stubkit_ring_.next().AsyncEcho(context, cq, tag).release();
+  }
+  ::grpc::ClientAsyncReaderWriterInterface<::golden::streams::v1::Tick, ::golden::streams::v1::Tick>* PrepareAsyncEchoRaw(::grpc::ClientContext* context, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncEcho(context, cq).release();
+  }
+
+  ::stubkit::detail::StubRing<::golden::streams::v1::Ticker> stubkit_ring_;
+  StubkitAsync stubkit_async_{stubkit_ring_};
+};
 
 }  // namespace golden::streams::v1
 

@@ -4,6 +4,8 @@
 #define STUBKIT_GENERATED_GOLDEN_2FDEEP_2FNESTED_2FPKG_2FV1_2FDEEP_2ESTUBKIT_2EH
 
 #include <array>
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <utility>
 
@@ -70,6 +72,54 @@ class BasicDeepClient {
 /// The golden.deep.nested.pkg.v1.Deep client.
 using DeepClient = BasicDeepClient<>;
 
+/// golden.deep.nested.pkg.v1.Deep's StubInterface over several channels:
+/// every call, blocking, completion-queue or callback, goes to the next
+/// channel in turn. Pass it wherever a stub goes (DeepClient, paginate, streams, async calls), e.g.
+///   DeepClient client(std::make_shared<DeepPoolStub>(pool.channels()));
+/// with a stubkit::ChannelPool `pool` (docs/channels.md). Thread-safe.
+class DeepPoolStub final : public Deep::StubInterface {
+ public:
+  /// One stub per channel of `channels` (shared_ptrs to channels). Throws
+  /// std::invalid_argument when there are none or one is null.
+  template <typename Channels>
+  explicit DeepPoolStub(Channels const& channels) : stubkit_ring_(channels) {}
+  DeepPoolStub(DeepPoolStub const&) = delete;
+  DeepPoolStub& operator=(DeepPoolStub const&) = delete;
+
+  /// How many channels the calls are spread over.
+  std::size_t size() const noexcept { return stubkit_ring_.size(); }
+
+  ::grpc::Status Find(::grpc::ClientContext* context, ::golden::deep::nested::pkg::v1::Outer_Inner const& request, ::golden::deep::nested::pkg::v1::Outer* response) override {
+    return stubkit_ring_.next().Find(context, request, response);
+  }
+  async_interface* async() override { return &stubkit_async_; }
+
+ private:
+  class StubkitAsync final : public async_interface {
+   public:
+    explicit StubkitAsync(::stubkit::detail::StubRing<::golden::deep::nested::pkg::v1::Deep>& ring) : ring_(ring) {}
+    void Find(::grpc::ClientContext* context, ::golden::deep::nested::pkg::v1::Outer_Inner const* request, ::golden::deep::nested::pkg::v1::Outer* response, std::function<void(::grpc::Status)> done) override {
+      ring_.next().async()->Find(context, request, response, std::move(done));
+    }
+    void Find(::grpc::ClientContext* context, ::golden::deep::nested::pkg::v1::Outer_Inner const* request, ::golden::deep::nested::pkg::v1::Outer* response, ::grpc::ClientUnaryReactor* reactor) override {
+      ring_.next().async()->Find(context, request, response, reactor);
+    }
+
+   private:
+    ::stubkit::detail::StubRing<::golden::deep::nested::pkg::v1::Deep>& ring_;
+  };
+
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::deep::nested::pkg::v1::Outer>* AsyncFindRaw(::grpc::ClientContext* context, ::golden::deep::nested::pkg::v1::Outer_Inner const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().AsyncFind(context, request, cq).release();
+  }
+  ::grpc::ClientAsyncResponseReaderInterface<::golden::deep::nested::pkg::v1::Outer>* PrepareAsyncFindRaw(::grpc::ClientContext* context, ::golden::deep::nested::pkg::v1::Outer_Inner const& request, ::grpc::CompletionQueue* cq) override {
+    return stubkit_ring_.next().PrepareAsyncFind(context, request, cq).release();
+  }
+
+  ::stubkit::detail::StubRing<::golden::deep::nested::pkg::v1::Deep> stubkit_ring_;
+  StubkitAsync stubkit_async_{stubkit_ring_};
+};
+
 /// What stubkit knows of each golden.deep.nested.pkg.v1.Idle method: full name, kind, idempotency_level
 /// and the field number of an AIP-155 `request_id` (0 = none). Retries and the retry
 /// interceptor look methods up here by full name.
@@ -107,6 +157,29 @@ class BasicIdleClient {
 };
 /// The golden.deep.nested.pkg.v1.Idle client.
 using IdleClient = BasicIdleClient<>;
+
+/// golden.deep.nested.pkg.v1.Idle's StubInterface over several channels:
+/// every call, blocking, completion-queue or callback, goes to the next
+/// channel in turn. Pass it wherever a stub goes (IdleClient, paginate, streams, async calls), e.g.
+///   IdleClient client(std::make_shared<IdlePoolStub>(pool.channels()));
+/// with a stubkit::ChannelPool `pool` (docs/channels.md). Thread-safe.
+class IdlePoolStub final : public Idle::StubInterface {
+ public:
+  /// One stub per channel of `channels` (shared_ptrs to channels). Throws
+  /// std::invalid_argument when there are none or one is null.
+  template <typename Channels>
+  explicit IdlePoolStub(Channels const& channels) : stubkit_ring_(channels) {}
+  IdlePoolStub(IdlePoolStub const&) = delete;
+  IdlePoolStub& operator=(IdlePoolStub const&) = delete;
+
+  /// How many channels the calls are spread over.
+  std::size_t size() const noexcept { return stubkit_ring_.size(); }
+
+
+ private:
+
+  ::stubkit::detail::StubRing<::golden::deep::nested::pkg::v1::Idle> stubkit_ring_;
+};
 
 }  // namespace golden::deep::nested::pkg::v1
 
