@@ -302,14 +302,19 @@ TEST_SUITE("async") {
     CHECK(future.handle().done());
     CHECK(f.server.faults().calls("GetUser") == 0);
 
-    // Hedging is stubkit::call's only, so far: refused, not ignored.
+    // A hedging policy it cannot use, or with retries: refused the same way.
     stubkit::CallOptions hedged;
     hedged.hedging = stubkit::HedgingPolicy{};
-    auto unhedged = stubkit::async_call(*f.stub, kGetUser, get_request("ada"), hedged, stubkit::use_future);
-    auto refused = get_within(unhedged);
-    CHECK(refused.error().code() == StatusCode::UNIMPLEMENTED);
-    CHECK(refused.error().message() ==
-          "CallOptions::hedging: only stubkit::call hedges so far, not the async call");
+    hedged.hedging->max_attempts = 1;
+    auto bad_policy = stubkit::async_call(*f.stub, kGetUser, get_request("ada"), hedged, stubkit::use_future);
+    REQUIRE(bad_policy.wait_for(0s) == std::future_status::ready);
+    auto refused = bad_policy.get();
+    CHECK(refused.error().code() == StatusCode::INVALID_ARGUMENT);
+    CHECK(refused.error().message().find("invalid HedgingPolicy") == 0);
+    hedged.hedging->max_attempts = 2;
+    hedged.retry = stubkit::RetryPolicy::standard();
+    auto both = stubkit::async_call(*f.stub, kGetUser, get_request("ada"), hedged, stubkit::use_future).get();
+    CHECK(both.error().code() == StatusCode::INVALID_ARGUMENT);
     CHECK(f.server.faults().calls("GetUser") == 0);
 
     // A StubInterface mock has no callback API unless its async() is mocked.

@@ -7,13 +7,18 @@
 
 #include <atomic>
 #include <chrono>
+#include <future>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <trompeloeil.hpp>
 #include <vector>
 
+#include "stubkit/async.hpp"
+#include "stubkit/async_paginate.hpp"
 #include "stubkit/channel.hpp"
 #include "stubkit/retry.hpp"
 #include "stubkit/testing/embedded_server.hpp"
@@ -99,6 +104,28 @@ std::shared_ptr<stubkit::HedgeBudget> spent_budget() {
   return budget;
 }
 
+// The same hedged call, blocking (stubkit::call) or async (async_call):
+// each test case runs both ways, as subcases.
+enum class Mode { kBlocking, kAsync };
+struct Caller {
+  Mode mode = Mode::kBlocking;
+  stubkit::Result<User> get(UserService::Stub& stub, myservice::v1::GetUserRequest const& request,
+                            stubkit::CallOptions const& options) const {
+    if (mode == Mode::kBlocking) return stubkit::call(stub, &UserService::Stub::GetUser, request, options);
+    return stubkit::async_call(stub, &UserService::Stub::async::GetUser, request, options,
+                               stubkit::use_future)
+        .get();
+  }
+  stubkit::Result<myservice::v1::CreateUserResponse> create(UserService::Stub& stub,
+                                                            myservice::v1::CreateUserRequest const& request,
+                                                            stubkit::CallOptions const& options) const {
+    if (mode == Mode::kBlocking) return stubkit::call(stub, &UserService::Stub::CreateUser, request, options);
+    return stubkit::async_call(stub, &UserService::Stub::async::CreateUser, request, options,
+                               stubkit::use_future)
+        .get();
+  }
+};
+
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -134,11 +161,40 @@ TEST_SUITE("hedging") {
     CHECK(slow_calls_cancelled(fixture.server));
   }
 
+  TEST_CASE("the async example of docs/hedging.md: the same, with a callback") {
+    HedgeFixture fixture;
+    fixture.server.faults().set_tail_latency({0.5, 30s, 16});  // the first attempt is slow, the second not
+    auto& stub = fixture.stub;
+    auto const request = get_request("u00000001");
+    stubkit::CallOptions options;
+    options.timeout = 2s;
+    options.hedging = stubkit::HedgingPolicy{};
+    options.hedging->hedging_delay = 20ms;
+    options.hedging->budget = std::make_shared<stubkit::HedgeBudget>();
+    std::promise<stubkit::Result<User>> answer;
+    auto const start = std::chrono::steady_clock::now();
+    stubkit::AsyncHandle handle = stubkit::async_call(
+        *stub, &UserService::Stub::async::GetUser, request, options,
+        [&answer](stubkit::Result<User> user) { answer.set_value(std::move(user)); });  // the first answer
+    auto user = answer.get_future().get();
+    REQUIRE(user.ok());
+    CHECK(seconds_since(start) < 2);
+    for (int i = 0; i < 500 && !handle.done(); ++i) std::this_thread::sleep_for(2ms);
+    CHECK(handle.done());
+    CHECK(fixture.server.faults().tail_delayed_calls() == 1);
+    CHECK(slow_calls_cancelled(fixture.server));
+  }
+
   TEST_CASE("with one of three backends slow, hedged calls finish at the speed of the fast ones") {
+    Caller caller;
+    SUBCASE("blocking") { caller.mode = Mode::kBlocking; }
+    SUBCASE("async_call") { caller.mode = Mode::kAsync; }
     std::vector<std::unique_ptr<stubkit::testing::EmbeddedServer>> servers;
     std::string target = "ipv4:";
     for (int i = 0; i < 3; ++i) {
-      servers.push_back(std::make_unique<stubkit::testing::EmbeddedServer>(tcp_options()));
+      auto options = tcp_options();
+      options.service.server_id = "backend-" + std::to_string(i);
+      servers.push_back(std::make_unique<stubkit::testing::EmbeddedServer>(options));
       servers.back()->service().preload(1);
       target += (i ? "," : "") + servers.back()->address();
     }
@@ -152,17 +208,23 @@ TEST_SUITE("hedging") {
     int hedged_calls = 0;
     for (int i = 0; i < 12; ++i) {
       stubkit::RetryReport report;
+      std::multimap<std::string, std::string> trailers;
       auto options = hedged(3, 20ms);
       options.report = &report;
+      options.trailers = &trailers;
       options.observer = recorder;
       auto const start = std::chrono::steady_clock::now();
-      auto user = stubkit::call(*stub, &UserService::Stub::GetUser, get_request("u00000001"), options);
+      auto user = caller.get(*stub, get_request("u00000001"), options);
       REQUIRE(user.ok());
       CHECK(user->id() == "u00000001");
       CHECK(seconds_since(start) < 10);  // a slow attempt alone takes 30 s
       CHECK(report.winner >= 1);
       CHECK(report.winner <= report.attempts);
       CHECK(report.stop_reason.empty());
+      // The trailers are the winner's: a fast backend's, never the slow one's.
+      auto const answered = trailers.find("stubkit-server-id");
+      REQUIRE(answered != trailers.end());
+      CHECK(answered->second != "backend-0");
       if (report.attempts > 1) ++hedged_calls;
     }
     // Round robin sent some attempts to the slow backend; each of those calls
@@ -187,6 +249,9 @@ TEST_SUITE("hedging") {
   }
 
   TEST_CASE("a call that is not idempotent is never hedged; a request_id makes it hedgeable") {
+    Caller caller;
+    SUBCASE("blocking") { caller.mode = Mode::kBlocking; }
+    SUBCASE("async_call") { caller.mode = Mode::kAsync; }
     ServerFixture fixture;
     make_slow(fixture.server, 300ms);
     auto recorder = std::make_shared<Recorder>();
@@ -195,8 +260,7 @@ TEST_SUITE("hedging") {
     options.report = &report;
     options.observer = recorder;
     auto const start = std::chrono::steady_clock::now();
-    auto created =
-        stubkit::call(*fixture.stub, &UserService::Stub::CreateUser, create_user_request("alan"), options);
+    auto created = caller.create(*fixture.stub, create_user_request("alan"), options);
     REQUIRE(created.ok());
     CHECK(seconds_since(start) >= 0.25);  // it waited for its one slow attempt
     CHECK(report.attempts == 1);
@@ -206,8 +270,7 @@ TEST_SUITE("hedging") {
 
     // With a request_id the server deduplicates: hedges are safe and sent.
     report = {};
-    auto again = stubkit::call(*fixture.stub, &UserService::Stub::CreateUser,
-                               create_user_request("grace", "req-grace-1"), options);
+    auto again = caller.create(*fixture.stub, create_user_request("grace", "req-grace-1"), options);
     REQUIRE(again.ok());
     CHECK(again->user().id() == "grace");
     CHECK(report.attempts == 3);
@@ -216,6 +279,9 @@ TEST_SUITE("hedging") {
   }
 
   TEST_CASE("a non-fatal failure sends the next attempt at once; a fatal one ends the call") {
+    Caller caller;
+    SUBCASE("blocking") { caller.mode = Mode::kBlocking; }
+    SUBCASE("async_call") { caller.mode = Mode::kAsync; }
     HedgeFixture fixture;
     auto& faults = fixture.server.faults();
     auto recorder = std::make_shared<Recorder>();
@@ -226,7 +292,7 @@ TEST_SUITE("hedging") {
 
     faults.fail_next("GetUser", 1, StatusCode::UNAVAILABLE, "backend restarting");
     auto const start = std::chrono::steady_clock::now();
-    auto user = stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options);
+    auto user = caller.get(*fixture.stub, get_request("u00000001"), options);
     REQUIRE(user.ok());
     CHECK(seconds_since(start) < 10);
     CHECK(report.attempts == 2);
@@ -242,7 +308,7 @@ TEST_SUITE("hedging") {
 
     // Every attempt fails non-fatally: the last failure is the result.
     faults.fail_next("GetUser", 5, StatusCode::UNAVAILABLE, "down");
-    auto down = stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options);
+    auto down = caller.get(*fixture.stub, get_request("u00000001"), options);
     REQUIRE_FALSE(down.ok());
     CHECK(down.error().code() == StatusCode::UNAVAILABLE);
     CHECK(report.attempts == 3);
@@ -251,7 +317,7 @@ TEST_SUITE("hedging") {
     faults.clear();
 
     // NOT_FOUND is fatal: no hedge, whatever the delay.
-    auto missing = stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("nobody"), options);
+    auto missing = caller.get(*fixture.stub, get_request("nobody"), options);
     REQUIRE_FALSE(missing.ok());
     CHECK(missing.error().code() == StatusCode::NOT_FOUND);
     CHECK(report.attempts == 1);
@@ -259,6 +325,9 @@ TEST_SUITE("hedging") {
   }
 
   TEST_CASE("a fatal status from a hedge ends the call and cancels the slow attempt") {
+    Caller caller;
+    SUBCASE("blocking") { caller.mode = Mode::kBlocking; }
+    SUBCASE("async_call") { caller.mode = Mode::kAsync; }
     // Backend 0 is slow; backend 1 knows no user, so its answer, NOT_FOUND,
     // is fatal. Round robin alternates, so some calls try the slow one first.
     stubkit::testing::EmbeddedServer slow(tcp_options());
@@ -273,7 +342,7 @@ TEST_SUITE("hedging") {
       auto options = hedged(2, 20ms);
       options.report = &report;
       auto const start = std::chrono::steady_clock::now();
-      auto user = stubkit::call(*stub, &UserService::Stub::GetUser, get_request("u00000001"), options);
+      auto user = caller.get(*stub, get_request("u00000001"), options);
       REQUIRE_FALSE(user.ok());
       CHECK(user.error().code() == StatusCode::NOT_FOUND);
       CHECK(seconds_since(start) < 10);
@@ -285,6 +354,9 @@ TEST_SUITE("hedging") {
   }
 
   TEST_CASE("server pushback delays the next attempt, or stops hedging") {
+    Caller caller;
+    SUBCASE("blocking") { caller.mode = Mode::kBlocking; }
+    SUBCASE("async_call") { caller.mode = Mode::kAsync; }
     HedgeFixture fixture;
     auto& faults = fixture.server.faults();
     stubkit::RetryReport report;
@@ -292,8 +364,7 @@ TEST_SUITE("hedging") {
     options.report = &report;
 
     faults.fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, "-1");
-    auto refused =
-        stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options);
+    auto refused = caller.get(*fixture.stub, get_request("u00000001"), options);
     REQUIRE_FALSE(refused.ok());
     CHECK(refused.error().code() == StatusCode::UNAVAILABLE);
     CHECK(report.attempts == 1);
@@ -301,7 +372,7 @@ TEST_SUITE("hedging") {
 
     faults.fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, "200");
     auto const start = std::chrono::steady_clock::now();
-    auto user = stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options);
+    auto user = caller.get(*fixture.stub, get_request("u00000001"), options);
     REQUIRE_MESSAGE(user.ok(), user.error().to_string()
                                    << " after " << report.attempts << " attempts: " << report.stop_reason);
     CHECK(seconds_since(start) >= 0.19);
@@ -311,6 +382,9 @@ TEST_SUITE("hedging") {
   }
 
   TEST_CASE("hedges count against the retry throttle, and a closed throttle sends none") {
+    Caller caller;
+    SUBCASE("blocking") { caller.mode = Mode::kBlocking; }
+    SUBCASE("async_call") { caller.mode = Mode::kAsync; }
     HedgeFixture fixture;
     auto throttle = std::make_shared<stubkit::RetryThrottle>(10, 0.5);
     stubkit::RetryReport report;
@@ -320,8 +394,7 @@ TEST_SUITE("hedging") {
 
     // Two non-fatal failures take a token each; the success gives half back.
     fixture.server.faults().fail_next("GetUser", 2, StatusCode::UNAVAILABLE);
-    REQUIRE(
-        stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options).ok());
+    REQUIRE(caller.get(*fixture.stub, get_request("u00000001"), options).ok());
     CHECK(report.attempts == 3);
     CHECK(throttle->tokens() == doctest::Approx(8.5));
 
@@ -329,20 +402,23 @@ TEST_SUITE("hedging") {
     while (throttle->allows_retry()) throttle->on_retryable_failure();
     make_slow(fixture.server, 200ms);
     options.hedging->hedging_delay = 10ms;
-    auto user = stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options);
+    auto user = caller.get(*fixture.stub, get_request("u00000001"), options);
     REQUIRE(user.ok());
     CHECK(report.attempts == 1);
     CHECK(fixture.server.faults().tail_delayed_calls() == 1);
   }
 
   TEST_CASE("the call's deadline ends every attempt") {
+    Caller caller;
+    SUBCASE("blocking") { caller.mode = Mode::kBlocking; }
+    SUBCASE("async_call") { caller.mode = Mode::kAsync; }
     HedgeFixture fixture(30s);
     stubkit::RetryReport report;
     auto options = hedged(3, 50ms);
     options.timeout = 400ms;
     options.report = &report;
     auto const start = std::chrono::steady_clock::now();
-    auto user = stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options);
+    auto user = caller.get(*fixture.stub, get_request("u00000001"), options);
     REQUIRE_FALSE(user.ok());
     CHECK(user.error().code() == StatusCode::DEADLINE_EXCEEDED);
     CHECK(seconds_since(start) < 10);
@@ -354,10 +430,12 @@ TEST_SUITE("hedging") {
   }
 
   TEST_CASE("unusable hedging options are refused before any attempt") {
+    Caller caller;
+    SUBCASE("blocking") { caller.mode = Mode::kBlocking; }
+    SUBCASE("async_call") { caller.mode = Mode::kAsync; }
     ServerFixture fixture;
     auto refused = [&](stubkit::CallOptions const& options) {
-      auto user =
-          stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options);
+      auto user = caller.get(*fixture.stub, get_request("u00000001"), options);
       REQUIRE_FALSE(user.ok());
       CHECK(user.error().code() == StatusCode::INVALID_ARGUMENT);
       return user.error().message();
@@ -390,6 +468,9 @@ TEST_SUITE("hedging") {
   }
 
   TEST_CASE("a clock that throws ends the call with UNKNOWN and cancels its attempts") {
+    Caller caller;
+    SUBCASE("blocking") { caller.mode = Mode::kBlocking; }
+    SUBCASE("async_call") { caller.mode = Mode::kAsync; }
     HedgeFixture fixture(30s);
     stubkit::RetryReport report;
     auto options = hedged(3, 10ms);
@@ -400,7 +481,7 @@ TEST_SUITE("hedging") {
     };
     options.report = &report;
     auto const start = std::chrono::steady_clock::now();
-    auto user = stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options);
+    auto user = caller.get(*fixture.stub, get_request("u00000001"), options);
     REQUIRE_FALSE(user.ok());
     CHECK(user.error().code() == StatusCode::UNKNOWN);
     CHECK(user.error().message().find("clock broke") != std::string::npos);
@@ -410,6 +491,9 @@ TEST_SUITE("hedging") {
   }
 
   TEST_CASE("a hedging budget bounds the hedges of many calls; failures do not spend it") {
+    Caller caller;
+    SUBCASE("blocking") { caller.mode = Mode::kBlocking; }
+    SUBCASE("async_call") { caller.mode = Mode::kAsync; }
     HedgeFixture fixture;
     make_slow(fixture.server, 100ms);  // every call slow: each would want hedges
     auto const budget = std::make_shared<stubkit::HedgeBudget>(0.5, 2);
@@ -419,8 +503,7 @@ TEST_SUITE("hedging") {
       auto options = hedged(3, 10ms);
       options.hedging->budget = budget;
       options.report = &report;
-      REQUIRE(
-          stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options).ok());
+      REQUIRE(caller.get(*fixture.stub, get_request("u00000001"), options).ok());
       sent += report.attempts;
       if (report.attempts == 1) CHECK(report.stop_reason.empty());  // it succeeded, budget or not
     }
@@ -436,22 +519,104 @@ TEST_SUITE("hedging") {
     auto options = hedged(3, 10ms);
     options.hedging->budget = spent_budget();
     options.report = &report;
-    REQUIRE(
-        stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options).ok());
+    REQUIRE(caller.get(*fixture.stub, get_request("u00000001"), options).ok());
     CHECK(report.attempts == 2);
   }
 
   TEST_CASE("a spent budget leaves a slow call unhedged") {
+    Caller caller;
+    SUBCASE("blocking") { caller.mode = Mode::kBlocking; }
+    SUBCASE("async_call") { caller.mode = Mode::kAsync; }
     HedgeFixture fixture(30s);
     stubkit::RetryReport report;
     auto options = hedged(3, 10ms);
     options.timeout = 300ms;
     options.hedging->budget = spent_budget();
     options.report = &report;
-    auto user = stubkit::call(*fixture.stub, &UserService::Stub::GetUser, get_request("u00000001"), options);
+    auto user = caller.get(*fixture.stub, get_request("u00000001"), options);
     REQUIRE_FALSE(user.ok());
     CHECK(user.error().code() == StatusCode::DEADLINE_EXCEEDED);
     CHECK(report.attempts == 1);
     CHECK(report.stop_reason == "status DEADLINE_EXCEEDED is fatal for hedging");
+  }
+
+  TEST_CASE("cancelling an async hedged call ends every attempt, on the server too") {
+    HedgeFixture fixture(30s);
+    stubkit::RetryReport report;
+    auto options = hedged(3, 10ms);
+    options.report = &report;
+    auto const start = std::chrono::steady_clock::now();
+    auto future = stubkit::async_call(*fixture.stub, &UserService::Stub::async::GetUser,
+                                      get_request("u00000001"), options, stubkit::use_future);
+    // All three attempts reach the server, then the caller cancels.
+    for (int i = 0; i < 1000 && fixture.server.faults().calls("GetUser") < 3; ++i)
+      std::this_thread::sleep_for(5ms);
+    REQUIRE(fixture.server.faults().calls("GetUser") == 3);
+    future.handle().cancel();
+    auto user = future.get();
+    REQUIRE_FALSE(user.ok());
+    CHECK(user.error().code() == StatusCode::CANCELLED);
+    CHECK(seconds_since(start) < 10);
+    CHECK(report.attempts == 3);
+    CHECK(report.winner == 0);
+    CHECK(report.stop_reason == "cancelled");
+    CHECK(future.handle().done());
+    CHECK(slow_calls_cancelled(fixture.server));
+  }
+
+  TEST_CASE("an async listing's page calls hedge with its call options") {
+    HedgeFixture fixture;
+    fixture.server.service().preload(3);  // 4 users: two pages of 2, and the last page's check
+    // Seed 16: the 1st, 3rd, 5th... call to arrive is slow (30 s): each
+    // page's first attempt is slow, its hedge fast.
+    fixture.server.faults().set_tail_latency({0.5, 30s, 16});
+    stubkit::PaginateOptions paging;
+    paging.page_size = 2;
+    auto const start = std::chrono::steady_clock::now();
+    auto items = stubkit::async_paginate(*fixture.stub, &UserService::Stub::async::ListUsers,
+                                         myservice::v1::ListUsersRequest{}, paging, hedged(2, 20ms));
+    int listed = 0;
+    while (auto item = items.next(stubkit::use_future).get()) {
+      REQUIRE(item->ok());
+      ++listed;
+    }
+    CHECK(listed == 4);
+    CHECK(seconds_since(start) < 10);
+    CHECK(fixture.server.faults().tail_delayed_calls() >= 2);
+    CHECK(slow_calls_cancelled(fixture.server));
+  }
+
+  TEST_CASE("many async hedged calls at once, some cancelled: each completes once") {
+    HedgeFixture fixture;
+    // A third of the calls take 200 ms; hedges 5 ms apart race them.
+    fixture.server.faults().set_tail_latency({0.3, 200ms, 7});
+    int const calls = 200;
+    std::atomic<int> completed{0};
+    std::atomic<int> succeeded{0};
+    std::atomic<int> cancelled{0};
+    std::vector<std::atomic<int>> completions(calls);
+    std::vector<stubkit::AsyncHandle> handles;
+    for (int i = 0; i < calls; ++i) {
+      auto options = hedged(3, 5ms);
+      handles.push_back(stubkit::async_call(*fixture.stub, &UserService::Stub::async::GetUser,
+                                            get_request("u00000001"), options,
+                                            [&, i](stubkit::Result<User> user) {
+                                              ++completions[static_cast<std::size_t>(i)];
+                                              if (user.ok()) ++succeeded;
+                                              if (!user.ok() && user.error().code() == StatusCode::CANCELLED)
+                                                ++cancelled;
+                                              ++completed;
+                                            }));
+      if (i % 4 == 3) handles[static_cast<std::size_t>(i - 1)].cancel();  // one call in four, in flight
+    }
+    for (int i = 0; i < 2000 && completed < calls; ++i) std::this_thread::sleep_for(5ms);
+    REQUIRE(completed == calls);
+    for (auto const& handle : handles) {
+      for (int i = 0; i < 500 && !handle.done(); ++i) std::this_thread::sleep_for(2ms);
+      CHECK(handle.done());
+    }
+    for (auto const& n : completions) CHECK(n == 1);
+    CHECK(succeeded + cancelled == calls);  // nothing else fails
+    CHECK(succeeded >= calls * 3 / 4 - 1);  // every call not cancelled succeeds (some cancelled ones too)
   }
 }

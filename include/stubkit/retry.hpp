@@ -620,8 +620,8 @@ struct CallOptions {
   std::optional<std::chrono::system_clock::time_point> deadline;
   /// Retry policy; unset = a single attempt.
   std::optional<RetryPolicy> retry;
-  /// Hedging policy (HedgingPolicy), instead of `retry`: stubkit::call
-  /// only for now; other calls refuse it with UNIMPLEMENTED.
+  /// Hedging policy (HedgingPolicy), instead of `retry`: stubkit::call,
+  /// async_call and the page calls of async listings hedge (docs/hedging.md).
   std::optional<HedgingPolicy> hedging;
   /// Overrides idempotency detection (proto option or request_id).
   std::optional<bool> idempotent;
@@ -704,11 +704,6 @@ inline std::optional<Error> setup_call(CallOptions const& options, MethodInfo co
     if (options.retry) {
       return Error(grpc::StatusCode::INVALID_ARGUMENT,
                    "CallOptions: set retry or hedging, not both (a hedged call's attempts are its retries)");
-    }
-    if (source != "call") {
-      return Error(
-          grpc::StatusCode::UNIMPLEMENTED,
-          "CallOptions::hedging: only stubkit::call hedges so far, not the " + std::string(source) + " call");
     }
   }
   plan.idempotent = options.idempotent ? *options.idempotent
@@ -972,6 +967,144 @@ inline grpc::Status hedged_step_threw(RetryReport& report, std::exception_ptr er
   }
 }
 
+// Tells the observer hedge `n` is sent, for `why`.
+inline void notify_hedge(CallSetup& setup, int n, std::string const& why) {
+  if (setup.observer == nullptr) return;
+  Event event = setup.event;
+  event.type = EventType::kHedge;
+  event.attempt = n;
+  event.reason = why;
+  detail::notify(setup.observer, event);
+}
+
+// Tells the observer a hedged call gives up with attempt n's `status`.
+inline void notify_hedged_give_up(CallSetup& setup, int n, grpc::Status const& status,
+                                  std::string const& reason) {
+  if (status.ok() || setup.observer == nullptr) return;
+  Event event = setup.event;
+  event.type = EventType::kGiveUp;
+  event.attempt = n;
+  std::string message;
+  set_status(event, status, message);
+  event.reason = reason;
+  detail::notify(setup.observer, event);
+}
+
+// The rules of a hedged call, the same for the blocking call (HedgedCall)
+// and the async one (async.hpp): how many attempts it may send, what an
+// attempt's end means, and whether a further attempt may go now. Used by
+// the one thread that coordinates the call at a time.
+class HedgeRules {
+ public:
+  HedgeRules(HedgingPolicy const& policy, CallSetup& setup, RetryReport& report)
+      : policy_(policy), setup_(setup), report_(report) {}
+
+  // Before the first attempt: how many attempts the call may send (1 when
+  // it is not safe to repeat). A call that may hedge earns its budget share.
+  int begin() {
+    most_ = setup_.plan.idempotent ? policy_.max_attempts : 1;
+    if (most_ > 1) budget().on_call();
+    return most_;
+  }
+
+  int sent() const { return sent_; }
+  // The last attempt whose end was read (0: none).
+  int last() const { return last_; }
+  // Whether a further attempt may still be sent, now or later.
+  bool can_send() const { return sent_ < most_ && more_; }
+  // Whether every attempt sent has been read and none may follow.
+  bool over() const { return sent_ == settled_ && !can_send(); }
+
+  // Attempt n (sent() + 1) is sent.
+  void on_sent(int n) {
+    sent_ = n;
+    report_.attempts = n;
+    next_after_failure_ = false;
+  }
+  // Attempt n (sent() + 1) could not be sent: none after it will be.
+  void on_not_sent(int n, std::string reason) {
+    sent_ = n - 1;
+    report_.attempts = n - 1;
+    stop(std::move(reason));
+  }
+  // No further attempt will be sent, for `reason`.
+  void stop(std::string reason) {
+    more_ = false;
+    report_.stop_reason = std::move(reason);
+  }
+
+  // Reads the end of attempt n (its outcome, from end_attempt). Returns the
+  // reason the call ends with it ("" when it succeeded), or nothing when
+  // the call goes on, maybe with the next attempt sooner (`next_at`,
+  // `why_next`).
+  std::optional<std::string> settle(int n, AttemptOutcome const& outcome,
+                                    std::chrono::steady_clock::time_point& next_at, std::string& why_next) {
+    ++settled_;
+    report_.last_status = outcome.status;
+    last_ = n;
+    grpc::StatusCode const code = outcome.status.error_code();
+    if (code == grpc::StatusCode::OK) {
+      if (setup_.plan.throttle) feed_throttle(setup_.plan, true);
+      return std::string();
+    }
+    if (!policy_.non_fatal(code)) return "status " + code_name(code) + " is fatal for hedging";
+    if (setup_.plan.throttle) feed_throttle(setup_.plan, false);
+    if (!setup_.plan.idempotent) return std::string("the call is not idempotent and has no idempotency key");
+    // A non-fatal failure sends the next attempt at once, or after the
+    // server's pushback; a pushback that says stop sends no more.
+    why_next = "attempt " + std::to_string(n) + " failed with " + code_name(code);
+    next_after_failure_ = true;
+    std::chrono::milliseconds wait{0};
+    if (auto asked = outcome.server_wait(); asked && asked->count() < 0) {
+      stop("the server asked not to retry");
+    } else if (asked) {
+      wait = *asked;
+      why_next += ", after the wait the server asked for";
+    }
+    next_at = after(wait);
+    if (wait.count() > 0) pushed_back_until_ = std::max(pushed_back_until_, next_at);
+    next_at = std::max(next_at, pushed_back_until_);  // an earlier pushback still holds
+    if (more_ && wait.count() > 0 && setup_.plan.deadline &&
+        saturating_add(setup_.plan.clock.read(), wait) >= *setup_.plan.deadline) {
+      stop("the deadline would pass before the next attempt");
+    }
+    if (sent_ >= most_ && report_.stop_reason.empty()) report_.stop_reason = "max_attempts reached";
+    return std::nullopt;
+  }
+
+  // Why no further attempt may be sent now, or "" (then one hedge of the
+  // budget is spent on it).
+  std::string refused() const {
+    if (setup_.plan.throttle && !setup_.plan.throttle->allows_retry()) return "the retry throttle is closed";
+    if (setup_.plan.deadline && setup_.plan.clock.read() >= *setup_.plan.deadline)
+      return "the deadline passed";
+    // Only hedges for slowness spend the budget; an attempt after a failure
+    // is the throttle's to refuse.
+    if (!next_after_failure_ && !budget().try_spend()) return "the hedging budget is spent";
+    return "";
+  }
+
+  // Now plus `delay`, capped so that no delay overflows the clock.
+  static std::chrono::steady_clock::time_point after(std::chrono::milliseconds delay) {
+    return std::chrono::steady_clock::now() +
+           std::min<std::chrono::milliseconds>(delay, std::chrono::hours(24 * 365));
+  }
+
+ private:
+  HedgeBudget& budget() const { return policy_.budget ? *policy_.budget : *HedgeBudget::process_default(); }
+
+  HedgingPolicy const& policy_;
+  CallSetup& setup_;
+  RetryReport& report_;
+  int most_ = 1;                                               // attempts this call may send
+  int sent_ = 0;                                               // attempts started
+  int settled_ = 0;                                            // attempts whose end was read
+  int last_ = 0;                                               // the last attempt whose end was read
+  bool more_ = true;                                           // hedges may still be sent
+  std::chrono::steady_clock::time_point pushed_back_until_{};  // no attempt before this
+  bool next_after_failure_ = false;  // the next attempt replaces a failed one (else: hedges a slow one)
+};
+
 // The blocking hedged call of stubkit::call (HedgingPolicy).
 //
 // Threads. The first attempt runs on the caller's thread. A call answered
@@ -996,7 +1129,12 @@ inline grpc::Status hedged_step_threw(RetryReport& report, std::exception_ptr er
 class HedgedCall {
  public:
   HedgedCall(CallOptions const& options, CallSetup& setup, HedgedAttempt attempt, RetryReport& report)
-      : options_(options), policy_(*options.hedging), setup_(setup), attempt_(attempt), report_(report) {}
+      : options_(options),
+        policy_(*options.hedging),
+        setup_(setup),
+        attempt_(attempt),
+        report_(report),
+        rules_(policy_, setup, report) {}
   HedgedCall(HedgedCall const&) = delete;
   HedgedCall& operator=(HedgedCall const&) = delete;
   ~HedgedCall() {
@@ -1008,15 +1146,14 @@ class HedgedCall {
   }
 
   grpc::Status run() {
-    most_ = setup_.plan.idempotent ? policy_.max_attempts : 1;
-    if (most_ > 1) budget().on_call();
+    int const most = rules_.begin();
     start(1, "");
     HedgeTimer::Token timer;
-    if (most_ > 1 && policy_.hedging_delay.count() == 0) {
+    if (most > 1 && policy_.hedging_delay.count() == 0) {
       fire();  // every attempt at once
-    } else if (most_ > 1) {
+    } else if (most > 1) {
       try {
-        timer = HedgeTimer::instance().add(after(policy_.hedging_delay), [this] { fire(); });
+        timer = HedgeTimer::instance().add(HedgeRules::after(policy_.hedging_delay), [this] { fire(); });
       } catch (...) {  // no memory or no timer thread: the first attempt goes on alone
         timer = {};
       }
@@ -1078,12 +1215,6 @@ class HedgedCall {
     cv_.notify_all();  // the last touch of this call
   }
 
-  // Now plus `delay`, capped so that no delay overflows the clock.
-  static std::chrono::steady_clock::time_point after(std::chrono::milliseconds delay) {
-    return std::chrono::steady_clock::now() +
-           std::min<std::chrono::milliseconds>(delay, std::chrono::hours(24 * 365));
-  }
-
   // Runs the call from here to its end: reads attempts' ends, sends
   // attempts when due (the next one at `next_at`), decides. Returns the
   // call's status, every attempt ended.
@@ -1092,17 +1223,15 @@ class HedgedCall {
       for (int n = take_ended(); n != 0; n = take_ended()) {
         if (auto done = settle(n, next_at, why_next)) return finish(n, *done);
       }
-      bool const can_send = sent_ < most_ && more_;
-      if (sent_ == settled_ && !can_send) return finish(last_, report_.stop_reason);  // nothing left
+      if (rules_.over()) return finish(rules_.last(), report_.stop_reason);  // nothing left
+      bool const can_send = rules_.can_send();
       if (can_send && std::chrono::steady_clock::now() >= next_at) {
-        if (auto refused = hedge_refused(); !refused.empty()) {
-          more_ = false;
-          report_.stop_reason = refused;
+        if (auto refused = rules_.refused(); !refused.empty()) {
+          rules_.stop(refused);
         } else {
-          start(sent_ + 1, why_next);
-          next_at = after(policy_.hedging_delay);
+          start(rules_.sent() + 1, why_next);
+          next_at = HedgeRules::after(policy_.hedging_delay);
           why_next = "no answer within hedging_delay";
-          next_after_failure_ = false;
         }
         continue;
       }
@@ -1120,58 +1249,12 @@ class HedgedCall {
   // nothing when the call goes on (then maybe with the next attempt sooner).
   std::optional<std::string> settle(int n, std::chrono::steady_clock::time_point& next_at,
                                     std::string& why_next) {
-    ++settled_;
     Slot& slot = slots_[n - 1];
     slot.settled = true;
     setup_.event.attempt = n;
     AttemptOutcome const outcome = end_attempt(*slot.ctx, slot.status, options_, setup_, slot.started);
-    report_.last_status = outcome.status;
-    last_ = n;
-    grpc::StatusCode const code = outcome.status.error_code();
-    if (code == grpc::StatusCode::OK) {
-      if (setup_.plan.throttle) feed_throttle(setup_.plan, true);
-      return std::string();
-    }
-    if (!policy_.non_fatal(code)) return "status " + code_name(code) + " is fatal for hedging";
-    if (setup_.plan.throttle) feed_throttle(setup_.plan, false);
-    if (!setup_.plan.idempotent) return std::string("the call is not idempotent and has no idempotency key");
-    // A non-fatal failure sends the next attempt at once, or after the
-    // server's pushback; a pushback that says stop sends no more.
-    why_next = "attempt " + std::to_string(n) + " failed with " + code_name(code);
-    next_after_failure_ = true;
-    std::chrono::milliseconds wait{0};
-    if (auto asked = outcome.server_wait(); asked && asked->count() < 0) {
-      more_ = false;
-      report_.stop_reason = "the server asked not to retry";
-    } else if (asked) {
-      wait = *asked;
-      why_next += ", after the wait the server asked for";
-    }
-    next_at = after(wait);
-    if (wait.count() > 0) pushed_back_until_ = std::max(pushed_back_until_, next_at);
-    next_at = std::max(next_at, pushed_back_until_);  // an earlier pushback still holds
-    if (more_ && wait.count() > 0 && setup_.plan.deadline &&
-        saturating_add(setup_.plan.clock.read(), wait) >= *setup_.plan.deadline) {
-      more_ = false;
-      report_.stop_reason = "the deadline would pass before the next attempt";
-    }
-    if (sent_ >= most_ && report_.stop_reason.empty()) report_.stop_reason = "max_attempts reached";
-    return std::nullopt;
+    return rules_.settle(n, outcome, next_at, why_next);
   }
-
-  // Why no further attempt may be sent now, or "" (then one hedge of the
-  // budget is spent on it).
-  std::string hedge_refused() const {
-    if (setup_.plan.throttle && !setup_.plan.throttle->allows_retry()) return "the retry throttle is closed";
-    if (setup_.plan.deadline && setup_.plan.clock.read() >= *setup_.plan.deadline)
-      return "the deadline passed";
-    // Only hedges for slowness spend the budget; an attempt after a failure
-    // is the throttle's to refuse.
-    if (!next_after_failure_ && !budget().try_spend()) return "the hedging budget is spent";
-    return "";
-  }
-
-  HedgeBudget& budget() const { return policy_.budget ? *policy_.budget : *HedgeBudget::process_default(); }
 
   // Readies attempt n and, past the first, starts it on a worker. When no
   // worker can be had, the attempt is never sent: the attempts in flight
@@ -1179,20 +1262,13 @@ class HedgedCall {
   void start(int n, std::string const& why) {
     Slot& slot = slots_[n - 1];
     slot.ctx = std::make_unique<grpc::ClientContext>();
-    if (n > 1 && setup_.observer != nullptr) {
-      Event event = setup_.event;
-      event.type = EventType::kHedge;
-      event.attempt = n;
-      event.reason = why;
-      detail::notify(setup_.observer, event);
-    }
+    if (n > 1) notify_hedge(setup_, n, why);
     slot.started = start_attempt(*slot.ctx, options_, setup_, n, setup_.plan.deadline);
     {
       std::lock_guard<std::mutex> lock(mu_);
       slot.running = true;
-      sent_ = n;  // with `running`: stop_all waits only for attempts it can cancel
     }
-    report_.attempts = n;
+    rules_.on_sent(n);
     if (n == 1) return;  // the caller runs it
     try {
       HedgeWorkers::instance().run([this, n] {
@@ -1207,11 +1283,8 @@ class HedgedCall {
       {
         std::lock_guard<std::mutex> lock(mu_);
         slot.running = false;
-        sent_ = n - 1;
       }
-      report_.attempts = n - 1;
-      more_ = false;
-      report_.stop_reason = "no thread for a hedged attempt";
+      rules_.on_not_sent(n, "no thread for a hedged attempt");
       notify_attempt_end(*slot.ctx, grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, report_.stop_reason),
                          setup_, n, slot.started);
     }
@@ -1251,20 +1324,12 @@ class HedgedCall {
     grpc::Status status =
         n > 0 ? report_.last_status : grpc::Status(grpc::StatusCode::INTERNAL, "stubkit: no attempt");
     stop_all();
-    for (int i = 1; i <= sent_; ++i) {
+    for (int i = 1; i <= rules_.sent(); ++i) {
       Slot& slot = slots_[i - 1];
       if (!slot.settled) notify_attempt_end(*slot.ctx, slot.status, setup_, i, slot.started);
       slot.settled = true;
     }
-    if (!status.ok() && setup_.observer != nullptr) {
-      Event event = setup_.event;
-      event.type = EventType::kGiveUp;
-      event.attempt = n;
-      std::string message;
-      set_status(event, status, message);
-      event.reason = report_.stop_reason;
-      detail::notify(setup_.observer, event);
-    }
+    notify_hedged_give_up(setup_, n, status, report_.stop_reason);
     return status;
   }
 
@@ -1273,7 +1338,8 @@ class HedgedCall {
     std::array<grpc::ClientContext*, HedgingPolicy::kMaxAttempts> running{};
     {
       std::lock_guard<std::mutex> lock(mu_);
-      for (int i = 0; i < sent_; ++i) running[i] = slots_[i].running ? slots_[i].ctx.get() : nullptr;
+      for (std::size_t i = 0; i < slots_.size(); ++i)
+        running[i] = slots_[i].running ? slots_[i].ctx.get() : nullptr;
     }
     for (grpc::ClientContext* ctx : running) {  // outside the lock: contexts live until the caller's return
       if (ctx != nullptr) ctx->TryCancel();
@@ -1290,14 +1356,8 @@ class HedgedCall {
   HedgedAttempt attempt_;
   RetryReport& report_;
   std::array<Slot, HedgingPolicy::kMaxAttempts> slots_;
-  int most_ = 1;                                               // attempts this call may send
-  int sent_ = 0;                                               // attempts started
-  int settled_ = 0;                                            // attempts whose end was read
-  int last_ = 0;                                               // the last attempt whose end was read
-  bool more_ = true;                                           // hedges may still be sent
-  std::chrono::steady_clock::time_point pushed_back_until_{};  // no attempt before this
-  bool next_after_failure_ = false;  // the next attempt replaces a failed one (else: hedges a slow one)
-  grpc::Status result_;              // the coordinator's, read once it is done
+  HedgeRules rules_;     // used by the coordinating thread
+  grpc::Status result_;  // the coordinator's, read once it is done
 
   std::mutex mu_;
   std::condition_variable cv_;
