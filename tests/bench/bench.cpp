@@ -15,6 +15,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <fstream>
 #include <functional>
 #include <future>
@@ -33,6 +34,7 @@
 #include "stubkit/async.hpp"
 #include "stubkit/async_paginate.hpp"
 #include "stubkit/async_stream.hpp"
+#include "stubkit/channel.hpp"
 #include "stubkit/observe.hpp"
 #include "stubkit/paginate.hpp"
 #include "stubkit/retry.hpp"
@@ -214,7 +216,7 @@ void in_flight(int total, int window, std::function<void(std::function<void(bool
   std::unique_lock<std::mutex> lock(mu);
   cv.wait(lock, [&] { return done == total; });
   if (failed > 0) {
-    std::cerr << "B11: " << failed << " calls failed\n";
+    std::cerr << "bench: " << failed << " of " << total << " calls failed\n";
     std::abort();
   }
 }
@@ -291,6 +293,65 @@ int b11_child(std::string const& mode, std::string const& target, int total, int
             << std::endl;
   return 0;
 }
+
+// ---- B13: a channel pool vs one channel -----------------------------------
+
+// B13's server: GetUser answers after `hold`, and no thread waits for it
+// meanwhile: one thread finishes each call when its time comes. (The
+// embedded UserService's latency holds a server thread per call, which at
+// 1000 calls in flight would make B13 a measure of the server's threads.)
+class HoldingService final : public myservice::v1::UserService::CallbackService {
+ public:
+  explicit HoldingService(std::chrono::milliseconds hold) : hold_(hold), thread_([this] { finish_due(); }) {}
+  ~HoldingService() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+
+  grpc::ServerUnaryReactor* GetUser(grpc::CallbackServerContext* ctx,
+                                    myservice::v1::GetUserRequest const* request,
+                                    myservice::v1::User* user) override {
+    user->set_id(request->id());
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      due_.emplace_back(Clock::now() + hold_, reactor);  // the same hold for all: in time order
+    }
+    cv_.notify_one();
+    return reactor;
+  }
+
+ private:
+  void finish_due() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_) {
+      if (due_.empty()) {
+        cv_.wait(lock);
+      } else if (due_.front().first > Clock::now()) {
+        cv_.wait_until(lock, due_.front().first);
+      } else {
+        grpc::ServerUnaryReactor* const reactor = due_.front().second;
+        due_.pop_front();
+        lock.unlock();
+        reactor->Finish(grpc::Status::OK);
+        lock.lock();
+      }
+    }
+    for (auto& [at, reactor] : due_)
+      reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "shutting down"));
+  }
+
+  std::chrono::milliseconds const hold_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<Clock::time_point, grpc::ServerUnaryReactor*>> due_;
+  bool stop_ = false;
+  std::thread thread_;
+};
 
 // ---- B12: tail latency, hedged vs plain ------------------------------------
 
@@ -1037,6 +1098,77 @@ int main(int argc, char** argv) {
     rows.push_back(Row{"B12", n + "attempts sent per call, hedged vs plain",
                        static_cast<double>(hedged.attempts), static_cast<double>(plain.attempts), "calls",
                        extra, extra, extra, "<= 1.1", extra <= 1.1});
+  }
+
+  if (wanted("B13")) {
+    // B13: 1000 GetUser in flight against a server that lets a connection
+    // have 100 calls open at once (HTTP/2 max concurrent streams) and holds
+    // each call 50 ms: a pool of 4 channels vs 1, both through the
+    // generated pool stub and the generated client's async call.
+    int const total = quick ? 4000 : 16000;
+    int const window = 1000;
+    auto const hold = std::chrono::milliseconds(50);
+    std::cerr << "B13: " << total << " GetUser, " << window << " in flight, 100 streams per connection, "
+              << hold.count() << " ms each: pool of 4 vs 1 channel...\n";
+    HoldingService service(hold);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 100);
+    builder.RegisterService(&service);
+    auto const server = builder.BuildAndStart();
+    if (!server || port == 0) {
+      std::cerr << "B13: cannot start its server\n";
+      return 1;
+    }
+    std::string const address = "127.0.0.1:" + std::to_string(port);
+    myservice::v1::GetUserRequest request;
+    request.set_id("u00000001");
+    struct Pooled {
+      stubkit::ChannelPool pool;
+      myservice::v1::UserServiceClient client;
+      Pooled(std::string const& target, std::size_t size)
+          : pool(target, size),
+            client(std::make_shared<myservice::v1::UserServicePoolStub>(pool.channels())) {}
+    };
+    Pooled four(address, 4);
+    Pooled one(address, 1);
+    auto calls_per_second = [&](Pooled& pooled, int n) {
+      stubkit::CallOptions call;
+      call.timeout = std::chrono::seconds(60);
+      double const seconds = seconds_of([&] {
+        in_flight(n, window, [&](std::function<void(bool)> done) {
+          pooled.client.get_user_async(
+              request, call,
+              [done = std::move(done)](stubkit::Result<myservice::v1::User> user) { done(user.ok()); });
+        });
+      });
+      return n / seconds;
+    };
+    calls_per_second(four, window);  // warm-up: every channel connects
+    calls_per_second(one, window);
+    std::vector<double> pooled_rates, single_rates, ratios;
+    for (int i = 0; i < (quick ? 2 : 5); ++i) {
+      double pooled_rate = 0, single_rate = 0;
+      if (i % 2 == 0) {
+        pooled_rate = calls_per_second(four, total);
+        single_rate = calls_per_second(one, total);
+      } else {
+        single_rate = calls_per_second(one, total);
+        pooled_rate = calls_per_second(four, total);
+      }
+      pooled_rates.push_back(pooled_rate);
+      single_rates.push_back(single_rate);
+      ratios.push_back(pooled_rate / single_rate);
+    }
+    double const ratio = median(pooled_rates) / median(single_rates);
+    rows.push_back(Row{"B13",
+                       std::to_string(total) +
+                           " GetUser, 1000 in flight, server: 100 streams per connection, " +
+                           std::to_string(hold.count()) + " ms per call: throughput, pool of 4 vs 1 channel",
+                       median(pooled_rates), median(single_rates), "calls/s", ratio,
+                       *std::min_element(ratios.begin(), ratios.end()),
+                       *std::max_element(ratios.begin(), ratios.end()), ">= 2", ratio >= 2});
   }
 
   if (wanted("B8")) {  // B8: the reference document's "binary, 5-10x faster" claim.
