@@ -567,6 +567,9 @@ TEST_SUITE("async_paginate") {
     for (int i = 0; i < 500 && f.server.service().cancelled_calls() == 0; ++i)
       std::this_thread::sleep_for(10ms);
     CHECK(f.server.service().cancelled_calls() == 1);
+    // The cancelled page call has completed: only now may the stub go.
+    for (int i = 0; i < 500 && !handle.done(); ++i) std::this_thread::sleep_for(10ms);
+    CHECK(handle.done());
   }
 
   TEST_CASE("bad input and misuse: a second pending next(), a throwing completion, a stub without the API") {
@@ -655,9 +658,10 @@ namespace {
 
 // Lists every user in a coroutine without an executor.
 stubkit::Task<std::vector<std::string>> list_in_task(UserService::Stub& stub,
-                                                     stubkit::PaginateOptions options) {
+                                                     stubkit::PaginateOptions options,
+                                                     stubkit::CallOptions call = {}) {
   std::vector<std::string> ids;
-  auto users = stubkit::async_paginate(stub, kListUsers, ListUsersRequest{}, options);
+  auto users = stubkit::async_paginate(stub, kListUsers, ListUsersRequest{}, options, std::move(call));
   while (auto user = co_await users.next()) {
     if (!*user) co_return std::vector<std::string>{"!" + stubkit::code_name(user->error().code())};
     ids.push_back((*user)->id());
@@ -698,8 +702,11 @@ TEST_SUITE("async_paginate") {
     ServerFixture f;
     f.server.service().preload(3);
     f.server.faults().add_latency("ListUsers", 20s);
+    auto ends = std::make_shared<CallEnds>();
+    stubkit::CallOptions call;
+    call.observer = ends;
     {
-      stubkit::Task<std::vector<std::string>> task = list_in_task(*f.stub, {});
+      stubkit::Task<std::vector<std::string>> task = list_in_task(*f.stub, {}, call);
       // Start it by hand: a Task starts when awaited; await it from a bare coroutine.
       struct Bare {
         struct promise_type {
@@ -720,6 +727,7 @@ TEST_SUITE("async_paginate") {
     for (int i = 0; i < 500 && f.server.service().cancelled_calls() == 0; ++i)
       std::this_thread::sleep_for(10ms);
     CHECK(f.server.service().cancelled_calls() == 1);
+    CHECK(ends->wait_for(1));  // the page call has completed: the stub may go
   }
 }
 

@@ -436,18 +436,22 @@ TEST_SUITE("async") {
       };
       std::coroutine_handle<promise_type> coroutine;
     };
-    auto body = [](Stub& stub, std::atomic<bool>& flag) -> Bare {
+    auto body = [](Stub& stub, std::atomic<bool>& flag, stubkit::CallOptions options) -> Bare {
       auto user =
-          co_await stubkit::async_call(stub, kGetUser, get_request("ada"), {}, stubkit::use_awaitable);
+          co_await stubkit::async_call(stub, kGetUser, get_request("ada"), options, stubkit::use_awaitable);
       flag = true;
     };
-    Bare bare = body(*f.stub, resumed);
+    auto ends = std::make_shared<CallEnds>();
+    stubkit::CallOptions options;
+    options.observer = ends;
+    Bare bare = body(*f.stub, resumed, options);
     bare.coroutine.resume();  // runs to the co_await and suspends there
     while (f.server.faults().calls("GetUser") == 0) std::this_thread::sleep_for(1ms);
     bare.coroutine.destroy();  // the Awaitable in its frame goes with it
     for (int i = 0; i < 500 && f.server.service().cancelled_calls() == 0; ++i)
       std::this_thread::sleep_for(10ms);
     CHECK(f.server.service().cancelled_calls() == 1);
+    CHECK(ends->wait_for(1));            // the call has completed: the stub may go
     std::this_thread::sleep_for(400ms);  // past the server's latency: a resume would have run by now
     CHECK_FALSE(resumed);
   }
@@ -456,13 +460,17 @@ TEST_SUITE("async") {
     ServerFixture f;
     REQUIRE(f.create("ada").ok());
     f.server.faults().add_latency("GetUser", 20s);
+    auto ends = std::make_shared<CallEnds>();
+    stubkit::CallOptions options;
+    options.observer = ends;
     {
-      auto call = stubkit::async_call(*f.stub, kGetUser, get_request("ada"), {}, stubkit::use_awaitable);
+      auto call = stubkit::async_call(*f.stub, kGetUser, get_request("ada"), options, stubkit::use_awaitable);
       while (f.server.faults().calls("GetUser") == 0) std::this_thread::sleep_for(1ms);
     }
     for (int i = 0; i < 500 && f.server.service().cancelled_calls() == 0; ++i)
       std::this_thread::sleep_for(10ms);
     CHECK(f.server.service().cancelled_calls() == 1);
+    CHECK(ends->wait_for(1));  // the call has completed: the stub may go
   }
 }
 

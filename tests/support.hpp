@@ -7,15 +7,18 @@
 #include <grpcpp/grpcpp.h>
 #include <stdlib.h>  // mkdtemp
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "myservice/v1/user.grpc.pb.h"
+#include "stubkit/observe.hpp"
 #include "stubkit/testing/embedded_server.hpp"
 
 namespace stubkit_tests {
@@ -47,6 +50,23 @@ inline std::unique_ptr<grpc::ClientContext> context(std::chrono::milliseconds ti
   if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
   return ctx;
 }
+
+/// Counts the calls that ended (call.end events). An async call tells of
+/// its end after it released its gRPC objects, so a test that waited for it
+/// may drop its stub and channel: a call still holding the last reference
+/// to a channel would drop it on a gRPC thread, gRPC's own hazard (its
+/// callback queue is then torn down under the thread polling it).
+struct CallEnds final : stubkit::Observer {
+  void on_event(stubkit::Event const& e) override {
+    if (e.type == stubkit::EventType::kCallEnd) ++count;
+  }
+  /// Waits (at most 10 s) until `n` calls ended; true if they did.
+  bool wait_for(int n) const {
+    for (int i = 0; i < 1000 && count < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return count >= n;
+  }
+  std::atomic<int> count{0};
+};
 
 /// A GetUserRequest for `id`.
 inline myservice::v1::GetUserRequest get_request(std::string const& id) {
