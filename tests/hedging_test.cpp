@@ -21,6 +21,7 @@
 #include "stubkit/async_paginate.hpp"
 #include "stubkit/channel.hpp"
 #include "stubkit/retry.hpp"
+#include "stubkit/retry_interceptor.hpp"
 #include "stubkit/testing/embedded_server.hpp"
 #include "stubkit/testing/mock_user_service.hpp"
 #include "support.hpp"
@@ -42,18 +43,22 @@ struct Seen {
   int winner;
   StatusCode code;
   std::string reason;
+  std::string method;
+  std::string peer;
 };
 
 struct Recorder final : stubkit::Observer {
   void on_event(stubkit::Event const& e) override {
     std::lock_guard<std::mutex> lock(mu);
-    seen.push_back({e.type, e.attempt, e.attempts, e.winner, e.code, std::string(e.reason)});
+    seen.push_back({e.type, e.attempt, e.attempts, e.winner, e.code, std::string(e.reason),
+                    std::string(e.method), std::string(e.peer)});
   }
-  std::vector<Seen> of(EventType type) {
+  // The events of `type` (of calls of `method` only, when given).
+  std::vector<Seen> of(EventType type, std::string const& method = "") {
     std::lock_guard<std::mutex> lock(mu);
     std::vector<Seen> out;
     for (auto const& e : seen) {
-      if (e.type == type) out.push_back(e);
+      if (e.type == type && (method.empty() || e.method == method)) out.push_back(e);
     }
     return out;
   }
@@ -126,6 +131,83 @@ struct Caller {
   }
 };
 
+// Three backends over TCP (server ids backend-0 to -2) knowing user
+// u00000001; the first answers after 30 s.
+struct ThreeBackends {
+  ThreeBackends() {
+    for (int i = 0; i < 3; ++i) {
+      auto options = tcp_options();
+      options.service.server_id = "backend-" + std::to_string(i);
+      servers.push_back(std::make_unique<stubkit::testing::EmbeddedServer>(options));
+      servers.back()->service().preload(1);
+      target += (i ? "," : "") + servers.back()->address();
+    }
+    make_slow(slow(), 30s);
+  }
+  stubkit::testing::EmbeddedServer& slow() { return *servers[0]; }
+  std::vector<std::unique_ptr<stubkit::testing::EmbeddedServer>> servers;
+  std::string target = "ipv4:";  // all three, for round_robin
+};
+
+// The stub APIs a call through a hedging channel can come from.
+enum class Api { kSync, kCallback, kCompletionQueue };
+
+// One GetUser with `ctx` through `api`; the status the caller sees.
+grpc::Status get_via(Api api, UserService::Stub& stub, grpc::ClientContext& ctx,
+                     myservice::v1::GetUserRequest const& request, User* user) {
+  if (api == Api::kSync) return stub.GetUser(&ctx, request, user);
+  if (api == Api::kCallback) {
+    // Shared: the gRPC thread may still be inside set_value when get() returns.
+    auto status = std::make_shared<std::promise<grpc::Status>>();
+    auto answer = status->get_future();
+    stub.async()->GetUser(&ctx, &request, user,
+                          [status](grpc::Status s) { status->set_value(std::move(s)); });
+    return answer.get();
+  }
+  grpc::CompletionQueue cq;
+  grpc::Status status;
+  auto rpc = stub.PrepareAsyncGetUser(&ctx, request, &cq);
+  rpc->StartCall();
+  rpc->Finish(user, &status, &status);
+  void* tag = nullptr;
+  bool ok = false;
+  REQUIRE(cq.Next(&tag, &ok));
+  CHECK(tag == &status);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return status;
+}
+
+// A channel's hedging, with a budget of its own that never runs out.
+stubkit::RetryInterceptorOptions hedging_channel(int max_attempts, std::chrono::milliseconds delay) {
+  stubkit::RetryInterceptorOptions options;
+  options.hedging = hedged(max_attempts, delay).hedging;
+  return options;
+}
+
+// An in-process channel to `server` that hedges with `options`.
+std::shared_ptr<grpc::Channel> hedging_to(stubkit::testing::EmbeddedServer& server,
+                                          stubkit::RetryInterceptorOptions options) {
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(stubkit::retry_interceptor(std::move(options)));
+  return server.channel(std::move(interceptors));
+}
+
+// A stub on a channel to `server` that hedges with `options`, observed by `recorder`.
+std::unique_ptr<UserService::Stub> observed_hedging(stubkit::testing::EmbeddedServer& server,
+                                                    stubkit::RetryInterceptorOptions options,
+                                                    std::shared_ptr<Recorder> recorder) {
+  options.observer = std::move(recorder);
+  return UserService::NewStub(hedging_to(server, std::move(options)));
+}
+
+std::string trailer(grpc::ClientContext const& ctx, std::string const& key) {
+  auto const& trailers = ctx.GetServerTrailingMetadata();
+  auto const it = trailers.find(key);
+  return it == trailers.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -168,7 +250,7 @@ TEST_SUITE("hedging") {
     auto const request = get_request("u00000001");
     stubkit::CallOptions options;
     options.timeout = 2s;
-        options.hedging = stubkit::HedgingPolicy{};
+    options.hedging = stubkit::HedgingPolicy{};
     // Two attempts: with a third, a machine slow enough to keep the fast
     // second one past the delay (sanitizers, load) would send it, and the
     // third draw is slow.
@@ -193,17 +275,9 @@ TEST_SUITE("hedging") {
     Caller caller;
     SUBCASE("blocking") { caller.mode = Mode::kBlocking; }
     SUBCASE("async_call") { caller.mode = Mode::kAsync; }
-    std::vector<std::unique_ptr<stubkit::testing::EmbeddedServer>> servers;
-    std::string target = "ipv4:";
-    for (int i = 0; i < 3; ++i) {
-      auto options = tcp_options();
-      options.service.server_id = "backend-" + std::to_string(i);
-      servers.push_back(std::make_unique<stubkit::testing::EmbeddedServer>(options));
-      servers.back()->service().preload(1);
-      target += (i ? "," : "") + servers.back()->address();
-    }
-    auto& slow = *servers[0];
-    make_slow(slow, 30s);
+    ThreeBackends backends;
+    auto& slow = backends.slow();
+    auto const& target = backends.target;
     auto channel = stubkit::make_channel(target);  // round_robin over the three
     REQUIRE(stubkit::wait_until_serving(*channel, "myservice.v1.UserService", 5s).ok());
     auto stub = UserService::NewStub(channel);
@@ -622,5 +696,269 @@ TEST_SUITE("hedging") {
     for (auto const& n : completions) CHECK(n == 1);
     CHECK(succeeded + cancelled == calls);  // nothing else fails
     CHECK(succeeded >= calls * 3 / 4 - 1);  // every call not cancelled succeeds (some cancelled ones too)
+  }
+  // The same hedging as a channel's policy (the retry interceptor), for
+  // plain generated stubs, whichever stub API makes the call.
+  TEST_CASE(
+      "a hedging channel: with one of three backends slow, calls finish at the speed of the fast ones") {
+    Api api = Api::kSync;
+    SUBCASE("sync") { api = Api::kSync; }
+    SUBCASE("callback") { api = Api::kCallback; }
+    SUBCASE("completion queue") { api = Api::kCompletionQueue; }
+    ThreeBackends backends;
+    auto& slow = backends.slow();
+    auto const& target = backends.target;
+    auto recorder = std::make_shared<Recorder>();
+    stubkit::ChannelOptions channel_options;
+    channel_options.retry = hedging_channel(3, 20ms);
+    channel_options.retry->observer = recorder;
+    auto channel = stubkit::make_channel(target, channel_options);
+    REQUIRE(stubkit::wait_until_serving(*channel, "myservice.v1.UserService", 5s).ok());
+    auto stub = UserService::NewStub(channel);
+
+    for (int i = 0; i < 12; ++i) {
+      grpc::ClientContext ctx;
+      User user;
+      auto const start = std::chrono::steady_clock::now();
+      grpc::Status const status = get_via(api, *stub, ctx, get_request("u00000001"), &user);
+      REQUIRE_MESSAGE(status.ok(), status.error_message());
+      CHECK(user.id() == "u00000001");
+      CHECK(seconds_since(start) < 10);  // a slow attempt alone takes 30 s
+      // The caller's context holds the winner's trailers: never the slow backend's.
+      std::string const answered = trailer(ctx, "stubkit-server-id");
+      CHECK(answered.rfind("backend-", 0) == 0);
+      CHECK(answered != "backend-0");
+    }
+    CHECK(slow.faults().tail_delayed_calls() >= 1);
+    CHECK(slow_calls_cancelled(slow));
+    // (The channel's observer also saw wait_until_serving's health check.)
+    auto const ends = recorder->of(EventType::kCallEnd, kGetUser);
+    REQUIRE(ends.size() == 12);
+    int hedges_told = 0;
+    for (auto const& end : ends) {
+      CHECK(end.code == StatusCode::OK);
+      CHECK(end.winner >= 1);
+      CHECK(end.winner <= end.attempts);
+      CHECK(end.peer.rfind("ipv4:127.0.0.1:", 0) == 0);  // who answered
+      CHECK(end.peer.find(":" + std::to_string(slow.port())) == std::string::npos);
+      hedges_told += end.attempts - 1;
+    }
+    CHECK(hedges_told >= slow.faults().tail_delayed_calls());
+    CHECK(static_cast<int>(recorder->of(EventType::kHedge, kGetUser).size()) == hedges_told);
+  }
+
+  TEST_CASE("a hedging channel hedges only calls that are safe to repeat") {
+    HedgeFixture fixture;
+    make_slow(fixture.server, 1s);
+    auto stub = UserService::NewStub(hedging_to(fixture.server, hedging_channel(3, 10ms)));
+    grpc::ClientContext plain;
+    myservice::v1::CreateUserResponse created;
+    REQUIRE(stub->CreateUser(&plain, create_user_request("alan"), &created).ok());
+    CHECK(fixture.server.faults().calls("CreateUser") == 1);
+
+    // A request_id makes it safe: the server deduplicates the hedges.
+    grpc::ClientContext keyed;
+    REQUIRE(stub->CreateUser(&keyed, create_user_request("grace", "req-grace-1"), &created).ok());
+    CHECK(created.user().id() == "grace");
+    CHECK(fixture.server.faults().calls("CreateUser") == 4);
+    CHECK(fixture.server.service().user_count() == 3);  // u00000001, alan, grace
+    // Each hedge says how many attempts went before it.
+    CHECK(fixture.server.faults().attempt_headers("CreateUser") ==
+          std::vector<std::string>{"", "", "1", "2"});
+  }
+
+  TEST_CASE("a hedging channel: per-call controls, failures and their details reach the caller") {
+    HedgeFixture fixture;
+    auto& faults = fixture.server.faults();
+    auto options = hedging_channel(3, 30s);
+    options.throttle = nullptr;  // this case fails many attempts on purpose
+    auto stub = UserService::NewStub(hedging_to(fixture.server, options));
+    User user;
+
+    // A non-fatal failure sends the next attempt at once.
+    faults.fail_next("GetUser", 1, StatusCode::UNAVAILABLE, "backend restarting");
+    grpc::ClientContext retried;
+    auto const start = std::chrono::steady_clock::now();
+    REQUIRE(stub->GetUser(&retried, get_request("u00000001"), &user).ok());
+    CHECK(seconds_since(start) < 10);
+    CHECK(faults.calls("GetUser") == 2);
+
+    // A fatal status ends the call with the server's own status.
+    grpc::ClientContext missing;
+    grpc::Status const not_found = stub->GetUser(&missing, get_request("nobody"), &user);
+    CHECK(not_found.error_code() == StatusCode::NOT_FOUND);
+    CHECK(not_found.error_message().find("nobody") != std::string::npos);
+    auto const info = stubkit::Error::from(not_found).details<google::rpc::ResourceInfo>();
+    REQUIRE(info);  // its google.rpc details came through
+    CHECK(info->resource_name() == "nobody");
+    CHECK(faults.calls("GetUser") == 3);
+
+    // Every attempt fails: the last failure is the result.
+    faults.fail_next("GetUser", 5, StatusCode::UNAVAILABLE, "down");
+    grpc::ClientContext down;
+    CHECK(stub->GetUser(&down, get_request("u00000001"), &user).error_code() == StatusCode::UNAVAILABLE);
+    CHECK(faults.calls("GetUser") == 6);
+    faults.clear();
+
+    // set_max_attempts bounds the attempts; 1 or disable_retries: one attempt.
+    faults.fail_next("GetUser", 5, StatusCode::UNAVAILABLE, "down");
+    grpc::ClientContext two;
+    stubkit::set_max_attempts(two, 2);
+    CHECK(stub->GetUser(&two, get_request("u00000001"), &user).error_code() == StatusCode::UNAVAILABLE);
+    CHECK(faults.calls("GetUser") == 8);
+    grpc::ClientContext one;
+    stubkit::set_max_attempts(one, 1);
+    CHECK(stub->GetUser(&one, get_request("u00000001"), &user).error_code() == StatusCode::UNAVAILABLE);
+    CHECK(faults.calls("GetUser") == 9);
+    grpc::ClientContext off;
+    stubkit::disable_retries(off);
+    CHECK(stub->GetUser(&off, get_request("u00000001"), &user).error_code() == StatusCode::UNAVAILABLE);
+    CHECK(faults.calls("GetUser") == 10);
+    faults.clear();
+
+    // A typo in the control is refused before anything is sent.
+    grpc::ClientContext typo;
+    typo.AddMetadata(stubkit::kRetryControlKey, "attempts=two");
+    CHECK(stub->GetUser(&typo, get_request("u00000001"), &user).error_code() == StatusCode::INVALID_ARGUMENT);
+    CHECK(faults.calls("GetUser") == 10);
+  }
+
+  TEST_CASE("a hedging channel: the caller's cancel and deadline end every attempt, on the server too") {
+    Api api = Api::kSync;
+    SUBCASE("sync") { api = Api::kSync; }
+    SUBCASE("callback") { api = Api::kCallback; }
+    SUBCASE("completion queue") { api = Api::kCompletionQueue; }
+    HedgeFixture fixture(30s);
+    auto recorder = std::make_shared<Recorder>();
+    auto stub = observed_hedging(fixture.server, hedging_channel(3, 10ms), recorder);
+
+    grpc::ClientContext ctx;
+    User user;
+    auto const start = std::chrono::steady_clock::now();
+    auto call = std::async(std::launch::async,
+                           [&] { return get_via(api, *stub, ctx, get_request("u00000001"), &user); });
+    for (int i = 0; i < 1000 && fixture.server.faults().calls("GetUser") < 3; ++i)
+      std::this_thread::sleep_for(5ms);
+    REQUIRE(fixture.server.faults().calls("GetUser") == 3);
+    ctx.TryCancel();
+    CHECK(call.get().error_code() == StatusCode::CANCELLED);
+    CHECK(seconds_since(start) < 10);
+    CHECK(slow_calls_cancelled(fixture.server));
+    auto const ends = recorder->of(EventType::kCallEnd);
+    REQUIRE(ends.size() == 1);
+    CHECK(ends[0].attempts == 3);
+    CHECK(ends[0].winner == 0);
+    CHECK(ends[0].code == StatusCode::CANCELLED);
+
+    grpc::ClientContext timed;
+    timed.set_deadline(std::chrono::system_clock::now() + 400ms);
+    auto const timed_start = std::chrono::steady_clock::now();
+    CHECK(get_via(api, *stub, timed, get_request("u00000001"), &user).error_code() ==
+          StatusCode::DEADLINE_EXCEEDED);
+    CHECK(seconds_since(timed_start) < 10);
+    CHECK(fixture.server.faults().calls("GetUser") >= 5);  // 6 unless the machine stalled for 380 ms
+    CHECK(fixture.server.faults().calls("GetUser") <= 6);
+    CHECK(slow_calls_cancelled(fixture.server));
+  }
+
+  TEST_CASE("a hedging channel: a cancel while the server's pushback holds the next attempt ends the call") {
+    Api api = Api::kSync;
+    SUBCASE("sync") { api = Api::kSync; }
+    SUBCASE("callback") { api = Api::kCallback; }
+    HedgeFixture fixture;
+    fixture.server.faults().fail_next_with_pushback("GetUser", 1, StatusCode::UNAVAILABLE, "30000");
+    auto recorder = std::make_shared<Recorder>();
+    auto stub = observed_hedging(fixture.server, hedging_channel(3, 30s), recorder);
+    grpc::ClientContext ctx;
+    User user;
+    auto call = std::async(std::launch::async,
+                           [&] { return get_via(api, *stub, ctx, get_request("u00000001"), &user); });
+    // The first attempt failed; the next waits out the server's 30 s, with no attempt in flight.
+    for (int i = 0; i < 1000 && recorder->of(EventType::kAttemptEnd).empty(); ++i)
+      std::this_thread::sleep_for(5ms);
+    REQUIRE(recorder->of(EventType::kAttemptEnd).size() == 1);
+    auto const start = std::chrono::steady_clock::now();
+    ctx.TryCancel();
+    CHECK(call.get().error_code() == StatusCode::CANCELLED);
+    CHECK(seconds_since(start) < 10);
+    CHECK(fixture.server.faults().calls("GetUser") == 1);
+    auto const ends = recorder->of(EventType::kCallEnd);
+    REQUIRE(ends.size() == 1);
+    CHECK(ends[0].attempts == 1);
+    CHECK(ends[0].code == StatusCode::CANCELLED);
+  }
+
+  TEST_CASE("a hedging channel: a closed throttle sends no hedge; unusable policies are refused") {
+    HedgeFixture fixture;
+    make_slow(fixture.server, 200ms);
+    auto options = hedging_channel(3, 10ms);
+    options.throttle = std::make_shared<stubkit::RetryThrottle>(10, 0.5);
+    while (options.throttle->allows_retry()) options.throttle->on_retryable_failure();
+    auto stub = UserService::NewStub(hedging_to(fixture.server, options));
+    grpc::ClientContext ctx;
+    User user;
+    REQUIRE(stub->GetUser(&ctx, get_request("u00000001"), &user).ok());
+    CHECK(fixture.server.faults().calls("GetUser") == 1);
+    // The same call with the throttle open is hedged.
+    auto open = UserService::NewStub(hedging_to(fixture.server, hedging_channel(3, 10ms)));
+    grpc::ClientContext hedged_ctx;
+    REQUIRE(open->GetUser(&hedged_ctx, get_request("u00000001"), &user).ok());
+    CHECK(fixture.server.faults().calls("GetUser") == 4);
+
+    auto refused = [](int max_attempts, std::chrono::milliseconds delay) {
+      try {
+        stubkit::retry_interceptor(hedging_channel(max_attempts, delay));
+      } catch (std::invalid_argument const& e) {
+        return std::string(e.what());
+      }
+      return std::string("accepted");
+    };
+    CHECK(refused(1, 10ms) ==
+          "stubkit::retry_interceptor: invalid HedgingPolicy: max_attempts must be from 2 to 5, got 1");
+    CHECK(refused(2, -1ms) ==
+          "stubkit::retry_interceptor: invalid HedgingPolicy: hedging_delay must not be negative");
+    stubkit::ChannelOptions bad;
+    bad.retry = hedging_channel(6, 10ms);
+    CHECK_THROWS_AS(stubkit::make_channel("localhost:1", bad), std::invalid_argument);
+  }
+
+  TEST_CASE("many hedged callback calls through a hedging channel, some cancelled: each completes once") {
+    HedgeFixture fixture;
+    fixture.server.faults().set_tail_latency({0.3, 200ms, 7});
+    auto stub = UserService::NewStub(hedging_to(fixture.server, hedging_channel(3, 5ms)));
+    int const calls = 200;
+    struct Call {
+      grpc::ClientContext ctx;
+      myservice::v1::GetUserRequest request = get_request("u00000001");
+      User user;
+      std::atomic<int> completions{0};
+      grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
+    };
+    std::vector<std::unique_ptr<Call>> in_flight;
+    std::atomic<int> completed{0};
+    for (int i = 0; i < calls; ++i) {
+      in_flight.push_back(std::make_unique<Call>());
+      Call& call = *in_flight.back();
+      stub->async()->GetUser(&call.ctx, &call.request, &call.user, [&call, &completed](grpc::Status status) {
+        call.code = status.error_code();
+        ++call.completions;
+        ++completed;
+      });
+      if (i % 4 == 3) in_flight[static_cast<std::size_t>(i - 1)]->ctx.TryCancel();
+    }
+    for (int i = 0; i < 2000 && completed < calls; ++i) std::this_thread::sleep_for(5ms);
+    REQUIRE(completed == calls);
+    int succeeded = 0;
+    int cancelled = 0;
+    for (auto const& call : in_flight) {
+      CHECK(call->completions == 1);
+      if (call->code == StatusCode::OK) {
+        ++succeeded;
+        CHECK(call->user.id() == "u00000001");
+      }
+      if (call->code == StatusCode::CANCELLED) ++cancelled;
+    }
+    CHECK(succeeded + cancelled == calls);
+    CHECK(succeeded >= calls * 3 / 4 - 1);
   }
 }

@@ -78,10 +78,11 @@ struct ChannelOptions {
   /// Largest message the channel sends; -1 (gRPC's default) = unlimited, so
   /// the server's receive limit decides.
   int max_send_message_size = -1;
-  /// stubkit's retries on every unary call (the retry interceptor); gRPC's
-  /// native retries are then turned off so attempts never multiply. An
-  /// unusable policy makes make_channel throw std::invalid_argument (check
-  /// RetryPolicy::problem() first to avoid the exception).
+  /// stubkit's retries on every unary call (the retry interceptor), or its
+  /// hedging (RetryInterceptorOptions::hedging); gRPC's native retries are
+  /// then turned off so attempts never multiply. An unusable policy makes
+  /// make_channel throw std::invalid_argument (check RetryPolicy::problem()
+  /// and HedgingPolicy::problem() first to avoid the exception).
   std::optional<RetryInterceptorOptions> retry;
   /// A fixed bearer token sent as `authorization: Bearer <token>` on every call.
   std::string bearer_token;

@@ -785,13 +785,15 @@ inline AttemptOutcome end_attempt(grpc::ClientContext& ctx, grpc::Status status,
 }
 
 // Tells the observer the call ended.
-inline void end_call(CallSetup const& setup, RetryReport const& report, grpc::Status const& status) {
+inline void end_call(CallSetup const& setup, RetryReport const& report, grpc::Status const& status,
+                     std::string_view peer = {}) {
   if (setup.observer == nullptr) return;
   Event end =
       detail::event_of(EventType::kCallEnd, setup.event.source, setup.event.method, 0, setup.event.trace_id);
   end.attempts = report.attempts;
   end.delay = report.total_delay;
   end.winner = report.winner;
+  end.peer = peer;
   detail::notify_end(setup.observer, end, status, setup.start);
 }
 

@@ -77,6 +77,19 @@
 // and an interceptor before it that let a sync call's first batch go on
 // from another thread would have that thread run the call's attempts.
 //
+// Hedging. With RetryInterceptorOptions::hedging set, the calls it would
+// retry are hedged instead (docs/hedging.md): detail::AsyncHedgeBase, the
+// state machine of async_call's hedging, runs the attempts on gRPC's
+// callback API whatever API the caller used (a sync caller's thread only
+// waits), and the result is handed over by Hijack() as above. The
+// ownership rule differs in one point: the hedge releases its attempts'
+// contexts and alarms on the thread that completes the call (a gRPC
+// thread, as async_call does), before it completes, while the caller's
+// context still holds the channel; the hedge object itself, which then
+// holds no gRPC object, may outlive the call. A cancel reaches the hedge
+// through an alarm, on a gRPC thread: never does it run the hedge's steps
+// (observer calls, the hand-over) inside the caller's TryCancel.
+//
 // Attempts keep the caller's call semantics: deadline, metadata,
 // credentials, compression, and (read through detail/client_context_access,
 // as gRPC 1.51 has no getters for them) wait_for_ready, the authority
@@ -116,6 +129,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/message.h"
 #include "google/protobuf/wire_format_lite.h"
+#include "stubkit/detail/async_hedge.hpp"
 #include "stubkit/detail/client_context_access.hpp"
 #include "stubkit/detail/time.hpp"
 #include "stubkit/observe.hpp"
@@ -158,6 +172,12 @@ struct RetryInterceptorOptions {
   /// once. A call cancelled during the wait ends at once (a sync call also
   /// at its deadline); `done` may still be run later and then does nothing.
   std::function<void(std::chrono::milliseconds delay, std::function<void()> done)> schedule;
+  /// Set: calls that are safe to repeat are hedged instead of retried
+  /// (HedgingPolicy, docs/hedging.md): the `policy` above then serves only
+  /// calls made with set_max_attempts(ctx, 1). The throttle, observer and
+  /// clock apply as to retries; on_retry and `schedule` do not (hedges are
+  /// the observer's `hedge` events, and wait on a grpc::Alarm).
+  std::optional<HedgingPolicy> hedging;
   /// Clock and randomness of retry decisions.
   RetryClock clock;
   /// Told of every call on the channel (source "channel"): start and end,
@@ -444,6 +464,7 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     kAttempt,      // an attempt is in flight (attempts_.back())
     kDeciding,     // an attempt ended; its callback decides what next
     kWaiting,      // waiting before the next attempt (an alarm or the user's schedule)
+    kHedging,      // a hedged call runs (hedge_)
     kFinished,     // the result is final; the caller's call is being completed
   };
 
@@ -520,14 +541,17 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     plan.method = method_name_;
     plan.source = "channel";
     plan.trace_id = trace_id_of(trace_);
-    state_.emplace(std::move(plan));
-    observe(EventType::kCallStart);
-
     metadata_.assign(send_metadata->begin(), send_metadata->end());
     credentials_ = ctx->credentials();
     request_ = *serialized;
     stub_ = std::make_unique<grpc::GenericStub>(
         std::shared_ptr<grpc::ChannelInterface>(methods->GetInterceptedChannel()));
+    if (options_.hedging && !(control && control->max_attempts == 1)) {
+      begin_hedged(std::move(plan), control ? control->max_attempts : std::nullopt);
+      return true;
+    }
+    state_.emplace(std::move(plan));
+    observe(EventType::kCallStart);
     if (is_blocking_call(methods)) {
       run_blocking();
     } else {
@@ -620,6 +644,115 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     alarm->Set(&*cq_, std::chrono::system_clock::now(), alarm);
   }
 
+  // Gives an attempt's context what the caller's call carries: metadata,
+  // credentials, wait_for_ready, authority and parent call. Compression
+  // needs nothing more: the caller's choice is a metadata entry (set_
+  // compression_algorithm would add it twice).
+  void carry_call(grpc::ClientContext& ctx) const {
+    for (auto const& [key, value] : metadata_) ctx.AddMetadata(key, value);
+    if (credentials_) ctx.set_credentials(credentials_);
+    copy_call_semantics(*info_->client_context(), ctx);
+  }
+
+  // A hedged call (RetryInterceptorOptions::hedging): async_call's hedging
+  // state machine (detail::AsyncHedgeBase), its attempts sent on this
+  // interceptor's generic stub with the callback API, whatever API the
+  // caller used. It uses the interceptor only until it completes (the
+  // interceptor cannot die before: the caller's call waits for that), and
+  // releases its attempts' contexts on the thread that completes it, while
+  // the caller's context still holds the channel.
+  class Hedge final : public AsyncHedgeBase {
+   public:
+    Hedge(CallOptions options, RetryInterceptor* owner) : AsyncHedgeBase(std::move(options)), owner_(owner) {}
+
+   private:
+    void send(grpc::ClientContext* ctx, int n, std::function<void(grpc::Status)> done) override {
+      owner_->carry_call(*ctx);
+      auto const i = static_cast<std::size_t>(n - 1);
+      // The metadata is copied while the attempt's context lives: the base
+      // releases it before completing.
+      auto on_end = [this, ctx, i, done = std::move(done)](grpc::Status status) {
+        try {
+          copy(ctx->GetServerInitialMetadata(), &initial_[i]);
+          copy(ctx->GetServerTrailingMetadata(), &trailing_[i]);
+          if (owner_->observer_ != nullptr) peers_[i] = ctx->peer();
+        } catch (...) {  // no memory: the result goes up without this attempt's metadata
+          initial_[i].clear();
+          trailing_[i].clear();
+        }
+        done(std::move(status));
+      };
+      creating_attempt() = true;
+      try {
+        owner_->stub_->UnaryCall(ctx, owner_->method_name_, grpc::StubOptions(), &owner_->request_,
+                                 &responses_[i], std::move(on_end));
+      } catch (...) {
+        creating_attempt() = false;
+        throw;  // the base ends the attempt with UNKNOWN
+      }
+      creating_attempt() = false;
+    }
+
+    void complete(grpc::Status const& status, int winner) noexcept override {
+      RetryInterceptor* const owner = owner_;
+      {
+        std::lock_guard<std::mutex> lock(owner->mu_);
+        try {
+          owner->status_ = status;
+          if (winner > 0) {
+            auto const i = static_cast<std::size_t>(winner - 1);
+            if (status.ok()) owner->response_ = std::move(responses_[i]);
+            owner->initial_metadata_ = std::move(initial_[i]);
+            owner->trailing_metadata_ = std::move(trailing_[i]);
+          }
+        } catch (...) {  // no memory for the status' message
+          owner->status_ = grpc::Status(grpc::StatusCode::UNKNOWN, std::string());
+        }
+        owner->phase_ = Phase::kFinished;
+      }
+      owner->first_->Hijack();  // the last use of owner_
+    }
+
+    std::string_view peer(int winner) const override {
+      return winner > 0 ? std::string_view(peers_[static_cast<std::size_t>(winner - 1)]) : std::string_view();
+    }
+
+    RetryInterceptor* const owner_;
+    std::array<std::string, HedgingPolicy::kMaxAttempts> peers_;  // when observed
+    std::array<grpc::ByteBuffer, HedgingPolicy::kMaxAttempts> responses_;
+    std::array<std::vector<std::pair<std::string, std::string>>, HedgingPolicy::kMaxAttempts> initial_;
+    std::array<std::vector<std::pair<std::string, std::string>>, HedgingPolicy::kMaxAttempts> trailing_;
+  };
+
+  // Starts a hedged call; the observer hears of it from the hedge (source
+  // "channel"), as of a retried call.
+  void begin_hedged(RetryPlan plan, std::optional<int> max_attempts) {
+    CallOptions options;
+    options.hedging = *options_.hedging;
+    if (max_attempts) options.hedging->max_attempts = std::min(*max_attempts, HedgingPolicy::kMaxAttempts);
+    auto hedge = std::make_shared<Hedge>(std::move(options), this);
+    CallSetup& setup = hedge->setup();
+    setup.plan = std::move(plan);
+    setup.trace = trace_;
+    setup.observer = observer_;
+    if (observer_ != nullptr) {
+      setup.start = std::chrono::steady_clock::now();
+      setup.plan.method = setup.event.method = method_name_;
+      setup.plan.source = setup.event.source = "channel";
+      setup.plan.trace_id = setup.event.trace_id = trace_id_of(setup.trace);
+      notify(observer_, setup.event);
+    }
+    bool cancelled = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      hedge_ = hedge;
+      phase_ = Phase::kHedging;
+      cancelled = cancelled_;
+    }
+    if (cancelled) hedge->cancel();  // a cancel before hedge_ was set: it ends before its first attempt
+    hedge->begin();                  // `hedge` keeps it alive should the call complete in here
+  }
+
   // Starts the next attempt, or ends the call when it was cancelled.
   void start_attempt() {
     bool cancelled = false;
@@ -633,12 +766,9 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     if (auto* failed = std::get_if<grpc::Status>(&deadline)) return finish_early(*failed);
     auto ctx = std::make_unique<grpc::ClientContext>();
     if (auto const& when = std::get<0>(deadline)) ctx->set_deadline(*when);
-    for (auto const& [key, value] : metadata_) ctx->AddMetadata(key, value);
     if (attempt_ > 0) ctx->AddMetadata(kPreviousAttemptsKey, std::to_string(attempt_));
-    if (credentials_) ctx->set_credentials(credentials_);
-    // Compression needs nothing more: the caller's choice is a metadata
-    // entry, copied above (set_compression_algorithm would add it twice).
-    copy_call_semantics(*info_->client_context(), *ctx);
+    carry_call(*ctx);
+
     attempt_response_.Clear();
     grpc::ClientContext* const attempt = ctx.get();
     {
@@ -795,10 +925,12 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
     grpc::ClientContext* in_flight = nullptr;
     grpc::Alarm* alarm = nullptr;
     std::shared_ptr<WaitToken> token;
+    std::shared_ptr<Hedge> hedge;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (cancelled_) return;
       cancelled_ = true;
+      hedge = hedge_;
       switch (phase_) {
         case Phase::kAttempt:
           in_flight = attempts_.back().get();
@@ -813,6 +945,15 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
         default:  // not started, passing through, deciding (sees the flag) or finished
           break;
       }
+    }
+    if (hedge) {
+      // The hedge cancels its attempts and may complete the call at once
+      // (no attempt in flight): on a gRPC thread, never inside the caller's
+      // TryCancel, which holds the caller's context locked. The alarm holds
+      // the hedge, not this interceptor: it may ring after the call ended.
+      wake_ = std::make_unique<grpc::Alarm>();
+      wake_->Set(std::chrono::system_clock::now(), [hedge = std::move(hedge)](bool) { hedge->cancel(); });
+      return;
     }
     // gRPC objects are called with no stubkit lock held (the cancel reaches
     // interceptors after this one, which are user code). They stay alive:
@@ -955,6 +1096,7 @@ class RetryInterceptor final : public grpc::experimental::Interceptor {
   std::vector<std::unique_ptr<grpc::Alarm>>
       alarms_;  // kept, like attempts_: the cancel path may hold the last
   std::shared_ptr<WaitToken> wait_token_;
+  std::shared_ptr<Hedge> hedge_;  // a hedged call's, set once
 
   // The attempt driver's: written in begin(), then by one thread at a time
   // (see "Threads and locks" above).
@@ -1003,6 +1145,11 @@ class RetryInterceptorFactory final : public grpc::experimental::ClientIntercept
   explicit RetryInterceptorFactory(RetryInterceptorOptions options = {}) : options_(std::move(options)) {
     if (auto problem = options_.policy.problem(); !problem.empty()) {
       throw std::invalid_argument("stubkit::retry_interceptor: invalid RetryPolicy: " + problem);
+    }
+    if (options_.hedging) {
+      if (auto problem = options_.hedging->problem(); !problem.empty()) {
+        throw std::invalid_argument("stubkit::retry_interceptor: invalid HedgingPolicy: " + problem);
+      }
     }
   }
 
